@@ -1,0 +1,708 @@
+/**
+ * The file backend: one directory per backup, an append-only log and snapshot blob files.
+ *
+ * Layout (docs/format.md has the bytes):
+ *   tidemark.json           identity, written once by `init`
+ *   LOCK                    the writer's PID; a second writer is refused
+ *   log-NNNNNNNNNN.tml      the log; the highest number is live, compaction starts the next
+ *   snap-<version>-<id>.tms snapshot blobs that log records point to
+ *   *.tmp                   files being written; a writer removes leftovers at open
+ *
+ * Every change is one append plus one fdatasync. A rewind appends a rewind record, so a
+ * rewound change is never replayed and the rewind survives a crash. Compaction writes the new
+ * base blob and a new log beside the old ones and switches by rename.
+ */
+import fs from "node:fs";
+import fsp from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { randomBytes } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import type {
+  Backend,
+  BackendFactory,
+  BackendHead,
+  BackendOptions,
+  BackendStatus,
+  ChangeRange,
+  ChangeToStore,
+  CompactionBase,
+} from "../src/backend.js";
+import type { StoredChange } from "../src/change.js";
+import {
+  RECORD_MAGIC,
+  RecordType,
+  decodeRecord,
+  encodeChangeRecord,
+  encodeRewindRecord,
+  probeRecord,
+  type RecordHeader,
+  type SnapshotRef,
+} from "../src/change-codec.js";
+import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
+import { LogState } from "../src/log-state.js";
+import { Mutex } from "../src/mutex.js";
+import { silentLogger, type Logger } from "../src/logger.js";
+import { BackendError, CorruptError, TidemarkError, asBackendError } from "../src/errors.js";
+import { TMP_SUFFIX, fsyncDir, readAll, writeAll, writeFileDurably } from "../src/fs-util.js";
+
+const DRIVER_NAME = "file";
+const IDENTITY_FILE = "tidemark.json";
+const LOCK_FILE = "LOCK";
+const IDENTITY_FORMAT = "tidemark-file";
+const IDENTITY_VERSION = 1;
+const LOG_RE = /^log-(\d{10})\.tml$/;
+const SNAP_RE = /^snap-\d{20}-[0-9a-f]{8}\.tms$/;
+const READ_CHUNK = 4 << 20;
+
+/** Opens a file backend at a `file:` URL. */
+export const createBackend: BackendFactory = async (url, options) => {
+  if (url.protocol !== "file:") {
+    throw new BackendError(DRIVER_NAME, "open", url.href, `expected a file: URL, got ${url.protocol}`);
+  }
+  const dir = fileURLToPath(url);
+  const backend = new FileBackend(dir, options);
+  await backend.open();
+  return backend;
+};
+
+function logName(seq: number): string {
+  return `log-${String(seq).padStart(10, "0")}.tml`;
+}
+
+/** The file backend; see the module comment. */
+export class FileBackend implements Backend {
+  readonly kind = DRIVER_NAME;
+  readonly location: string;
+  readonly #dir: string;
+  readonly #mode: BackendOptions["mode"];
+  readonly #log: Logger;
+  readonly #mutex = new Mutex();
+
+  #seq = 0;
+  #logPath = "";
+  #fd: number | null = null;
+  /** End of the last intact record; appends go here. */
+  #end = 0;
+  #state!: LogState;
+  #torn: BackendStatus["tornTail"];
+  #lock: FileLock | null = null;
+  #closed = false;
+  /** Set after a write fails in a way that leaves the file's state unknown. */
+  #broken: Error | null = null;
+  #compacting = false;
+
+  constructor(dir: string, options: BackendOptions) {
+    this.#dir = dir;
+    this.location = dir;
+    this.#mode = options.mode;
+    this.#log = (options.log ?? silentLogger).child({ backend: DRIVER_NAME, dir });
+  }
+
+  // ------------------------------------------------------------ open
+
+  /** Opens (or, in create mode, creates) the backup. Called by the factory. */
+  async open(): Promise<void> {
+    try {
+      if (this.#mode === "create") await this.#create();
+      await this.#checkIdentity();
+      if (this.#mode !== "read") {
+        this.#lock = FileLock.acquire(path.join(this.#dir, LOCK_FILE), this.#log);
+      }
+      await this.#openLog();
+    } catch (err) {
+      this.#lock?.release();
+      if (this.#fd !== null) fs.closeSync(this.#fd);
+      throw asBackendError(DRIVER_NAME, "open", this.#dir, err);
+    }
+  }
+
+  async #create(): Promise<void> {
+    fs.mkdirSync(this.#dir, { recursive: true });
+    const entries = fs.readdirSync(this.#dir);
+    if (entries.includes(IDENTITY_FILE)) {
+      throw new TidemarkError("E_EXISTS", `a backup already exists at ${this.#dir}`, {
+        hint: `inspect it with: tidemark status ${this.#dir}`,
+      });
+    }
+    if (entries.length > 0) {
+      throw new TidemarkError("E_EXISTS", `${this.#dir} is not empty (${entries.length} entries) and holds no backup`, {
+        hint: "give init a new or empty directory",
+      });
+    }
+    writeFileDurably(path.join(this.#dir, logName(1)), Buffer.alloc(0));
+    const identity = { format: IDENTITY_FORMAT, formatVersion: IDENTITY_VERSION, created: new Date().toISOString() };
+    writeFileDurably(path.join(this.#dir, IDENTITY_FILE), Buffer.from(`${JSON.stringify(identity, null, 2)}\n`));
+    fsyncDir(path.dirname(this.#dir));
+  }
+
+  async #checkIdentity(): Promise<void> {
+    const file = path.join(this.#dir, IDENTITY_FILE);
+    let text: string;
+    try {
+      text = fs.readFileSync(file, "utf8");
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOENT" || code === "ENOTDIR") {
+        throw new TidemarkError("E_NO_BACKUP", `no backup at ${this.#dir} (${IDENTITY_FILE} not found)`, {
+          hint: `create one with: tidemark init ${this.#dir}`,
+        });
+      }
+      throw err;
+    }
+    let identity: { format?: unknown; formatVersion?: unknown };
+    try {
+      identity = JSON.parse(text);
+    } catch {
+      throw new CorruptError(file, "identity file is not valid JSON");
+    }
+    if (identity.format !== IDENTITY_FORMAT) throw new CorruptError(file, `not a tidemark file backup (format ${JSON.stringify(identity.format)})`);
+    if (identity.formatVersion !== IDENTITY_VERSION) {
+      throw new CorruptError(file, `backup format version ${String(identity.formatVersion)} is not supported`, {}, {
+        hint: "upgrade tidemark",
+      });
+    }
+  }
+
+  async #openLog(): Promise<void> {
+    const names = fs.readdirSync(this.#dir);
+    const logs = names
+      .map((n) => LOG_RE.exec(n))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => a - b);
+    const seq = logs.at(-1);
+    if (seq === undefined) throw new CorruptError(this.#dir, "the backup has no log file (log-*.tml)");
+    this.#seq = seq;
+    this.#logPath = path.join(this.#dir, logName(seq));
+    await this.#scan();
+
+    if (this.#mode === "read") {
+      if (this.#torn) {
+        this.#log.warn(this.#torn, "ignoring a torn record at the end of the log (a write cut short by a crash)");
+      }
+      return;
+    }
+    // The single writer tidies up after crashes: temp files, superseded logs, orphan blobs.
+    for (const n of names) {
+      if (n.endsWith(TMP_SUFFIX)) {
+        this.#log.info({ file: n }, "removing a temp file left by an interrupted write");
+        fs.rmSync(path.join(this.#dir, n), { force: true });
+      }
+    }
+    for (const old of logs.slice(0, -1)) fs.rmSync(path.join(this.#dir, logName(old)), { force: true });
+    this.#removeUnreferencedSnapshots();
+    this.#fd = fs.openSync(this.#logPath, "r+");
+    if (this.#torn) {
+      this.#log.warn(this.#torn, "dropping a torn record at the end of the log (a write cut short by a crash)");
+      fs.ftruncateSync(this.#fd, this.#end);
+      fs.fdatasyncSync(this.#fd);
+      this.#torn = undefined;
+    }
+  }
+
+  /** Reads the live log from the start and rebuilds the state. */
+  async #scan(): Promise<void> {
+    const state = new LogState(this.#logPath);
+    const fh = await fsp.open(this.#logPath, "r");
+    try {
+      const size = (await fh.stat()).size;
+      const reader = new RecordReader(fh, 0, size, this.#logPath);
+      for (;;) {
+        const step = await reader.next();
+        if (step === null) break;
+        if (step.kind === "torn") {
+          this.#torn = { location: this.#logPath, offset: step.offset, bytes: size - step.offset };
+          break;
+        }
+        state.apply(this.#entry(step.buf, step.at, step.offset, step.header));
+      }
+      this.#end = reader.end;
+    } finally {
+      await fh.close();
+    }
+    this.#state = state;
+  }
+
+  /** The state machine's view of an intact record. */
+  #entry(buf: Buffer, at: number, offset: number, header: RecordHeader) {
+    const snapshot =
+      header.type === RecordType.Change && header.flags & 1 ? decodeRecord(buf, at, header, this.#logPath).snapshot : undefined;
+    return { type: header.type, version: header.version, position: offset, length: header.length, ...(snapshot && { snapshot }) };
+  }
+
+  // ------------------------------------------------------------ reads
+
+  head(): BackendHead {
+    return { version: this.#state.head, prevVersion: this.#state.prevVersion };
+  }
+
+  async status(): Promise<BackendStatus> {
+    const s = this.#state;
+    let bytes = this.#end;
+    for (const snap of s.snapshots) {
+      try {
+        bytes += fs.statSync(path.join(this.#dir, snap.ref.ref)).size;
+      } catch {
+        // A missing blob is reported by verify and restore; status only counts bytes.
+      }
+    }
+    return {
+      version: s.head,
+      prevVersion: s.prevVersion,
+      baseVersion: s.baseVersion,
+      firstVersion: s.firstVersion,
+      records: s.records,
+      bytes,
+      ...(this.#torn && { tornTail: this.#torn }),
+    };
+  }
+
+  async *streamChanges(range: ChangeRange = {}): AsyncGenerator<StoredChange> {
+    this.#checkOpen();
+    const state = this.#state;
+    if (state.head === 0) return;
+    const { to, start } = state.plan(range);
+    const limit = this.#end;
+    const logPath = this.#logPath;
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(logPath, "r");
+    } catch (err) {
+      throw this.#vanished("open", logPath, err);
+    }
+    try {
+      const reader = new RecordReader(fh, start, limit, logPath);
+      let held: StoredChange | null = null;
+      for (;;) {
+        const step = await reader.next();
+        if (step === null || step.kind === "torn") break;
+        const rec = decodeRecord(step.buf, step.at, step.header, logPath);
+        if (rec.type === RecordType.Rewind) {
+          held = null;
+          continue;
+        }
+        if (held) {
+          yield held;
+          if (held.version === to) return;
+        }
+        held = {
+          version: rec.version,
+          timestamp: rec.timestamp,
+          ...(rec.snapshot && { snapshot: this.#storedSnapshot(rec.snapshot, rec.version) }),
+          ...(rec.transaction && { transaction: rec.transaction }),
+        };
+      }
+      if (held) yield held;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  #storedSnapshot(ref: SnapshotRef, version: number) {
+    const file = path.join(this.#dir, ref.ref);
+    const vanished = (err: unknown) => this.#vanished("read", file, err);
+    return {
+      size: ref.size,
+      open(): AsyncIterable<Buffer> {
+        const raw = fs.createReadStream(file, { highWaterMark: 1 << 20 });
+        return decodeSnapshot(guardStream(raw, vanished), ref, file, version);
+      },
+    };
+  }
+
+  #vanished(op: string, file: string, err: unknown): TidemarkError {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") {
+      return new BackendError(DRIVER_NAME, op, file, "file disappeared while reading (a compaction ran meanwhile)", {
+        cause: err,
+        hint: "run the command again",
+      });
+    }
+    return asBackendError(DRIVER_NAME, op, file, err);
+  }
+
+  // ------------------------------------------------------------ writes
+
+  addChange(change: ChangeToStore): Promise<void> {
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      const s = this.#state;
+      const ok = change.snapshot ? change.version > s.head : change.version === s.head + 1;
+      if (!ok) {
+        throw new Error(`file backend: change ${change.version} cannot follow head ${s.head}; the version rules should have refused it`);
+      }
+      let ref: SnapshotRef | undefined;
+      if (change.snapshot) ref = await this.#writeSnapshot(change.version, change.snapshot);
+      try {
+        const rec = encodeChangeRecord({
+          version: change.version,
+          timestamp: change.timestamp,
+          ...(ref && { snapshot: ref }),
+          ...(change.transaction && { transaction: change.transaction }),
+        });
+        this.#append(rec, {
+          type: RecordType.Change,
+          version: change.version,
+          ...(ref && { snapshot: ref }),
+        });
+      } catch (err) {
+        if (ref) fs.rmSync(path.join(this.#dir, ref.ref), { force: true });
+        throw err;
+      }
+    });
+  }
+
+  rewind(): Promise<void> {
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      const s = this.#state;
+      const last = s.last;
+      if (s.prevVersion === null || !last) {
+        throw new TidemarkError(
+          "E_REWIND",
+          s.head === 0 ? `nothing to rewind: ${this.#dir} is empty` : `change ${s.head} cannot be rewound: only the last change can be, and only once`,
+          { hint: "tidemark status shows the head; a host that is behind the backup must be restored" },
+        );
+      }
+      this.#append(encodeRewindRecord(s.head, Date.now()), { type: RecordType.Rewind, version: s.head });
+      if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot.ref), { force: true });
+    });
+  }
+
+  /** Appends one encoded record and makes it durable, then updates the state. */
+  #append(rec: Buffer, entry: { type: RecordType; version: number; snapshot?: SnapshotRef }): void {
+    const fd = this.#fd!;
+    const at = this.#end;
+    try {
+      writeAll(fd, rec, at);
+      fs.fdatasyncSync(fd);
+    } catch (err) {
+      this.#undoAppend(fd, at, err);
+      throw asBackendError(DRIVER_NAME, "append", this.#logPath, err);
+    }
+    this.#state.apply({ ...entry, position: at, length: rec.length });
+    this.#end = at + rec.length;
+  }
+
+  /** After a failed append, cuts the log back to its last intact record so the next append is clean. */
+  #undoAppend(fd: number, at: number, cause: unknown): void {
+    try {
+      fs.ftruncateSync(fd, at);
+      fs.fdatasyncSync(fd);
+    } catch (err) {
+      // The file's tail is unknown now; refuse writes until it is reopened and rescanned.
+      this.#broken = new BackendError(DRIVER_NAME, "append", this.#logPath, "log tail could not be repaired after a failed write", {
+        cause: err,
+        hint: "restart tidemark; the torn tail is dropped at open",
+      });
+      this.#log.error({ err, cause }, "log tail could not be repaired after a failed write");
+    }
+  }
+
+  /** Streams a snapshot into a new blob file, durably. Returns its reference. */
+  async #writeSnapshot(version: number, source: AsyncIterable<Uint8Array>): Promise<SnapshotRef> {
+    const name = `snap-${String(version).padStart(20, "0")}-${randomBytes(4).toString("hex")}.tms`;
+    const final = path.join(this.#dir, name);
+    const tmp = final + TMP_SUFFIX;
+    const encoder = new SnapshotEncoder();
+    try {
+      const fh = await fsp.open(tmp, "wx");
+      try {
+        for await (const frame of encoder.frames(source)) await fh.write(frame);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      fs.renameSync(tmp, final);
+      fsyncDir(this.#dir);
+    } catch (err) {
+      fs.rmSync(tmp, { force: true });
+      throw asBackendError(DRIVER_NAME, "write snapshot", final, err);
+    }
+    return { ...encoder.digest, ref: name };
+  }
+
+  async compact(base: CompactionBase): Promise<void> {
+    this.#checkWritable();
+    if (this.#compacting) throw new TidemarkError("E_BACKEND", `[file] compact ${this.#dir}: a compaction is already running`);
+    this.#compacting = true;
+    let ref: SnapshotRef | undefined;
+    try {
+      const s = this.#state;
+      if (base.version > s.head || (base.version === s.head && s.prevVersion !== null) || base.version < s.firstVersion) {
+        throw new Error(`file backend: compaction base ${base.version} is not a settled version of ${s.firstVersion}..${s.head}`);
+      }
+      // Records up to the base cannot change any more, so they are read outside the lock.
+      const tailStart = await this.#endOfLiveRecord(base.version);
+      ref = await this.#writeSnapshot(base.version, base.snapshot);
+      const baseRef = ref;
+      await this.#mutex.run(() => this.#install(base, baseRef, tailStart));
+    } catch (err) {
+      if (ref) fs.rmSync(path.join(this.#dir, ref.ref), { force: true });
+      throw asBackendError(DRIVER_NAME, "compact", this.#dir, err);
+    } finally {
+      this.#compacting = false;
+    }
+  }
+
+  /** Finds where the live record of `version` ends in the log. */
+  async #endOfLiveRecord(version: number): Promise<number> {
+    const fh = await fsp.open(this.#logPath, "r");
+    try {
+      const reader = new RecordReader(fh, 0, this.#end, this.#logPath);
+      let found = -1;
+      for (;;) {
+        const step = await reader.next();
+        if (step === null || step.kind === "torn") break;
+        if (step.header.version !== version) continue;
+        if (step.header.type === RecordType.Change) found = step.offset + step.header.length;
+        else found = -1; // that change was rewound
+      }
+      if (found < 0) throw new Error(`file backend: no live record of version ${version} in ${this.#logPath}`);
+      return found;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Writes the new log (base record, then every record after the base) and switches to it. */
+  async #install(base: CompactionBase, ref: SnapshotRef, tailStart: number): Promise<void> {
+    this.#checkWritable();
+    const fd = this.#fd!;
+    const tail = Buffer.allocUnsafe(this.#end - tailStart);
+    readAll(fd, tail, tailStart);
+    const baseRec = encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref });
+    const seq = this.#seq + 1;
+    const next = path.join(this.#dir, logName(seq));
+    const tmp = next + TMP_SUFFIX;
+    const out = fs.openSync(tmp, "wx");
+    try {
+      writeAll(out, baseRec, 0);
+      writeAll(out, tail, baseRec.length);
+      fs.fsyncSync(out);
+    } finally {
+      fs.closeSync(out);
+    }
+    fs.renameSync(tmp, next);
+    fsyncDir(this.#dir);
+    // The new log is live from here on; the old one is garbage.
+    const oldPath = this.#logPath;
+    fs.closeSync(fd);
+    this.#fd = null;
+    this.#seq = seq;
+    this.#logPath = next;
+    await this.#scan();
+    this.#fd = fs.openSync(next, "r+");
+    fs.rmSync(oldPath, { force: true });
+    this.#removeUnreferencedSnapshots();
+  }
+
+  #removeUnreferencedSnapshots(): void {
+    const live = new Set(this.#state.snapshots.map((s) => s.ref.ref));
+    for (const n of fs.readdirSync(this.#dir)) {
+      if (SNAP_RE.test(n) && !live.has(n)) fs.rmSync(path.join(this.#dir, n), { force: true });
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#mutex.run(() => {
+      if (this.#fd !== null) fs.closeSync(this.#fd);
+      this.#fd = null;
+      this.#lock?.release();
+      this.#lock = null;
+    });
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new TidemarkError("E_CLOSED", `[file] ${this.#dir}: backend is closed`);
+  }
+
+  #checkWritable(): void {
+    this.#checkOpen();
+    if (this.#broken) throw this.#broken;
+    if (this.#fd === null) throw new TidemarkError("E_CLOSED", `[file] ${this.#dir}: opened read-only`);
+  }
+}
+
+// ------------------------------------------------------------ reading records
+
+type ReadStep =
+  | { kind: "record"; offset: number; header: RecordHeader; buf: Buffer; at: number }
+  | { kind: "torn"; offset: number };
+
+/**
+ * Reads intact records from `start` up to `limit`, a window at a time. A damaged or partial
+ * record with no intact record after it is a torn tail; one with an intact record after it is
+ * corruption, raised as CorruptError with the offset.
+ */
+class RecordReader {
+  #win = Buffer.alloc(0);
+  #winStart: number;
+  #offset: number;
+  readonly #fh: fsp.FileHandle;
+  readonly #limit: number;
+  readonly #location: string;
+
+  constructor(fh: fsp.FileHandle, start: number, limit: number, location: string) {
+    this.#fh = fh;
+    this.#winStart = start;
+    this.#offset = start;
+    this.#limit = limit;
+    this.#location = location;
+  }
+
+  /** Offset just past the last intact record returned. */
+  get end(): number {
+    return this.#offset;
+  }
+
+  async next(): Promise<ReadStep | null> {
+    const offset = this.#offset;
+    if (offset >= this.#limit) return null;
+    let probe = probeRecord(this.#win, offset - this.#winStart);
+    if (probe.kind === "short") {
+      if (offset + probe.needed > this.#limit) return this.#damaged(offset, "record is cut short");
+      await this.#fill(offset, probe.needed);
+      probe = probeRecord(this.#win, 0);
+    }
+    if (probe.kind === "short") return this.#damaged(offset, "record is cut short");
+    if (probe.kind === "bad") return this.#damaged(offset, probe.what, probe.version);
+    this.#offset = offset + probe.header.length;
+    return { kind: "record", offset, header: probe.header, buf: this.#win, at: offset - this.#winStart };
+  }
+
+  async #fill(offset: number, needed: number): Promise<void> {
+    const size = Math.min(this.#limit - offset, Math.max(needed, READ_CHUNK));
+    const buf = Buffer.allocUnsafe(size);
+    let got = 0;
+    while (got < size) {
+      const { bytesRead } = await this.#fh.read(buf, got, size - got, offset + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    this.#win = buf.subarray(0, got);
+    this.#winStart = offset;
+  }
+
+  async #damaged(offset: number, what: string, version?: number): Promise<ReadStep> {
+    const next = await findIntactRecord(this.#fh, offset + 1, this.#limit);
+    if (next >= 0) {
+      throw new CorruptError(this.#location, `${what}; intact records follow at offset ${next}, so this is not a torn tail`, {
+        offset,
+        ...(version !== undefined && { version }),
+      });
+    }
+    return { kind: "torn", offset };
+  }
+}
+
+/** Returns the offset of the first intact record at or after `from`, or -1. */
+async function findIntactRecord(fh: fsp.FileHandle, from: number, limit: number): Promise<number> {
+  const chunk = Buffer.allocUnsafe(READ_CHUNK);
+  for (let pos = from; pos < limit; pos += READ_CHUNK - 3) {
+    const { bytesRead } = await fh.read(chunk, 0, Math.min(READ_CHUNK, limit - pos), pos);
+    const view = chunk.subarray(0, bytesRead);
+    for (let i = view.indexOf(RECORD_MAGIC); i >= 0; i = view.indexOf(RECORD_MAGIC, i + 1)) {
+      const at = pos + i;
+      const header = Buffer.allocUnsafe(Math.min(limit - at, 32));
+      await fh.read(header, 0, header.length, at);
+      const p = probeRecord(header, 0);
+      if (p.kind === "bad" || at + (p.kind === "short" ? p.needed : 0) > limit) continue;
+      const whole = Buffer.allocUnsafe(p.kind === "short" ? p.needed : header.length);
+      await fh.read(whole, 0, whole.length, at);
+      if (probeRecord(whole, 0).kind === "ok") return at;
+    }
+    if (bytesRead < READ_CHUNK) break;
+  }
+  return -1;
+}
+
+/** Re-raises stream errors through `wrap`, so a vanished file gets a clear message. */
+async function* guardStream(src: AsyncIterable<Buffer>, wrap: (err: unknown) => Error): AsyncGenerator<Buffer> {
+  try {
+    yield* src;
+  } catch (err) {
+    throw wrap(err);
+  }
+}
+
+// ------------------------------------------------------------ writer lock
+
+/** The writer lock: a LOCK file naming the holder. A lock whose process is gone is taken over. */
+class FileLock {
+  readonly #file: string;
+  readonly #token: string;
+
+  private constructor(file: string, token: string) {
+    this.#file = file;
+    this.#token = token;
+  }
+
+  static acquire(file: string, log: Logger): FileLock {
+    const token = JSON.stringify({ pid: process.pid, host: os.hostname(), since: new Date().toISOString() });
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fd = fs.openSync(file, "wx");
+        try {
+          fs.writeSync(fd, token);
+        } finally {
+          fs.closeSync(fd);
+        }
+        return new FileLock(file, token);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      }
+      let held: string;
+      try {
+        held = fs.readFileSync(file, "utf8");
+      } catch {
+        continue; // released meanwhile
+      }
+      let holder: { pid?: number; host?: string };
+      try {
+        holder = JSON.parse(held);
+      } catch {
+        holder = {};
+      }
+      const dir = path.dirname(file);
+      if (holder.host !== undefined && holder.host !== os.hostname()) {
+        throw new TidemarkError("E_LOCKED", `${dir} is locked by PID ${holder.pid} on host ${holder.host}`, {
+          hint: `stop that writer; if it is gone for good, remove ${file}`,
+        });
+      }
+      if (typeof holder.pid === "number" && isAlive(holder.pid)) {
+        throw new TidemarkError("E_LOCKED", `${dir} is locked by another writer, PID ${holder.pid}`, {
+          hint: `stop PID ${holder.pid} first (only one process may write a backup); if no such process runs, remove ${file}`,
+        });
+      }
+      log.warn({ file, pid: holder.pid }, "taking over a lock left by a process that is gone");
+      // Remove the stale lock only if it is still the one read above.
+      try {
+        if (fs.readFileSync(file, "utf8") === held) fs.rmSync(file);
+      } catch {
+        // gone already
+      }
+    }
+    throw new TidemarkError("E_LOCKED", `could not take the writer lock ${file}`, { hint: "another writer is starting; try again" });
+  }
+
+  release(): void {
+    try {
+      if (fs.readFileSync(this.#file, "utf8") === this.#token) fs.rmSync(this.#file);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}

@@ -1,0 +1,131 @@
+/**
+ * The storage contract every backend implements (DESIGN.md, "Backend contract").
+ *
+ * A backend stores change records and snapshot blobs and gives them back in version order.
+ * It does not decide whether a change is acceptable: the version rules in `version-rules.ts`
+ * do that, once, for every backend. Records and blobs are encoded with `change-codec.ts` and
+ * `snapshot-codec.ts`, so checksums are computed the same way everywhere.
+ */
+import type { SnapshotSource, Statement, StoredChange } from "./change.js";
+import type { Logger } from "./logger.js";
+
+/** Where the backup stands, as far as the version rules are concerned. */
+export interface BackendHead {
+  /** Version of the newest live change; 0 when the backup holds no change. */
+  readonly version: number;
+  /**
+   * The version `rewind()` would return to, or null when rewind is not allowed: the backup is
+   * empty, or its last operation was a rewind (only the last change can be rewound, and once).
+   */
+  readonly prevVersion: number | null;
+}
+
+/** What `status` reports about a backup. */
+export interface BackendStatus extends BackendHead {
+  /** Version of the newest base snapshot; 0 when the live log starts from an empty database. */
+  readonly baseVersion: number;
+  /** The oldest version a restore can target; 0 when the backup is empty. */
+  readonly firstVersion: number;
+  /** Change records in the live log, base snapshot included, rewound changes excluded. */
+  readonly records: number;
+  /** Bytes the backup occupies in storage: logs and snapshot blobs. */
+  readonly bytes: number;
+  /** Set when the log ends in a torn (partial or damaged) record that is being ignored. */
+  readonly tornTail?: { readonly location: string; readonly offset: number; readonly bytes: number };
+}
+
+/** A change ready to store: validated by the version rules, timestamp filled in. */
+export interface ChangeToStore {
+  readonly version: number;
+  readonly timestamp: number;
+  readonly snapshot?: SnapshotSource;
+  readonly transaction?: readonly Statement[];
+}
+
+/** The new base that compaction installs. */
+export interface CompactionBase {
+  /** The version the snapshot is as of. Must be a version the backup holds and that can no longer be rewound. */
+  readonly version: number;
+  /** The timestamp of change `version`, kept so that point-in-time restores stay right. */
+  readonly timestamp: number;
+  /** The SQLite file as of `version`. */
+  readonly snapshot: SnapshotSource;
+}
+
+/** Which changes `streamChanges` yields. */
+export interface ChangeRange {
+  /** The oldest version the caller needs to rebuild; defaults to `to`. */
+  readonly from?: number;
+  /** The last version to yield; defaults to the head. */
+  readonly to?: number;
+}
+
+/**
+ * A storage backend.
+ *
+ * Callers must not overlap `addChange` and `rewind` calls (the ingest layer queues them);
+ * `compact` may run while they continue, and readers may stream at any time.
+ */
+export interface Backend {
+  /** Short name used in messages, such as "file". */
+  readonly kind: string;
+  /** Where the backup is, safe to print: never contains credentials. */
+  readonly location: string;
+
+  /** The head as the version rules need it. Answers from memory; never does I/O. */
+  head(): BackendHead;
+
+  /** Counts and sizes for `tidemark status`. */
+  status(): Promise<BackendStatus>;
+
+  /**
+   * Stores a change after the head. Resolves only once the change is durable (fsync, or a
+   * successful PUT). On failure nothing durable has changed, and the head is as before.
+   * Throws E_CLOSED when the backend was opened read-only.
+   */
+  addChange(change: ChangeToStore): Promise<void>;
+
+  /**
+   * Drops the last change, durably, so that it never reappears in a restore. Throws
+   * E_REWIND when `head().prevVersion` is null.
+   */
+  rewind(): Promise<void>;
+
+  /**
+   * Yields the changes needed to rebuild any version from `range.from` to `range.to`: first
+   * the newest change carrying a snapshot at or before `from` (if any), then every later live
+   * change in version order up to `to`. Rewound changes never appear. Records are verified on
+   * the way; damage raises E_CORRUPT naming the version and the file offset or object key.
+   * Throws E_RANGE for a version not held.
+   */
+  streamChanges(range?: ChangeRange): AsyncIterable<StoredChange>;
+
+  /**
+   * Installs `base` as the new start of the log, atomically: a crash at any point leaves a
+   * backup that restores to the same head. Changes after `base.version` are kept, so the
+   * last change stays rewindable. Storage no longer needed is reclaimed.
+   */
+  compact(base: CompactionBase): Promise<void>;
+
+  /** Releases the writer lock and any handles. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** How a backend is opened. */
+export type OpenMode =
+  /** Read only; takes no lock and never writes, even to drop a torn tail. */
+  | "read"
+  /** The single writer: takes the lock, repairs a torn tail, cleans up after crashes. */
+  | "write"
+  /** Creates a new, empty backup and opens it for writing; refuses an existing one. */
+  | "create";
+
+/** Options every backend factory accepts. */
+export interface BackendOptions {
+  readonly mode: OpenMode;
+  /** Where warnings (a dropped torn tail, a cleaned-up temp file) go. */
+  readonly log?: Logger;
+}
+
+/** A backend module's factory: `export const createBackend: BackendFactory`. */
+export type BackendFactory = (url: URL, options: BackendOptions) => Promise<Backend>;

@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+/**
+ * The `tidemark` command line. Exit codes: 0 success, 1 error, 2 usage error.
+ */
+import { readFileSync } from "node:fs";
+import { Command, CommanderError } from "commander";
+import { TidemarkError, formatError } from "./errors.js";
+import { registerCompact } from "./commands/compact.js";
+import { registerIngest } from "./commands/ingest.js";
+import { registerInit } from "./commands/init.js";
+import { registerRestore } from "./commands/restore.js";
+import { registerRewind } from "./commands/rewind.js";
+import { registerStatus } from "./commands/status.js";
+import { registerVerify } from "./commands/verify.js";
+
+const EXIT_ERROR = 1;
+const EXIT_USAGE = 2;
+
+/** Builds the program with every command registered. */
+export function buildProgram(): Command {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+  const program = new Command()
+    .name("tidemark")
+    .description("Write-ahead changelog backups for SQLite: every acknowledged transaction is durable before the host commits.")
+    .version(pkg.version, "-V, --version", "print the tidemark version")
+    .enablePositionalOptions()
+    .showHelpAfterError("(add --help for usage)")
+    .exitOverride();
+  registerInit(program);
+  registerIngest(program);
+  registerStatus(program);
+  registerRestore(program);
+  registerCompact(program);
+  registerRewind(program);
+  registerVerify(program);
+  for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError("(add --help for usage)");
+  program.addHelpText(
+    "after",
+    "\nA <backend> is a directory path (the file backend), file:PATH, or a backend URL.\n" +
+      "Exit codes: 0 success, 1 error, 2 usage error. Run tidemark <command> --help for details.",
+  );
+  return program;
+}
+
+/** Runs the CLI with `argv` and returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Commander printed its own message already.
+      if (err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.code === "commander.help") return 0;
+      return EXIT_USAGE;
+    }
+    process.stderr.write(`${formatError(err)}\n`);
+    if (!(err instanceof TidemarkError) && process.env.TIDEMARK_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
+    return err instanceof TidemarkError && err.code === "E_USAGE" ? EXIT_USAGE : EXIT_ERROR;
+  }
+}
+
+process.exitCode = await main(process.argv);

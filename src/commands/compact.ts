@@ -1,0 +1,50 @@
+/**
+ * `tidemark compact <backend>`
+ */
+import type { Command } from "commander";
+import { compact } from "../compaction.js";
+import { createProgress } from "../progress.js";
+import { loadRules } from "../rewrite.js";
+import { formatBytes, formatMs, formatRewrites, printJson, withBackend } from "./common.js";
+
+/** Registers the command. */
+export function registerCompact(program: Command): void {
+  program
+    .command("compact")
+    .summary("fold the log into a fresh base snapshot")
+    .description(
+      "Replay the backup up to the change before the head, snapshot it with SQLite's backup API, and\n" +
+        "install it as the new base. The last change stays separate, so one rewind remains possible.\n" +
+        "A crash at any point leaves a backup that restores to the same head. Takes the writer lock.",
+    )
+    .argument("<backend>", "the backup: a directory path, file:PATH, or a backend URL")
+    .option("--rules <set|file>", 'rewrite rules for the replay: "core-lightning", "none", or a JSON file', "none")
+    .option("--tmp-dir <dir>", "where the temp database files go (default: the OS temp directory)")
+    .option("-q, --quiet", "no progress bar and no summary")
+    .option("--json", "print the statistics as JSON")
+    .action(async (location: string, opts: { rules?: string; tmpDir?: string; quiet?: boolean; json?: boolean }) => {
+      const rules = loadRules(opts.rules ?? "none");
+      await withBackend(location, "write", async (backend) => {
+        const progress = createProgress("compact", "versions", opts.quiet || opts.json);
+        let stats;
+        try {
+          stats = await compact(backend, { rules, ...(opts.tmpDir && { tmpDir: opts.tmpDir }), onProgress: progress.update });
+        } finally {
+          progress.stop();
+        }
+        if (opts.json) return printJson(stats);
+        if (opts.quiet) return;
+        if (stats.skipped) {
+          process.stdout.write(`nothing to compact: ${stats.skipped}\n`);
+          return;
+        }
+        process.stdout.write(
+          `compacted to a base at version ${stats.baseVersion} in ${formatMs(stats.durationMs)} ` +
+            `(replay ${formatMs(stats.replayMs)}, snapshot ${formatMs(stats.snapshotMs)}, install ${formatMs(stats.installMs)})\n` +
+            `records ${stats.before.records} -> ${stats.after.records}, bytes ${formatBytes(stats.before.bytes)} -> ${formatBytes(stats.after.bytes)}\n`,
+        );
+        const rewrites = formatRewrites(stats.rewrites);
+        if (rewrites) process.stdout.write(`${rewrites}\n`);
+      });
+    });
+}

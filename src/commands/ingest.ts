@@ -1,0 +1,80 @@
+/**
+ * `tidemark ingest <backend>`: changes as JSON lines on stdin, one durable ack line per change.
+ */
+import fs from "node:fs";
+import readline from "node:readline";
+import type { Command } from "commander";
+import { parseWireChange } from "../change-json.js";
+import { InputError, TidemarkError } from "../errors.js";
+import { applyChange } from "../ingest.js";
+import { withBackend } from "./common.js";
+
+const SQLITE_HEADER = "SQLite format 3\0";
+
+/** Registers the command. */
+export function registerIngest(program: Command): void {
+  program
+    .command("ingest")
+    .summary("append changes read as JSON lines from stdin")
+    .description(
+      "Read changes from stdin, one JSON object per line, and apply the version rules to each, as a host\n" +
+        "would: make the change durable, print its ack line, then read the next line. At the first bad\n" +
+        "line it stops with an error and exits 1; everything acked before stays.\n\n" +
+        "Line format:\n" +
+        '  {"version": N, "transaction": ["SQL", {"sql": "…", "params": [1, "a", null]}]}\n' +
+        '  {"version": N, "snapshot_path": "/path/to/db.sqlite"}            a new base snapshot\n' +
+        'Optional "timestamp": milliseconds since the epoch or ISO-8601. Blob and 64-bit integer\n' +
+        'parameters are {"$blob": "<base64>"} and {"$bigint": "<decimal>"}.\n\n' +
+        "Ack line (stdout):\n" +
+        '  {"version": N, "action": "append" | "rewind-then-append" | "new-base"}',
+    )
+    .argument("<backend>", "the backup: a directory path, file:PATH, or a backend URL")
+    .addHelpText("after", `\nExample:\n  echo '{"version":1,"transaction":["CREATE TABLE t(x)"]}' | tidemark ingest ./backup`)
+    .action(async (location: string) => {
+      await withBackend(location, "write", async (backend) => {
+        const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
+        let n = 0;
+        for await (const line of lines) {
+          n++;
+          if (line.trim() === "") continue;
+          try {
+            const wire = parseWireChange(line, { allowSnapshotPath: true });
+            const result = await applyChange(backend, {
+              version: wire.version,
+              ...(wire.timestamp !== undefined && { timestamp: wire.timestamp }),
+              ...(wire.transaction && { transaction: wire.transaction }),
+              ...(wire.snapshotPath && { snapshot: openSnapshot(wire.snapshotPath) }),
+            });
+            process.stdout.write(`${JSON.stringify(result)}\n`);
+          } catch (err) {
+            throw atLine(n, err);
+          }
+        }
+      });
+    });
+}
+
+/** Opens a snapshot file after checking that it is a SQLite database. */
+function openSnapshot(file: string): fs.ReadStream {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, "r");
+  } catch (err) {
+    throw new InputError(`change.snapshot_path: cannot open ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const head = Buffer.alloc(SQLITE_HEADER.length);
+  fs.readSync(fd, head, 0, head.length, 0);
+  if (head.toString("latin1") !== SQLITE_HEADER) {
+    fs.closeSync(fd);
+    throw new InputError(`change.snapshot_path: ${file} is not a SQLite database`);
+  }
+  return fs.createReadStream(file, { fd, start: 0, highWaterMark: 1 << 20 });
+}
+
+/** Prefixes an error's message with the input line number. */
+function atLine(n: number, err: unknown): unknown {
+  if (err instanceof TidemarkError) {
+    Object.defineProperty(err, "message", { value: `line ${n}: ${err.message}` });
+  }
+  return err;
+}

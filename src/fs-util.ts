@@ -1,0 +1,63 @@
+/**
+ * Small durable-file helpers shared by the file backend, restore and compaction.
+ */
+import fs from "node:fs";
+import path from "node:path";
+
+/** Suffix of files being written; a writer that finds them after a crash removes them. */
+export const TMP_SUFFIX = ".tmp";
+
+/** Writes all of `buf` at `position`, looping over short writes. */
+export function writeAll(fd: number, buf: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
+}
+
+/** Reads exactly `buf.length` bytes at `position`. */
+export function readAll(fd: number, buf: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < buf.length) {
+    const n = fs.readSync(fd, buf, done, buf.length - done, position + done);
+    if (n === 0) throw new Error(`unexpected end of file at offset ${position + done}`);
+    done += n;
+  }
+}
+
+/** fsyncs a directory, so that a create, rename or unlink in it survives a crash. */
+export function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, "r");
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** fsyncs a file by path. */
+export function fsyncFile(file: string): void {
+  const fd = fs.openSync(file, "r+");
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Writes a whole file via a temp name and a rename, with fsyncs: it appears complete or not at all. */
+export function writeFileDurably(file: string, data: Uint8Array): void {
+  const tmp = file + TMP_SUFFIX;
+  const fd = fs.openSync(tmp, "w");
+  try {
+    writeAll(fd, data, 0);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  fsyncDir(path.dirname(file));
+}
+
+/** Removes a SQLite file and its -wal, -shm and -journal companions, if present. */
+export function removeDatabaseFiles(file: string): void {
+  for (const suffix of ["", "-wal", "-shm", "-journal"]) fs.rmSync(file + suffix, { force: true });
+}

@@ -1,0 +1,37 @@
+/**
+ * Takes a change into a backend under the version rules.
+ */
+import type { Backend } from "./backend.js";
+import type { ChangeInput } from "./change.js";
+import { InputError } from "./errors.js";
+import { decide, type Action } from "./version-rules.js";
+
+/** What happened to an ingested change. */
+export interface IngestResult {
+  /** The change's version, now the backup head. */
+  readonly version: number;
+  /** What the version rules decided. */
+  readonly action: Action;
+}
+
+/**
+ * Applies the version rules to `change` and stores it; resolves once it is durable. Calls for
+ * one backend must not overlap.
+ */
+export async function applyChange(backend: Backend, change: ChangeInput): Promise<IngestResult> {
+  if (!Number.isSafeInteger(change.version) || change.version < 1) {
+    throw new InputError(`change version must be an integer >= 1, got ${String(change.version)}`);
+  }
+  if (change.snapshot === undefined && change.transaction === undefined) {
+    throw new InputError(`change ${change.version} carries neither a transaction nor a snapshot`);
+  }
+  const action = decide(backend.head(), { version: change.version, hasSnapshot: change.snapshot !== undefined });
+  if (action === "rewind-then-append") await backend.rewind();
+  await backend.addChange({
+    version: change.version,
+    timestamp: change.timestamp ?? Date.now(),
+    ...(change.snapshot && { snapshot: change.snapshot }),
+    ...(change.transaction && { transaction: change.transaction }),
+  });
+  return { version: change.version, action };
+}

@@ -1,0 +1,349 @@
+/**
+ * The backend conformance suite: the contract from DESIGN.md and src/backend.ts, run the same
+ * way against every backend. A backend's test file calls `backendConformance` with a function
+ * that returns the location of a fresh, not yet created backup.
+ */
+import { Readable } from "node:stream";
+import { describe, expect, it } from "vitest";
+import type { Backend, OpenMode } from "../../src/backend.js";
+import { openBackend } from "../../src/backend-registry.js";
+import type { ChangeInput, Statement, StoredChange } from "../../src/change.js";
+import { TidemarkError } from "../../src/errors.js";
+import { applyChange } from "../../src/ingest.js";
+import { Rng } from "./workload.js";
+
+/** How the suite reaches a backend. */
+export interface ConformanceHarness {
+  /** Returns the location of a new backup that does not exist yet. */
+  newLocation(): Promise<string> | string;
+  /** Whether a second writer is refused (false only where the store cannot enforce it). */
+  readonly exclusiveWriter: boolean;
+}
+
+/** A statement list that names its version, so a wrong or replayed change is visible. */
+export function tx(version: number, tag = "a"): Statement[] {
+  return [{ sql: "INSERT INTO t VALUES (?, ?)", params: [BigInt(version), `${tag}${version}`] }];
+}
+
+/** Collects a stream of changes, reading every snapshot into memory (tests use small ones). */
+export async function collect(
+  backend: Backend,
+  range?: { from?: number; to?: number },
+): Promise<{ version: number; timestamp: number; transaction?: readonly Statement[]; snapshot?: Buffer }[]> {
+  const out = [];
+  for await (const c of backend.streamChanges(range)) out.push(await materialise(c));
+  return out;
+}
+
+async function materialise(c: StoredChange) {
+  let snapshot: Buffer | undefined;
+  if (c.snapshot) {
+    const parts: Buffer[] = [];
+    for await (const chunk of c.snapshot.open()) parts.push(chunk);
+    snapshot = Buffer.concat(parts);
+    expect(snapshot.length).toBe(c.snapshot.size);
+  }
+  return {
+    version: c.version,
+    timestamp: c.timestamp,
+    ...(c.transaction && { transaction: c.transaction }),
+    ...(snapshot && { snapshot }),
+  };
+}
+
+function snapshotOf(bytes: Buffer): ChangeInput["snapshot"] {
+  // Uneven chunks, so that frame boundaries fall mid-chunk.
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < bytes.length; i += 77_777) chunks.push(bytes.subarray(i, i + 77_777));
+  return Readable.from(chunks);
+}
+
+async function expectCode(p: Promise<unknown>, code: string): Promise<TidemarkError> {
+  const err = await p.then(
+    () => {
+      throw new Error(`expected ${code}, but it succeeded`);
+    },
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(TidemarkError);
+  expect((err as TidemarkError).code).toBe(code);
+  return err as TidemarkError;
+}
+
+/** Registers the conformance suite for one backend. */
+export function backendConformance(name: string, harness: ConformanceHarness): void {
+  const open = async (location: string, mode: OpenMode) => openBackend(location, { mode });
+
+  /** Creates a backup, runs `fn` on the writer, and closes it. */
+  async function withNew<T>(fn: (b: Backend, location: string) => Promise<T>): Promise<T> {
+    const location = await harness.newLocation();
+    const b = await open(location, "create");
+    try {
+      return await fn(b, location);
+    } finally {
+      await b.close();
+    }
+  }
+
+  async function seed(b: Backend, upTo: number, from = 1, tag = "a"): Promise<void> {
+    if (from === 1) await applyChange(b, { version: 1, transaction: ["CREATE TABLE t (v INTEGER, tag TEXT)"] });
+    for (let v = Math.max(from, 2); v <= upTo; v++) await applyChange(b, { version: v, transaction: tx(v, tag) });
+  }
+
+  describe(`backend conformance: ${name}`, () => {
+    it("a new backup is empty", async () => {
+      await withNew(async (b) => {
+        expect(b.head()).toEqual({ version: 0, prevVersion: null });
+        const s = await b.status();
+        expect(s).toMatchObject({ version: 0, prevVersion: null, baseVersion: 0, firstVersion: 0, records: 0 });
+        expect(await collect(b)).toEqual([]);
+      });
+    });
+
+    it("creating over an existing backup is refused", async () => {
+      await withNew(async (_b, location) => {
+        await expectCode(open(location, "create"), "E_EXISTS");
+      });
+    });
+
+    it("opening a backup that does not exist says so", async () => {
+      const location = await harness.newLocation();
+      await expectCode(open(location, "write"), "E_NO_BACKUP");
+      await expectCode(open(location, "read"), "E_NO_BACKUP");
+    });
+
+    it("stores changes and streams them back in order, parameters intact", async () => {
+      const params: Statement = {
+        sql: "INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)",
+        params: [1.5, "tëxt 🚀", null, -9223372036854775808n, Buffer.from([0, 255, 1]), 42],
+      };
+      const named: Statement = { sql: "INSERT INTO t VALUES (@a, :b)", params: { a: 9007199254740993n, b: Buffer.alloc(0) } };
+      await withNew(async (b) => {
+        await applyChange(b, { version: 1, timestamp: 1000, transaction: ["CREATE TABLE t (a, b, c, d, e, f)"] });
+        await applyChange(b, { version: 2, timestamp: 2000, transaction: [params, named, "SELECT 'it''s'"] });
+        expect(b.head()).toEqual({ version: 2, prevVersion: 1 });
+        const got = await collect(b, { from: 1 });
+        expect(got).toEqual([
+          { version: 1, timestamp: 1000, transaction: ["CREATE TABLE t (a, b, c, d, e, f)"] },
+          { version: 2, timestamp: 2000, transaction: [params, named, "SELECT 'it''s'"] },
+        ]);
+      });
+    });
+
+    it("an acknowledged change survives close and reopen", async () => {
+      await withNew(async (b, location) => {
+        await seed(b, 5);
+        await b.close();
+        const r = await open(location, "read");
+        try {
+          expect(r.head()).toEqual({ version: 5, prevVersion: 4 });
+          expect((await collect(r, { from: 1 })).map((c) => c.version)).toEqual([1, 2, 3, 4, 5]);
+        } finally {
+          await r.close();
+        }
+      });
+    });
+
+    it("rewind drops the last change for good, and only once", async () => {
+      await withNew(async (b, location) => {
+        await seed(b, 4);
+        await b.rewind();
+        expect(b.head()).toEqual({ version: 3, prevVersion: null });
+        await expectCode(b.rewind(), "E_REWIND");
+        await b.close();
+
+        const w = await open(location, "write");
+        try {
+          expect(w.head()).toEqual({ version: 3, prevVersion: null });
+          await expectCode(w.rewind(), "E_REWIND");
+          expect((await collect(w, { from: 1 })).map((c) => c.version)).toEqual([1, 2, 3]);
+        } finally {
+          await w.close();
+        }
+      });
+    });
+
+    it("rewind after a crash never replays the rolled-back change", async () => {
+      await withNew(async (b, location) => {
+        await seed(b, 3);
+        // The host died after the ack for 4 and before its commit, then redid 4 differently.
+        await applyChange(b, { version: 4, transaction: tx(4, "rolled-back-") });
+        const redo = await applyChange(b, { version: 4, transaction: tx(4, "committed-") });
+        expect(redo.action).toBe("rewind-then-append");
+        await applyChange(b, { version: 5, transaction: tx(5) });
+        await b.close();
+        const r = await open(location, "read");
+        try {
+          const got = await collect(r, { from: 1 });
+          expect(got.map((c) => c.version)).toEqual([1, 2, 3, 4, 5]);
+          expect(got[3]!.transaction).toEqual(tx(4, "committed-"));
+          expect(JSON.stringify(got, (_k, v) => (typeof v === "bigint" ? String(v) : v))).not.toContain("rolled-back-");
+        } finally {
+          await r.close();
+        }
+      });
+    });
+
+    it("rewinding the only change empties the backup", async () => {
+      await withNew(async (b) => {
+        await applyChange(b, { version: 1, transaction: ["CREATE TABLE t (v)"] });
+        await b.rewind();
+        expect(b.head()).toEqual({ version: 0, prevVersion: null });
+        expect(await collect(b)).toEqual([]);
+        await applyChange(b, { version: 1, transaction: ["CREATE TABLE u (v)"] });
+        expect(await collect(b)).toEqual([expect.objectContaining({ version: 1, transaction: ["CREATE TABLE u (v)"] })]);
+      });
+    });
+
+    it("stores snapshots byte for byte and starts streams at the newest base", async () => {
+      const rng = new Rng(7);
+      const big = rng.bytes(3 * 1024 * 1024 + 123); // crosses several frames
+      const small = rng.bytes(10);
+      await withNew(async (b) => {
+        await applyChange(b, { version: 10, snapshot: snapshotOf(big) });
+        for (let v = 11; v <= 13; v++) await applyChange(b, { version: v, transaction: tx(v) });
+        await applyChange(b, { version: 20, snapshot: snapshotOf(small), transaction: tx(20) });
+        await applyChange(b, { version: 21, transaction: tx(21) });
+        const s = await b.status();
+        expect(s).toMatchObject({ version: 21, prevVersion: 20, baseVersion: 20, firstVersion: 10, records: 6 });
+
+        const latest = await collect(b);
+        expect(latest.map((c) => c.version)).toEqual([20, 21]);
+        expect(latest[0]!.snapshot!.equals(small)).toBe(true);
+        expect(latest[0]!.transaction).toEqual(tx(20));
+
+        const older = await collect(b, { to: 12 });
+        expect(older.map((c) => c.version)).toEqual([10, 11, 12]);
+        expect(older[0]!.snapshot!.equals(big)).toBe(true);
+
+        const all = await collect(b, { from: 10 });
+        expect(all.map((c) => c.version)).toEqual([10, 11, 12, 13, 20, 21]);
+      });
+    });
+
+    it("refuses versions it does not hold", async () => {
+      await withNew(async (b) => {
+        await applyChange(b, { version: 5, snapshot: snapshotOf(Buffer.from("x")) });
+        await applyChange(b, { version: 6, transaction: tx(6) });
+        const err = await expectCode(collect(b, { to: 4 }), "E_RANGE");
+        expect(err.message).toContain("5..6");
+        await expectCode(collect(b, { to: 7 }), "E_RANGE");
+      });
+    });
+
+    it("a rewound snapshot is gone", async () => {
+      await withNew(async (b) => {
+        await seed(b, 2);
+        await applyChange(b, { version: 9, snapshot: snapshotOf(Buffer.from("first")) });
+        await applyChange(b, { version: 9, snapshot: snapshotOf(Buffer.from("second")) });
+        const got = await collect(b);
+        expect(got.map((c) => [c.version, c.snapshot?.toString()])).toEqual([[9, "second"]]);
+        expect((await b.status()).baseVersion).toBe(9);
+      });
+    });
+
+    it("compaction keeps the head, the last change rewindable, and every later change", async () => {
+      await withNew(async (b, location) => {
+        await seed(b, 50);
+        const before = await b.status();
+        await b.compact({ version: 49, timestamp: 4900, snapshot: snapshotOf(Buffer.from("base-49")) });
+        expect(b.head()).toEqual({ version: 50, prevVersion: 49 });
+        const after = await b.status();
+        expect(after).toMatchObject({ version: 50, baseVersion: 49, firstVersion: 49, records: 2 });
+        expect(after.records).toBeLessThan(before.records);
+        const got = await collect(b);
+        expect(got.map((c) => c.version)).toEqual([49, 50]);
+        expect(got[0]).toMatchObject({ timestamp: 4900 });
+        expect(got[0]!.snapshot!.toString()).toBe("base-49");
+        expect(got[1]!.transaction).toEqual(tx(50));
+
+        await b.rewind();
+        await applyChange(b, { version: 50, transaction: tx(50, "again") });
+        await applyChange(b, { version: 51, transaction: tx(51) });
+        await b.close();
+        const r = await open(location, "read");
+        try {
+          expect(r.head()).toEqual({ version: 51, prevVersion: 50 });
+          const reread = await collect(r, { from: 49 });
+          expect(reread.map((c) => c.version)).toEqual([49, 50, 51]);
+          expect(reread[1]!.transaction).toEqual(tx(50, "again"));
+        } finally {
+          await r.close();
+        }
+      });
+    });
+
+    it("compaction right after a rewind keeps the head unrewindable", async () => {
+      await withNew(async (b) => {
+        await seed(b, 10);
+        await b.rewind();
+        await b.compact({ version: 9, timestamp: 9, snapshot: snapshotOf(Buffer.from("base-9")) });
+        expect(b.head()).toEqual({ version: 9, prevVersion: null });
+        await expectCode(b.rewind(), "E_REWIND");
+        await applyChange(b, { version: 10, transaction: tx(10, "b") });
+        expect((await collect(b, { from: 9 })).map((c) => c.version)).toEqual([9, 10]);
+      });
+    });
+
+    it("changes made while a compaction runs are kept", async () => {
+      await withNew(async (b) => {
+        await seed(b, 20);
+        // A snapshot source that lets appends happen while the compaction uploads it.
+        let release!: () => void;
+        const gate = new Promise<void>((r) => (release = r));
+        async function* slowSnapshot() {
+          yield Buffer.from("base-");
+          await gate;
+          yield Buffer.from("19");
+        }
+        const compaction = b.compact({ version: 19, timestamp: 19, snapshot: slowSnapshot() });
+        for (let v = 21; v <= 25; v++) await applyChange(b, { version: v, transaction: tx(v) });
+        await applyChange(b, { version: 25, transaction: tx(25, "redo") });
+        release();
+        await compaction;
+        expect(b.head()).toEqual({ version: 25, prevVersion: 24 });
+        const got = await collect(b, { from: 19 });
+        expect(got.map((c) => c.version)).toEqual([19, 20, 21, 22, 23, 24, 25]);
+        expect(got.at(-1)!.transaction).toEqual(tx(25, "redo"));
+      });
+    });
+
+    it("a reader sees a consistent view while the writer continues", async () => {
+      await withNew(async (b, location) => {
+        await seed(b, 10);
+        const r = await open(location, "read");
+        try {
+          await applyChange(b, { version: 11, transaction: tx(11) });
+          expect(r.head().version).toBe(10);
+          expect((await collect(r, { from: 1 })).map((c) => c.version)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+          await expectCode(r.addChange({ version: 12, timestamp: 0, transaction: tx(12) }), "E_CLOSED");
+        } finally {
+          await r.close();
+        }
+      });
+    });
+
+    it.runIf(harness.exclusiveWriter)("a second writer is refused and told who holds the lock", async () => {
+      await withNew(async (_b, location) => {
+        const err = await expectCode(open(location, "write"), "E_LOCKED");
+        expect(err.message).toMatch(new RegExp(`PID ${process.pid}|${process.pid}`));
+        const r = await open(location, "read");
+        await r.close();
+      });
+    });
+
+    it("the version rules refuse gaps and stale changes and leave the backup as it was", async () => {
+      await withNew(async (b) => {
+        await seed(b, 5);
+        const gap = await expectCode(applyChange(b, { version: 7, transaction: tx(7) }), "E_GAP");
+        expect(gap.hint).toContain("tidemark init");
+        const stale = await expectCode(applyChange(b, { version: 3, transaction: tx(3) }), "E_STALE");
+        expect(stale.hint).toContain("restore the host database");
+        await b.rewind();
+        await expectCode(applyChange(b, { version: 4, transaction: tx(4) }), "E_STALE");
+        expect(b.head()).toEqual({ version: 4, prevVersion: null });
+        expect((await collect(b, { from: 1 })).map((c) => c.version)).toEqual([1, 2, 3, 4]);
+      });
+    });
+  });
+}
