@@ -30,13 +30,17 @@ import type {
 } from "../src/backend.js";
 import type { StoredChange } from "../src/change.js";
 import {
+  RECORD_HEADER_SIZE,
   RECORD_MAGIC,
+  RECORD_OVERHEAD,
   RecordType,
   decodeRecord,
   encodeChangeRecord,
   encodeRewindRecord,
   probeRecord,
+  type DecodedRecord,
   type RecordHeader,
+  type RecordProbe,
   type SnapshotRef,
 } from "../src/change-codec.js";
 import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
@@ -44,6 +48,7 @@ import { LogState } from "../src/log-state.js";
 import { Mutex } from "../src/mutex.js";
 import { silentLogger, type Logger } from "../src/logger.js";
 import { BackendError, CorruptError, TidemarkError, asBackendError } from "../src/errors.js";
+import { isProcessAlive } from "../src/pid.js";
 import { TMP_SUFFIX, fsyncDir, readAll, writeAll, writeFileDurably } from "../src/fs-util.js";
 
 const DRIVER_NAME = "file";
@@ -209,7 +214,8 @@ export class FileBackend implements Backend {
       const size = (await fh.stat()).size;
       const reader = new RecordReader(fh, 0, size, this.#logPath);
       for (;;) {
-        const step = await reader.next();
+        let step = reader.next();
+        if (step instanceof Promise) step = await step;
         if (step === null) break;
         if (step.kind === "torn") {
           this.#torn = { location: this.#logPath, offset: step.offset, bytes: size - step.offset };
@@ -258,45 +264,30 @@ export class FileBackend implements Backend {
     };
   }
 
-  async *streamChanges(range: ChangeRange = {}): AsyncGenerator<StoredChange> {
+  streamChanges(range: ChangeRange = {}): AsyncIterable<StoredChange> {
     this.#checkOpen();
     const state = this.#state;
-    if (state.head === 0) return;
+    if (state.head === 0) return { [Symbol.asyncIterator]: () => ({ next: async () => DONE }) };
     const { to, start } = state.plan(range);
     const limit = this.#end;
     const logPath = this.#logPath;
-    let fh: fsp.FileHandle;
-    try {
-      fh = await fsp.open(logPath, "r");
-    } catch (err) {
-      throw this.#vanished("open", logPath, err);
-    }
-    try {
-      const reader = new RecordReader(fh, start, limit, logPath);
-      let held: StoredChange | null = null;
-      for (;;) {
-        const step = await reader.next();
-        if (step === null || step.kind === "torn") break;
-        const rec = decodeRecord(step.buf, step.at, step.header, logPath);
-        if (rec.type === RecordType.Rewind) {
-          held = null;
-          continue;
-        }
-        if (held) {
-          yield held;
-          if (held.version === to) return;
-        }
-        held = {
-          version: rec.version,
-          timestamp: rec.timestamp,
-          ...(rec.snapshot && { snapshot: this.#storedSnapshot(rec.snapshot, rec.version) }),
-          ...(rec.transaction && { transaction: rec.transaction }),
-        };
-      }
-      if (held) yield held;
-    } finally {
-      await fh.close();
-    }
+    return {
+      [Symbol.asyncIterator]: () =>
+        new LogChangeStream(
+          fsp.open(logPath, "r").catch((err: unknown) => {
+            throw this.#vanished("open", logPath, err);
+          }),
+          (fh) => new RecordReader(fh, start, limit, logPath),
+          to,
+          (rec) => {
+            const change: { -readonly [K in keyof StoredChange]: StoredChange[K] } = { version: rec.version, timestamp: rec.timestamp };
+            if (rec.snapshot) change.snapshot = this.#storedSnapshot(rec.snapshot, rec.version);
+            if (rec.transaction) change.transaction = rec.transaction;
+            return change;
+          },
+          logPath,
+        ),
+    };
   }
 
   #storedSnapshot(ref: SnapshotRef, version: number) {
@@ -445,18 +436,35 @@ export class FileBackend implements Backend {
     }
   }
 
-  /** Finds where the live record of `version` ends in the log. */
+  /**
+   * Finds where the live record of `version` ends in the log. Every record up to the end was
+   * verified when it was read at open or appended, so this only hops from header to header.
+   */
   async #endOfLiveRecord(version: number): Promise<number> {
     const fh = await fsp.open(this.#logPath, "r");
     try {
-      const reader = new RecordReader(fh, 0, this.#end, this.#logPath);
+      const limit = this.#end;
       let found = -1;
-      for (;;) {
-        const step = await reader.next();
-        if (step === null || step.kind === "torn") break;
-        if (step.header.version !== version) continue;
-        if (step.header.type === RecordType.Change) found = step.offset + step.header.length;
-        else found = -1; // that change was rewound
+      let win = Buffer.alloc(0);
+      let winStart = 0;
+      for (let offset = 0; offset < limit; ) {
+        if (offset + RECORD_HEADER_SIZE > winStart + win.length) {
+          win = Buffer.allocUnsafe(Math.min(READ_CHUNK, limit - offset));
+          const { bytesRead } = await fh.read(win, 0, win.length, offset);
+          win = win.subarray(0, bytesRead);
+          winStart = offset;
+          if (bytesRead < RECORD_HEADER_SIZE) break;
+        }
+        const at = offset - winStart;
+        if (win.readUInt32LE(at) !== RECORD_MAGIC.readUInt32LE(0)) {
+          throw new CorruptError(this.#logPath, "no record magic where a record was verified before", { offset });
+        }
+        const bodyLength = win.readUInt32LE(at + 20);
+        if (win.readUInt32LE(at + 8) === version % 0x1_0000_0000 && win.readUInt32LE(at + 12) === Math.floor(version / 0x1_0000_0000)) {
+          // A rewind record of that version cancels the change before it.
+          found = win[at + 5] === RecordType.Change ? offset + RECORD_OVERHEAD + bodyLength : -1;
+        }
+        offset += RECORD_OVERHEAD + bodyLength;
       }
       if (found < 0) throw new Error(`file backend: no live record of version ${version} in ${this.#logPath}`);
       return found;
@@ -528,6 +536,106 @@ export class FileBackend implements Backend {
 
 // ------------------------------------------------------------ reading records
 
+const DONE: IteratorReturnResult<undefined> = Object.freeze({ done: true, value: undefined });
+
+/**
+ * The live changes of a log, in order, up to a version. A change is held back until the next
+ * record is read, because a rewind record directly after it cancels it.
+ *
+ * A hand-written iterator rather than an async generator: it answers from the current read
+ * window without a promise hop per record, which is most of the cost of reading a long log.
+ */
+class LogChangeStream implements AsyncIterator<StoredChange> {
+  #reader: RecordReader | null = null;
+  #fh: fsp.FileHandle | null = null;
+  #held: StoredChange | null = null;
+  #finished = false;
+  readonly #opening: Promise<fsp.FileHandle>;
+  readonly #makeReader: (fh: fsp.FileHandle) => RecordReader;
+  readonly #to: number;
+  readonly #toChange: (rec: DecodedRecord) => StoredChange;
+  readonly #location: string;
+
+  constructor(
+    opening: Promise<fsp.FileHandle>,
+    makeReader: (fh: fsp.FileHandle) => RecordReader,
+    to: number,
+    toChange: (rec: DecodedRecord) => StoredChange,
+    location: string,
+  ) {
+    this.#opening = opening;
+    this.#makeReader = makeReader;
+    this.#to = to;
+    this.#toChange = toChange;
+    this.#location = location;
+  }
+
+  next(): Promise<IteratorResult<StoredChange>> {
+    if (this.#finished) return this.#end();
+    if (!this.#reader) {
+      return this.#opening.then((fh) => {
+        this.#fh = fh;
+        this.#reader = this.#makeReader(fh);
+        return this.next();
+      }, (err: unknown) => this.#fail(err));
+    }
+    try {
+      for (;;) {
+        const step = this.#reader.next();
+        if (step instanceof Promise) {
+          return step.then((s) => this.#feed(s) ?? this.next(), (err: unknown) => this.#fail(err));
+        }
+        const out = this.#feed(step);
+        if (out) return out;
+      }
+    } catch (err) {
+      return this.#fail(err);
+    }
+  }
+
+  /** Takes one reader step; returns a result once there is one to give. */
+  #feed(step: ReadStep | null): Promise<IteratorResult<StoredChange>> | undefined {
+    if (step === null || step.kind === "torn") {
+      this.#finished = true;
+      const last = this.#held;
+      this.#held = null;
+      return last ? Promise.resolve({ done: false, value: last }) : this.#end();
+    }
+    const rec = decodeRecord(step.buf, step.at, step.header, this.#location);
+    if (rec.type === RecordType.Rewind) {
+      this.#held = null;
+      return undefined;
+    }
+    const ready = this.#held;
+    this.#held = this.#toChange(rec);
+    if (!ready) return undefined;
+    if (ready.version === this.#to) {
+      this.#finished = true;
+      this.#held = null;
+    }
+    return Promise.resolve({ done: false, value: ready });
+  }
+
+  async return(): Promise<IteratorResult<StoredChange>> {
+    this.#finished = true;
+    return this.#end();
+  }
+
+  async #end(): Promise<IteratorResult<StoredChange>> {
+    const fh = this.#fh;
+    this.#fh = null;
+    await fh?.close();
+    return DONE;
+  }
+
+  async #fail(err: unknown): Promise<never> {
+    this.#finished = true;
+    await this.#end().catch(() => {});
+    throw err;
+  }
+}
+
+
 type ReadStep =
   | { kind: "record"; offset: number; header: RecordHeader; buf: Buffer; at: number }
   | { kind: "torn"; offset: number };
@@ -558,19 +666,32 @@ class RecordReader {
     return this.#offset;
   }
 
-  async next(): Promise<ReadStep | null> {
+  /**
+   * The next step. Answers synchronously while the record is in the current window, so that
+   * reading a log costs no promise per record; returns a promise when it must read more.
+   */
+  next(): ReadStep | null | Promise<ReadStep | null> {
     const offset = this.#offset;
     if (offset >= this.#limit) return null;
-    let probe = probeRecord(this.#win, offset - this.#winStart);
+    const probe = probeRecord(this.#win, offset - this.#winStart);
     if (probe.kind === "short") {
       if (offset + probe.needed > this.#limit) return this.#damaged(offset, "record is cut short");
-      await this.#fill(offset, probe.needed);
-      probe = probeRecord(this.#win, 0);
+      return this.#fill(offset, probe.needed).then(() => this.#afterFill(offset));
     }
+    return this.#step(offset, probe);
+  }
+
+  #afterFill(offset: number): ReadStep | Promise<ReadStep> {
+    const probe = probeRecord(this.#win, 0);
     if (probe.kind === "short") return this.#damaged(offset, "record is cut short");
+    return this.#step(offset, probe);
+  }
+
+  #step(offset: number, probe: RecordProbe): ReadStep | Promise<ReadStep> {
+    if (probe.kind === "short") throw new Error("unreachable");
     if (probe.kind === "bad") return this.#damaged(offset, probe.what, probe.version);
-    this.#offset = offset + probe.header.length;
-    return { kind: "record", offset, header: probe.header, buf: this.#win, at: offset - this.#winStart };
+    this.#offset = offset + probe.length;
+    return { kind: "record", offset, header: probe, buf: this.#win, at: offset - this.#winStart };
   }
 
   async #fill(offset: number, needed: number): Promise<void> {
@@ -672,7 +793,7 @@ class FileLock {
           hint: `stop that writer; if it is gone for good, remove ${file}`,
         });
       }
-      if (typeof holder.pid === "number" && isAlive(holder.pid)) {
+      if (typeof holder.pid === "number" && isProcessAlive(holder.pid)) {
         throw new TidemarkError("E_LOCKED", `${dir} is locked by another writer, PID ${holder.pid}`, {
           hint: `stop PID ${holder.pid} first (only one process may write a backup); if no such process runs, remove ${file}`,
         });
@@ -694,15 +815,5 @@ class FileLock {
     } catch {
       // already gone
     }
-  }
-}
-
-function isAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }

@@ -5,7 +5,7 @@
  * the body, and a CRC-32 over everything before it. The header CRC lets a reader trust the
  * body length before it reads the body, so a corrupt length never makes it read garbage.
  */
-import { crc32 } from "node:zlib";
+import { crc32 } from "./crc32.js";
 import type { Param, Params, Statement } from "./change.js";
 import { CorruptError, InputError } from "./errors.js";
 
@@ -53,6 +53,7 @@ export interface SnapshotRef {
 
 /** A decoded record header. */
 export interface RecordHeader {
+  readonly kind: "ok";
   readonly type: RecordType;
   readonly flags: number;
   readonly compression: number;
@@ -82,7 +83,8 @@ export interface ChangeRecordInput {
 
 /** Outcome of looking for a whole, intact record at an offset. */
 export type RecordProbe =
-  | { readonly kind: "ok"; readonly header: RecordHeader }
+  /** An intact record: the probe is its header. */
+  | RecordHeader
   /** Fewer bytes than the record needs: a torn append, or the end of the data. */
   | { readonly kind: "short"; readonly needed: number }
   /** Bytes that are not a valid record. */
@@ -139,10 +141,10 @@ function frame(type: RecordType, flags: number, version: number, body: Buffer): 
   writeU64(out, 8, version);
   out.writeUInt32LE(0, 16); // key id: not encrypted
   out.writeUInt32LE(body.length, 20);
-  out.writeUInt32LE(crc32(out.subarray(0, 24)), 24);
+  out.writeUInt32LE(crc32(out, 0, 24), 24);
   body.copy(out, RECORD_HEADER_SIZE);
   const end = RECORD_HEADER_SIZE + body.length;
-  out.writeUInt32LE(crc32(out.subarray(0, end)), end);
+  out.writeUInt32LE(crc32(out, 0, end), end);
   return out;
 }
 
@@ -277,9 +279,12 @@ function readU64(buf: Buffer, at: number): number {
 
 // ---------------------------------------------------------------- decoding
 
+const MAGIC_U32 = RECORD_MAGIC.readUInt32LE(0);
+
 /**
- * Looks for a whole, intact record at `offset` of `buf`: it checks the magic, the header CRC,
- * that all bytes are present, and the record CRC. It decodes nothing else.
+ * Looks for a whole, intact record at `offset` of `buf`: it checks the magic, that all bytes
+ * are present, and the record CRC; the header CRC is checked when the record CRC fails or the
+ * record runs past the data, to tell a torn append from damage. It decodes nothing else.
  */
 export function probeRecord(buf: Buffer, offset: number): RecordProbe {
   const avail = buf.length - offset;
@@ -289,18 +294,21 @@ export function probeRecord(buf: Buffer, offset: number): RecordProbe {
     if (buf.compare(RECORD_MAGIC, 0, n, offset, offset + n) !== 0) return { kind: "bad", what: "no record magic" };
     return { kind: "short", needed: RECORD_HEADER_SIZE };
   }
-  if (buf.compare(RECORD_MAGIC, 0, 4, offset, offset + 4) !== 0) return { kind: "bad", what: "no record magic" };
-  if (buf.readUInt32LE(offset + 24) !== crc32(buf.subarray(offset, offset + 24))) {
+  if (buf.readUInt32LE(offset) !== MAGIC_U32) return { kind: "bad", what: "no record magic" };
+  const bodyLength = buf.readUInt32LE(offset + 20);
+  const end = offset + RECORD_HEADER_SIZE + bodyLength;
+  // The common case costs one CRC: a record CRC that matches vouches for the header too.
+  if (bodyLength <= MAX_BODY_SIZE && end + 4 <= buf.length && buf.readUInt32LE(end) === crc32(buf, offset, end)) {
+    const header = parseHeader(buf, offset);
+    return typeof header === "string" ? { kind: "bad", what: header } : header;
+  }
+  if (buf.readUInt32LE(offset + 24) !== crc32(buf, offset, offset + 24)) {
     return { kind: "bad", what: "record header checksum mismatch" };
   }
   const header = parseHeader(buf, offset);
   if (typeof header === "string") return { kind: "bad", what: header };
   if (avail < header.length) return { kind: "short", needed: header.length };
-  const end = offset + RECORD_HEADER_SIZE + header.bodyLength;
-  if (buf.readUInt32LE(end) !== crc32(buf.subarray(offset, end))) {
-    return { kind: "bad", what: "record checksum mismatch", version: header.version };
-  }
-  return { kind: "ok", header };
+  return { kind: "bad", what: "record checksum mismatch", version: header.version };
 }
 
 /** Parses a header whose CRC is already verified; returns a problem description instead of throwing. */
@@ -314,6 +322,7 @@ function parseHeader(buf: Buffer, offset: number): RecordHeader | string {
   const bodyLength = buf.readUInt32LE(offset + 20);
   if (bodyLength > MAX_BODY_SIZE) return `record body length ${bodyLength} exceeds ${MAX_BODY_SIZE}`;
   return {
+    kind: "ok",
     type: type as RecordType,
     flags: buf[offset + 6]!,
     compression: buf[offset + 7]!,
@@ -329,35 +338,22 @@ function parseHeader(buf: Buffer, offset: number): RecordHeader | string {
  * parse raises CorruptError naming `location`, the offset and the version.
  */
 export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, location: string): DecodedRecord {
-  const fail = (what: string): never => {
-    throw new CorruptError(location, what, { offset, version: header.version });
-  };
-  if (header.compression !== 0) fail(`record compression ${header.compression} is not supported`);
-  if (header.keyId !== 0) fail(`record is encrypted with key id ${header.keyId}, which this tidemark cannot read`);
-  const r = new BodyReader(buf, offset + RECORD_HEADER_SIZE, offset + RECORD_HEADER_SIZE + header.bodyLength, fail);
+  const r = new BodyReader(buf, offset, header, location);
+  if (header.compression !== 0) r.fail(`record compression ${header.compression} is not supported`);
+  if (header.keyId !== 0) r.fail(`record is encrypted with key id ${header.keyId}, which this tidemark cannot read`);
   const timestamp = r.u64();
-  if (header.type === RecordType.Rewind) {
-    r.end();
-    return { type: header.type, version: header.version, timestamp };
-  }
-  let snapshot: SnapshotRef | undefined;
-  let transaction: Statement[] | undefined;
-  if (header.flags & FLAG_SNAPSHOT) {
-    snapshot = { size: r.u64(), crc32: r.u32(), ref: r.shortString() };
-  }
-  if (header.flags & FLAG_TRANSACTION) {
-    const count = r.u32();
-    transaction = [];
-    for (let i = 0; i < count; i++) transaction.push(readStatement(r));
+  const record: { -readonly [K in keyof DecodedRecord]: DecodedRecord[K] } = { type: header.type, version: header.version, timestamp };
+  if (header.type === RecordType.Change) {
+    if (header.flags & FLAG_SNAPSHOT) record.snapshot = { size: r.u64(), crc32: r.u32(), ref: r.shortString() };
+    if (header.flags & FLAG_TRANSACTION) {
+      const count = r.u32();
+      const transaction: Statement[] = new Array(count);
+      for (let i = 0; i < count; i++) transaction[i] = readStatement(r);
+      record.transaction = transaction;
+    }
   }
   r.end();
-  return {
-    type: header.type,
-    version: header.version,
-    timestamp,
-    ...(snapshot && { snapshot }),
-    ...(transaction && { transaction }),
-  };
+  return record;
 }
 
 function readStatement(r: BodyReader): Statement {
@@ -368,8 +364,8 @@ function readStatement(r: BodyReader): Statement {
       return sql;
     case STATEMENT_POSITIONAL: {
       const n = r.u32();
-      const params: Param[] = [];
-      for (let i = 0; i < n; i++) params.push(readParam(r));
+      const params: Param[] = new Array(n);
+      for (let i = 0; i < n; i++) params[i] = readParam(r);
       return { sql, params };
     }
     case STATEMENT_NAMED: {
@@ -404,18 +400,25 @@ function readParam(r: BodyReader): Param {
   }
 }
 
-/** Bounds-checked reads over a body. */
+/** Bounds-checked reads over a record body. */
 class BodyReader {
   #pos: number;
   readonly #buf: Buffer;
   readonly #end: number;
-  readonly fail: (what: string) => never;
+  readonly #offset: number;
+  readonly #version: number;
+  readonly #location: string;
 
-  constructor(buf: Buffer, start: number, end: number, fail: (what: string) => never) {
+  constructor(buf: Buffer, offset: number, header: RecordHeader, location: string) {
     this.#buf = buf;
-    this.#pos = start;
-    this.#end = end;
-    this.fail = fail;
+    this.#offset = offset;
+    this.#pos = offset + RECORD_HEADER_SIZE;
+    this.#end = this.#pos + header.bodyLength;
+    this.#version = header.version;
+    this.#location = location;
+  }
+  fail(what: string): never {
+    throw new CorruptError(this.#location, what, { offset: this.#offset, version: this.#version });
   }
   #take(n: number): number {
     const at = this.#pos;

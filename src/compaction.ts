@@ -78,10 +78,10 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
     });
     const replayDone = performance.now();
     try {
-      checkIntegrity(replayed.db, replayed.version);
+      checkIntegrity(await replayed.db.integrityCheck(), replayed.version);
       await replayed.db.backup(snapshotPath);
     } finally {
-      replayed.db.close();
+      await replayed.db.close();
     }
     const snapshotDone = performance.now();
     await backend.compact({

@@ -2,20 +2,26 @@
  * Replays a backup into a new SQLite file: the base snapshot, then every transaction in
  * batched SQLite transactions, rewriting statements on the way. Restore and compaction both
  * build on it.
+ *
+ * Reading and decoding records happens here, on the calling thread; SQLite runs in a worker
+ * thread (replay-worker.js), so the two overlap. Batches in flight are bounded, so memory stays
+ * bounded however long the backup.
  */
 import fs from "node:fs";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import Database from "better-sqlite3";
+import { Worker } from "node:worker_threads";
 import type { Backend } from "./backend.js";
 import type { Statement } from "./change.js";
 import { TidemarkError } from "./errors.js";
 import type { Rewriter } from "./rewrite.js";
 
-/** Statements per SQLite transaction during replay. */
-const BATCH_STATEMENTS = 20_000;
-/** Prepared statements kept for parameterised SQL. */
-const STATEMENT_CACHE = 512;
+/** Statements sent to the worker per message. */
+const BATCH_STATEMENTS = 2048;
+/** Messages the worker may have queued before the reader waits. */
+const MAX_IN_FLIGHT = 3;
+/** Call onProgress at most once per this many changes. */
+const PROGRESS_EVERY = 256;
 
 /** Options for {@link replayInto}. */
 export interface ReplayOptions {
@@ -23,14 +29,14 @@ export interface ReplayOptions {
   readonly to?: number;
   /** Rewrites each statement before it runs. */
   readonly rewriter?: Rewriter;
-  /** Called after each change with versions done and versions in all. */
+  /** Called now and then with versions done and versions in all. */
   readonly onProgress?: (done: number, total: number) => void;
 }
 
-/** A replayed database, still open. */
+/** A replayed database, still open in its worker. */
 export interface Replayed {
-  /** The open database; the caller closes it. */
-  readonly db: Database.Database;
+  /** The open database; the caller must close it. */
+  readonly db: ReplayedDb;
   /** The version the database is now at. */
   readonly version: number;
   /** Timestamp of that change. */
@@ -39,6 +45,16 @@ export interface Replayed {
   readonly changes: number;
   /** Statements executed. */
   readonly statements: number;
+}
+
+/** What callers may still do with a replayed database. */
+export interface ReplayedDb {
+  /** The rows of `PRAGMA integrity_check`. */
+  integrityCheck(): Promise<string[]>;
+  /** Copies the database to `dest` with SQLite's backup API. */
+  backup(dest: string): Promise<void>;
+  /** Closes the database and stops the worker. */
+  close(): Promise<void>;
 }
 
 /**
@@ -54,7 +70,8 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
     });
   }
   const rewriter = options.rewriter && !options.rewriter.empty ? options.rewriter : undefined;
-  let db: ReplayDb | null = null;
+  const worker = new SqliteWorker();
+  let opened = false;
   let first = 0;
   let version = 0;
   let timestamp = 0;
@@ -64,106 +81,175 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
     for await (const change of backend.streamChanges({ to })) {
       if (first === 0) first = change.version;
       if (change.snapshot) {
-        db?.close();
-        db = null;
+        if (opened) await worker.call({ op: "close" });
+        opened = false;
         await pipeline(Readable.from(change.snapshot.open()), fs.createWriteStream(dbPath));
       }
-      db ??= new ReplayDb(dbPath);
-      if (change.transaction) {
-        const list = change.transaction;
+      if (!opened) {
+        worker.send({ op: "open", file: dbPath });
+        opened = true;
+      }
+      const list = change.transaction;
+      if (list) {
         for (let i = 0; i < list.length; i++) {
-          const st = rewriter ? rewriter.rewrite(list[i]!) : list[i]!;
-          db.run(st, change.version, i);
+          const wait = worker.statement(rewriter ? rewriter.rewrite(list[i]!) : list[i]!, change.version, i);
+          if (wait) await wait;
         }
         statements += list.length;
       }
       version = change.version;
       timestamp = change.timestamp;
       changes++;
-      options.onProgress?.(version - first + 1, to - first + 1);
+      if (options.onProgress && (changes % PROGRESS_EVERY === 0 || version === to)) options.onProgress(version - first + 1, to - first + 1);
     }
-    if (version !== to || db === null) {
+    if (version !== to || !opened) {
       throw new TidemarkError("E_RESTORE", `replay of ${backend.location} stopped at version ${version}, before ${to}`, {
         hint: "the backup changed while it was read (a compaction or rewind); run the command again",
       });
     }
-    return { db: db.finish(), version, timestamp, changes, statements };
+    await worker.flush();
+    await worker.call({ op: "finish" });
+    return { db: worker, version, timestamp, changes, statements };
   } catch (err) {
-    db?.close();
+    await worker.close();
     throw err;
   }
 }
 
-/** A database being replayed into, tuned for bulk writes and put back as it was at the end. */
-class ReplayDb {
-  readonly #db: Database.Database;
-  readonly #journalMode: string;
-  readonly #cache = new Map<string, Database.Statement>();
-  #inBatch = 0;
+/** A batch of statements sent to the worker, with where each came from. */
+interface Batch {
+  readonly statements: Statement[];
+  readonly versions: number[];
+  readonly indexes: number[];
+}
 
-  constructor(file: string) {
-    this.#db = new Database(file);
-    this.#journalMode = String(this.#db.pragma("journal_mode", { simple: true }));
-    // Durability comes from the fsync and rename at the end, so SQLite's own journal is moot here.
-    this.#db.pragma("journal_mode = OFF");
-    this.#db.pragma("synchronous = OFF");
-    this.#db.pragma("locking_mode = EXCLUSIVE");
-    this.#db.pragma("cache_size = -65536");
+interface Pending {
+  resolve(result: unknown): void;
+  reject(err: Error): void;
+  /** For "run" messages: the batch, to name a failing statement. */
+  batch?: Batch;
+}
+
+/** The client side of replay-worker.js. */
+class SqliteWorker implements ReplayedDb {
+  readonly #worker = new Worker(new URL("./replay-worker.js", import.meta.url));
+  readonly #pending = new Map<number, Pending>();
+  readonly #inFlight: Promise<unknown>[] = [];
+  #nextId = 0;
+  #batch: Batch = { statements: [], versions: [], indexes: [] };
+  #failure: Error | null = null;
+  #closed = false;
+
+  constructor() {
+    this.#worker.on("message", (msg: { id: number; ok: boolean; result?: unknown; error?: { message: string; at?: number } }) => {
+      const p = this.#pending.get(msg.id);
+      if (!p) return;
+      this.#pending.delete(msg.id);
+      if (msg.ok) p.resolve(msg.result);
+      else p.reject(errorOf(msg.error!, p.batch));
+    });
+    this.#worker.on("error", (err) => this.#failAll(err));
+    this.#worker.on("exit", (code) => {
+      if (!this.#closed) this.#failAll(new Error(`replay worker exited with code ${code}`));
+    });
   }
 
-  /** Runs one statement, inside a batch transaction. */
-  run(st: Statement, version: number, index: number): void {
-    const db = this.#db;
-    if (this.#inBatch === 0) db.exec("BEGIN");
+  #failAll(err: Error): void {
+    this.#failure ??= err;
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+  }
+
+  /** Sends a message and returns a promise for its reply. */
+  send(msg: Record<string, unknown>, batch?: Batch): Promise<unknown> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    const id = ++this.#nextId;
+    const reply = new Promise<unknown>((resolve, reject) => this.#pending.set(id, { resolve, reject, ...(batch && { batch }) }));
+    this.#worker.postMessage({ ...msg, id });
+    // A failure surfaces where the reply is awaited: in drain(), or in the next call.
+    reply.catch(() => {});
+    this.#inFlight.push(reply);
+    return reply;
+  }
+
+  /**
+   * Queues one statement and sends a batch when it is full. Returns a promise only when the
+   * caller must wait for the worker to catch up; most statements cost no promise at all.
+   */
+  statement(st: Statement, version: number, index: number): Promise<void> | undefined {
+    const b = this.#batch;
+    b.statements.push(st);
+    b.versions.push(version);
+    b.indexes.push(index);
+    if (b.statements.length < BATCH_STATEMENTS) return undefined;
+    this.#sendBatch();
+    return this.#inFlight.length > MAX_IN_FLIGHT ? this.#waitBelow(MAX_IN_FLIGHT) : undefined;
+  }
+
+  async #waitBelow(n: number): Promise<void> {
+    while (this.#inFlight.length > n) await this.#inFlight.shift();
+  }
+
+  #sendBatch(): void {
+    const b = this.#batch;
+    if (b.statements.length === 0) return;
+    this.#batch = { statements: [], versions: [], indexes: [] };
+    this.send({ op: "run", statements: b.statements }, b);
+  }
+
+  /** Flushes queued statements, waits for everything sent, then sends `msg` and waits for it. */
+  async call(msg: Record<string, unknown>): Promise<unknown> {
+    await this.flush();
+    return this.send(msg);
+  }
+
+  /** Sends what is queued and waits for every reply. */
+  async flush(): Promise<void> {
+    this.#sendBatch();
+    await this.drain();
+  }
+
+  /** Waits for every reply so far. */
+  drain(): Promise<void> {
+    return this.#waitBelow(0);
+  }
+
+  async integrityCheck(): Promise<string[]> {
+    const rows = (await this.call({ op: "integrity" })) as { integrity_check: string }[];
+    return rows.map((r) => r.integrity_check);
+  }
+
+  async backup(dest: string): Promise<void> {
+    await this.call({ op: "backup", dest });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
     try {
-      if (typeof st === "string") {
-        db.exec(st);
-      } else if (st.params === undefined) {
-        db.exec(st.sql);
-      } else {
-        let prepared = this.#cache.get(st.sql);
-        if (!prepared) {
-          if (this.#cache.size >= STATEMENT_CACHE) this.#cache.clear();
-          prepared = db.prepare(st.sql);
-          this.#cache.set(st.sql, prepared);
-        }
-        prepared.run(st.params);
+      if (!this.#failure) {
+        this.#batch = { statements: [], versions: [], indexes: [] };
+        await this.drain().catch(() => {});
+        await this.send({ op: "close" }).catch(() => {});
       }
-    } catch (err) {
-      const sql = typeof st === "string" ? st : st.sql;
-      throw new TidemarkError(
-        "E_RESTORE",
-        `replaying version ${version}, statement ${index} failed: ${(err as Error).message}: ${excerpt(sql)}`,
-        { hint: "if this statement is known to be bad, rewrite it with --rules (see README, Statement rewriting)", cause: err },
-      );
+    } finally {
+      this.#closed = true;
+      await this.#worker.terminate();
     }
-    if (++this.#inBatch >= BATCH_STATEMENTS) this.#commit();
-  }
-
-  #commit(): void {
-    if (this.#inBatch > 0 && this.#db.inTransaction) this.#db.exec("COMMIT");
-    this.#inBatch = 0;
-  }
-
-  /** Commits, restores the snapshot's journal mode, and hands over the database. */
-  finish(): Database.Database {
-    this.#commit();
-    this.#cache.clear();
-    // A host statement may have changed the journal mode itself; only undo our own change.
-    if (String(this.#db.pragma("journal_mode", { simple: true })) === "off") {
-      this.#db.pragma(`journal_mode = ${this.#journalMode}`);
-    }
-    this.#db.pragma("locking_mode = NORMAL");
-    return this.#db;
-  }
-
-  close(): void {
-    this.#cache.clear();
-    this.#db.close();
   }
 }
 
-function excerpt(sql: string): string {
-  const flat = sql.replace(/\s+/g, " ").trim();
+/** Turns a worker's error into E_RESTORE, naming the version and statement when it was a batch. */
+function errorOf(error: { message: string; at?: number }, batch: Batch | undefined): TidemarkError {
+  const st = batch && error.at !== undefined ? batch.statements[error.at] : undefined;
+  if (!batch || st === undefined) return new TidemarkError("E_RESTORE", `replay failed: ${error.message}`);
+  return new TidemarkError(
+    "E_RESTORE",
+    `replaying version ${batch.versions[error.at!]}, statement ${batch.indexes[error.at!]} failed: ${error.message}: ${excerpt(st)}`,
+    { hint: "if this statement is known to be bad, rewrite it with --rules (see README, Statement rewriting)" },
+  );
+}
+
+function excerpt(st: Statement): string {
+  const flat = (typeof st === "string" ? st : st.sql).replace(/\s+/g, " ").trim();
   return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
 }

@@ -12,6 +12,7 @@ import { InputError, TidemarkError } from "./errors.js";
 import { replayInto } from "./replay.js";
 import { Rewriter, type Rule } from "./rewrite.js";
 import { fsyncDir, fsyncFile, removeDatabaseFiles } from "./fs-util.js";
+import { isProcessAlive } from "./pid.js";
 
 /** Options for {@link restore}. */
 export interface RestoreOptions {
@@ -48,7 +49,8 @@ export async function restore(backend: Backend, dest: string, options: RestoreOp
   const started = performance.now();
   const target = path.resolve(dest);
   checkDestination(target, options.force ?? false);
-  const tmp = path.join(path.dirname(target), `.${path.basename(target)}.tidemark-${randomBytes(4).toString("hex")}.tmp`);
+  removeStaleTemps(target);
+  const tmp = path.join(path.dirname(target), `.${path.basename(target)}.tidemark-${process.pid}-${randomBytes(4).toString("hex")}.tmp`);
   const rewriter = new Rewriter(options.rules ?? []);
   try {
     const replayed = await replayInto(backend, tmp, {
@@ -57,9 +59,9 @@ export async function restore(backend: Backend, dest: string, options: RestoreOp
       ...(options.onProgress && { onProgress: options.onProgress }),
     });
     try {
-      checkIntegrity(replayed.db, replayed.version);
+      checkIntegrity(await replayed.db.integrityCheck(), replayed.version);
     } finally {
-      replayed.db.close();
+      await replayed.db.close();
     }
     fsyncFile(tmp);
     if (options.force) for (const s of SIDE_FILES) fs.rmSync(target + s, { force: true });
@@ -77,6 +79,17 @@ export async function restore(backend: Backend, dest: string, options: RestoreOp
     };
   } finally {
     removeDatabaseFiles(tmp);
+  }
+}
+
+/** Removes temp files that an earlier restore to the same path left when it was killed. */
+function removeStaleTemps(target: string): void {
+  const prefix = `.${path.basename(target)}.tidemark-`;
+  const dir = path.dirname(target);
+  for (const name of fs.readdirSync(dir)) {
+    if (!name.startsWith(prefix)) continue;
+    const m = /^(\d+)-[0-9a-f]{8}\.tmp(?:-wal|-shm|-journal)?$/.exec(name.slice(prefix.length));
+    if (m && !isProcessAlive(Number(m[1]))) fs.rmSync(path.join(dir, name), { force: true });
   }
 }
 
@@ -101,10 +114,9 @@ function checkDestination(target: string, force: boolean): void {
   }
 }
 
-/** Runs `PRAGMA integrity_check` and raises E_RESTORE with SQLite's findings if it is not "ok". */
-export function checkIntegrity(db: { pragma(sql: string): unknown }, version: number): void {
-  const rows = db.pragma("integrity_check") as { integrity_check: string }[];
-  const problems = rows.map((r) => r.integrity_check).filter((m) => m !== "ok");
+/** Raises E_RESTORE with SQLite's findings if `PRAGMA integrity_check` said anything but "ok". */
+export function checkIntegrity(findings: readonly string[], version: number): void {
+  const problems = findings.filter((m) => m !== "ok");
   if (problems.length > 0) {
     throw new TidemarkError(
       "E_RESTORE",

@@ -7,7 +7,7 @@ import { Readable } from "node:stream";
 import { describe, expect, it } from "vitest";
 import type { Backend, OpenMode } from "../../src/backend.js";
 import { openBackend } from "../../src/backend-registry.js";
-import type { ChangeInput, Statement, StoredChange } from "../../src/change.js";
+import type { SnapshotSource, Statement, StoredChange } from "../../src/change.js";
 import { TidemarkError } from "../../src/errors.js";
 import { applyChange } from "../../src/ingest.js";
 import { Rng } from "./workload.js";
@@ -51,7 +51,7 @@ async function materialise(c: StoredChange) {
   };
 }
 
-function snapshotOf(bytes: Buffer): ChangeInput["snapshot"] {
+function snapshotOf(bytes: Buffer): SnapshotSource {
   // Uneven chunks, so that frame boundaries fall mid-chunk.
   const chunks: Buffer[] = [];
   for (let i = 0; i < bytes.length; i += 77_777) chunks.push(bytes.subarray(i, i + 77_777));

@@ -1,0 +1,34 @@
+/**
+ * tidemark as a library: open a backend, feed it changes under the version rules, restore,
+ * compact and verify.
+ *
+ * @example
+ * ```ts
+ * import { openBackend, applyChange, restore } from "tidemark";
+ * const backup = await openBackend("./backup", { mode: "write" });
+ * await applyChange(backup, { version: 1, transaction: ["CREATE TABLE t (x)"] });
+ * await backup.close();
+ * ```
+ */
+export type {
+  Backend,
+  BackendFactory,
+  BackendHead,
+  BackendOptions,
+  BackendStatus,
+  ChangeRange,
+  ChangeToStore,
+  CompactionBase,
+  OpenMode,
+} from "./backend.js";
+export type { ChangeInput, Param, Params, SnapshotSource, Statement, StoredChange, StoredSnapshot } from "./change.js";
+export { openBackend, parseLocation, registerBackend } from "./backend-registry.js";
+export { applyChange, type IngestResult } from "./ingest.js";
+export { decide, reconcile, type Action, type Reconciliation } from "./version-rules.js";
+export { restore, type RestoreOptions, type RestoreResult } from "./restore.js";
+export { compact, type CompactOptions, type CompactionStats } from "./compaction.js";
+export { verify, type VerifyOptions, type VerifyProblem, type VerifyReport } from "./verify.js";
+export { CORE_LIGHTNING_RULES, RULE_SETS, Rewriter, loadRules, type Rule } from "./rewrite.js";
+export { parseWireChange, statementsToWire, wireChange, type WireChange } from "./change-json.js";
+export { silentLogger, terminalLogger, type Logger } from "./logger.js";
+export * from "./errors.js";
