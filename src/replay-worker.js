@@ -36,7 +36,7 @@ function open(file) {
   db.pragma("journal_mode = OFF");
   db.pragma("synchronous = OFF");
   db.pragma("locking_mode = EXCLUSIVE");
-  db.pragma("cache_size = -65536");
+  db.pragma("cache_size = -32768");
   inBatch = 0;
 }
 

@@ -236,3 +236,18 @@ describe("cli: status, restore, compact, rewind, verify", () => {
     expect(bad.stderr + bad.stdout).toMatch(new RegExp(`offset ${at}, version 3`));
   });
 });
+
+describe("cli: bad input to compact", () => {
+  it("refuses a missing backup and a bad rules file without touching the backup", async () => {
+    const { dir, backup } = await backupWith(5);
+    const missing = await runCli(["compact", path.join(dir, "nope")]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/no backup at/);
+    fs.writeFileSync(path.join(dir, "rules.json"), '[{"name":"x","pattern":"(","replacement":""}]');
+    const before = (await runCli(["status", backup, "--json"])).stdout;
+    const rules = await runCli(["compact", backup, "--rules", path.join(dir, "rules.json")]);
+    expect(rules.code).toBe(1);
+    expect(rules.stderr).toMatch(/rule \[0\]\.pattern/);
+    expect((await runCli(["status", backup, "--json"])).stdout).toBe(before);
+  });
+});
