@@ -165,6 +165,12 @@ function hintForErrno(code: string | undefined): string | undefined {
   }
 }
 
+/** Returns `err` with `prefix: ` before its message (for "line 3: …"); other values pass through. */
+export function withContext(err: unknown, prefix: string): unknown {
+  if (err instanceof TidemarkError) err.message = `${prefix}: ${err.message}`;
+  return err;
+}
+
 /** Formats an error for a terminal: `Error: …` plus `Try: …` when there is a hint. */
 export function formatError(err: unknown): string {
   if (err instanceof TidemarkError) {

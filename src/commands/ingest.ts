@@ -5,7 +5,7 @@ import fs from "node:fs";
 import readline from "node:readline";
 import type { Command } from "commander";
 import { parseWireChange } from "../change-json.js";
-import { InputError, TidemarkError } from "../errors.js";
+import { InputError, withContext } from "../errors.js";
 import { applyChange } from "../ingest.js";
 import { withBackend } from "./common.js";
 
@@ -47,7 +47,7 @@ export function registerIngest(program: Command): void {
             });
             process.stdout.write(`${JSON.stringify(result)}\n`);
           } catch (err) {
-            throw atLine(n, err);
+            throw withContext(err, `line ${n}`);
           }
         }
       });
@@ -69,12 +69,4 @@ function openSnapshot(file: string): fs.ReadStream {
     throw new InputError(`change.snapshot_path: ${file} is not a SQLite database`);
   }
   return fs.createReadStream(file, { fd, start: 0, highWaterMark: 1 << 20 });
-}
-
-/** Prefixes an error's message with the input line number. */
-function atLine(n: number, err: unknown): unknown {
-  if (err instanceof TidemarkError) {
-    Object.defineProperty(err, "message", { value: `line ${n}: ${err.message}` });
-  }
-  return err;
 }
