@@ -96,6 +96,11 @@ export class FileBackend implements Backend {
   /** Set after a write fails in a way that leaves the file's state unknown. */
   #broken: Error | null = null;
   #compacting = false;
+  /** addChange calls waiting on a snapshot upload; synchronous writes must not overlap them. */
+  #asyncWrites = 0;
+  /** Readers in this process that may still open snapshot blobs. */
+  #readers = 0;
+  #cleanupDeferred = false;
 
   constructor(dir: string, options: BackendOptions) {
     this.#dir = dir;
@@ -245,10 +250,10 @@ export class FileBackend implements Backend {
 
   async status(): Promise<BackendStatus> {
     const s = this.#state;
-    let bytes = this.#end;
+    let snapshotBytes = 0;
     for (const snap of s.snapshots) {
       try {
-        bytes += fs.statSync(path.join(this.#dir, snap.ref.ref)).size;
+        snapshotBytes += fs.statSync(path.join(this.#dir, snap.ref.ref)).size;
       } catch {
         // A missing blob is reported by verify and restore; status only counts bytes.
       }
@@ -259,7 +264,8 @@ export class FileBackend implements Backend {
       baseVersion: s.baseVersion,
       firstVersion: s.firstVersion,
       records: s.records,
-      bytes,
+      bytes: this.#end + snapshotBytes,
+      snapshotBytes,
       ...(this.#torn && { tornTail: this.#torn }),
     };
   }
@@ -278,6 +284,7 @@ export class FileBackend implements Backend {
             throw this.#vanished("open", logPath, err);
           }),
           (fh) => new RecordReader(fh, start, limit, logPath),
+          this.#reading(),
           to,
           (rec) => {
             const change: { -readonly [K in keyof StoredChange]: StoredChange[K] } = { version: rec.version, timestamp: rec.timestamp };
@@ -293,12 +300,31 @@ export class FileBackend implements Backend {
   #storedSnapshot(ref: SnapshotRef, version: number) {
     const file = path.join(this.#dir, ref.ref);
     const vanished = (err: unknown) => this.#vanished("read", file, err);
+    const reading = () => this.#reading();
     return {
       size: ref.size,
       open(): AsyncIterable<Buffer> {
         const raw = fs.createReadStream(file, { highWaterMark: 1 << 20 });
-        return decodeSnapshot(guardStream(raw, vanished), ref, file, version);
+        return decodeSnapshot(guardStream(raw, vanished, reading()), ref, file, version);
       },
+    };
+  }
+
+  /**
+   * Counts a reader in this process until the returned function is called. While any reader
+   * is active, compaction leaves superseded snapshot blobs in place (a reader that started
+   * before the switch may still open them) and removes them when the last reader finishes.
+   */
+  #reading(): () => void {
+    this.#readers++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.#readers === 0 && this.#cleanupDeferred && this.#fd !== null) {
+        this.#cleanupDeferred = false;
+        this.#removeUnreferencedSnapshots();
+      }
     };
   }
 
@@ -317,47 +343,74 @@ export class FileBackend implements Backend {
   addChange(change: ChangeToStore): Promise<void> {
     return this.#mutex.run(async () => {
       this.#checkWritable();
-      const s = this.#state;
-      const ok = change.snapshot ? change.version > s.head : change.version === s.head + 1;
-      if (!ok) {
-        throw new Error(`file backend: change ${change.version} cannot follow head ${s.head}; the version rules should have refused it`);
-      }
-      let ref: SnapshotRef | undefined;
-      if (change.snapshot) ref = await this.#writeSnapshot(change.version, change.snapshot);
+      this.#checkFollows(change);
+      if (!change.snapshot) return this.#appendChange(change);
+      this.#asyncWrites++;
       try {
-        const rec = encodeChangeRecord({
-          version: change.version,
-          timestamp: change.timestamp,
-          ...(ref && { snapshot: ref }),
-          ...(change.transaction && { transaction: change.transaction }),
-        });
-        this.#append(rec, {
-          type: RecordType.Change,
-          version: change.version,
-          ...(ref && { snapshot: ref }),
-        });
-      } catch (err) {
-        if (ref) fs.rmSync(path.join(this.#dir, ref.ref), { force: true });
-        throw err;
+        const ref = await this.#writeSnapshot(change.version, change.snapshot);
+        try {
+          this.#appendChange(change, ref);
+        } catch (err) {
+          fs.rmSync(path.join(this.#dir, ref.ref), { force: true });
+          throw err;
+        }
+      } finally {
+        this.#asyncWrites--;
       }
     });
   }
 
+  /**
+   * Stores a transaction-only change synchronously: for in-process hosts that cannot await
+   * (the Journal's synchronous API). Same contract as addChange.
+   */
+  addChangeSync(change: ChangeToStore): void {
+    this.#checkWritable();
+    this.#checkNoAsyncWrite();
+    if (change.snapshot) throw new Error("file backend: addChangeSync takes no snapshot; use addChange");
+    this.#checkFollows(change);
+    this.#appendChange(change);
+  }
+
   rewind(): Promise<void> {
-    return this.#mutex.run(async () => {
-      this.#checkWritable();
-      const s = this.#state;
-      const last = s.last;
-      if (s.prevVersion === null || !last) {
-        throw new TidemarkError(
-          "E_REWIND",
-          s.head === 0 ? `nothing to rewind: ${this.#dir} is empty` : `change ${s.head} cannot be rewound: only the last change can be, and only once`,
-          { hint: "tidemark status shows the head; a host that is behind the backup must be restored" },
-        );
-      }
-      this.#append(encodeRewindRecord(s.head, Date.now()), { type: RecordType.Rewind, version: s.head });
-      if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot.ref), { force: true });
+    return this.#mutex.run(async () => this.rewindSync());
+  }
+
+  /** Drops the last change synchronously; same contract as rewind. */
+  rewindSync(): void {
+    this.#checkWritable();
+    this.#checkNoAsyncWrite();
+    const s = this.#state;
+    const last = s.last;
+    if (s.prevVersion === null || !last) {
+      throw new TidemarkError(
+        "E_REWIND",
+        s.head === 0 ? `nothing to rewind: ${this.#dir} is empty` : `change ${s.head} cannot be rewound: only the last change can be, and only once`,
+        { hint: "tidemark status shows the head; a host that is behind the backup must be restored" },
+      );
+    }
+    this.#append(encodeRewindRecord(s.head, Date.now()), { type: RecordType.Rewind, version: s.head });
+    if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot.ref), { force: true });
+  }
+
+  #checkFollows(change: ChangeToStore): void {
+    const head = this.#state.head;
+    const ok = change.snapshot ? change.version > head : change.version === head + 1;
+    if (!ok) throw new Error(`file backend: change ${change.version} cannot follow head ${head}; the version rules should have refused it`);
+  }
+
+  #checkNoAsyncWrite(): void {
+    if (this.#asyncWrites > 0) throw new Error("file backend: a synchronous write overlaps an asynchronous one; use one API at a time");
+  }
+
+  #appendChange(change: ChangeToStore, ref?: SnapshotRef): void {
+    const rec = encodeChangeRecord({
+      version: change.version,
+      timestamp: change.timestamp,
+      ...(ref && { snapshot: ref }),
+      ...(change.transaction && { transaction: change.transaction }),
     });
+    this.#append(rec, { type: RecordType.Change, version: change.version, ...(ref && { snapshot: ref }) });
   }
 
   /** Appends one encoded record and makes it durable, then updates the state. */
@@ -473,39 +526,67 @@ export class FileBackend implements Backend {
     }
   }
 
-  /** Writes the new log (base record, then every record after the base) and switches to it. */
-  async #install(base: CompactionBase, ref: SnapshotRef, tailStart: number): Promise<void> {
+  /**
+   * Writes the new log (base record, then every record after the base) and switches to it.
+   * Synchronous from start to end, so no append can land in between.
+   */
+  #install(base: CompactionBase, ref: SnapshotRef, tailStart: number): void {
     this.#checkWritable();
-    const fd = this.#fd!;
+    const oldFd = this.#fd!;
     const tail = Buffer.allocUnsafe(this.#end - tailStart);
-    readAll(fd, tail, tailStart);
-    const baseRec = encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref });
+    readAll(oldFd, tail, tailStart);
+    const content = Buffer.concat([encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref }), tail]);
     const seq = this.#seq + 1;
     const next = path.join(this.#dir, logName(seq));
     const tmp = next + TMP_SUFFIX;
+    const state = this.#stateOf(content, next);
     const out = fs.openSync(tmp, "wx");
     try {
-      writeAll(out, baseRec, 0);
-      writeAll(out, tail, baseRec.length);
+      writeAll(out, content, 0);
       fs.fsyncSync(out);
     } finally {
       fs.closeSync(out);
     }
     fs.renameSync(tmp, next);
-    fsyncDir(this.#dir);
-    // The new log is live from here on; the old one is garbage.
-    const oldPath = this.#logPath;
-    fs.closeSync(fd);
-    this.#fd = null;
-    this.#seq = seq;
-    this.#logPath = next;
-    await this.#scan();
-    this.#fd = fs.openSync(next, "r+");
-    fs.rmSync(oldPath, { force: true });
+    try {
+      fsyncDir(this.#dir);
+      // The new log is live from here on; the old one is garbage.
+      const fd = fs.openSync(next, "r+");
+      fs.closeSync(oldFd);
+      const oldPath = this.#logPath;
+      this.#fd = fd;
+      this.#seq = seq;
+      this.#logPath = next;
+      this.#state = state;
+      this.#end = content.length;
+      fs.rmSync(oldPath, { force: true });
+    } catch (err) {
+      this.#broken = new BackendError(DRIVER_NAME, "compact", next, "switching to the new log failed", {
+        cause: err,
+        hint: "restart tidemark; the backup restores to the same head either way",
+      });
+      throw this.#broken;
+    }
     this.#removeUnreferencedSnapshots();
   }
 
+  /** The state of a log held in memory (one this backend has just written). */
+  #stateOf(content: Buffer, location: string): LogState {
+    const state = new LogState(location);
+    for (let at = 0; at < content.length; ) {
+      const probe = probeRecord(content, at);
+      if (probe.kind !== "ok") throw new CorruptError(location, `new log does not parse: ${probe.kind}`, { offset: at });
+      state.apply(this.#entry(content, at, at, probe));
+      at += probe.length;
+    }
+    return state;
+  }
+
   #removeUnreferencedSnapshots(): void {
+    if (this.#readers > 0) {
+      this.#cleanupDeferred = true;
+      return;
+    }
     const live = new Set(this.#state.snapshots.map((s) => s.ref.ref));
     for (const n of fs.readdirSync(this.#dir)) {
       if (SNAP_RE.test(n) && !live.has(n)) fs.rmSync(path.join(this.#dir, n), { force: true });
@@ -552,6 +633,7 @@ class LogChangeStream implements AsyncIterator<StoredChange> {
   #finished = false;
   readonly #opening: Promise<fsp.FileHandle>;
   readonly #makeReader: (fh: fsp.FileHandle) => RecordReader;
+  readonly #release: () => void;
   readonly #to: number;
   readonly #toChange: (rec: DecodedRecord) => StoredChange;
   readonly #location: string;
@@ -559,12 +641,14 @@ class LogChangeStream implements AsyncIterator<StoredChange> {
   constructor(
     opening: Promise<fsp.FileHandle>,
     makeReader: (fh: fsp.FileHandle) => RecordReader,
+    release: () => void,
     to: number,
     toChange: (rec: DecodedRecord) => StoredChange,
     location: string,
   ) {
     this.#opening = opening;
     this.#makeReader = makeReader;
+    this.#release = release;
     this.#to = to;
     this.#toChange = toChange;
     this.#location = location;
@@ -624,6 +708,7 @@ class LogChangeStream implements AsyncIterator<StoredChange> {
   async #end(): Promise<IteratorResult<StoredChange>> {
     const fh = this.#fh;
     this.#fh = null;
+    this.#release();
     await fh?.close();
     return DONE;
   }
@@ -740,12 +825,14 @@ async function findIntactRecord(fh: fsp.FileHandle, from: number, limit: number)
   return -1;
 }
 
-/** Re-raises stream errors through `wrap`, so a vanished file gets a clear message. */
-async function* guardStream(src: AsyncIterable<Buffer>, wrap: (err: unknown) => Error): AsyncGenerator<Buffer> {
+/** Re-raises stream errors through `wrap`, so a vanished file gets a clear message; calls `done` at the end. */
+async function* guardStream(src: AsyncIterable<Buffer>, wrap: (err: unknown) => Error, done: () => void): AsyncGenerator<Buffer> {
   try {
     yield* src;
   } catch (err) {
     throw wrap(err);
+  } finally {
+    done();
   }
 }
 

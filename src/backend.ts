@@ -30,6 +30,8 @@ export interface BackendStatus extends BackendHead {
   readonly records: number;
   /** Bytes the backup occupies in storage: logs and snapshot blobs. */
   readonly bytes: number;
+  /** Of those, the bytes of live snapshot blobs. */
+  readonly snapshotBytes: number;
   /** Set when the log ends in a torn (partial or damaged) record that is being ignored. */
   readonly tornTail?: { readonly location: string; readonly offset: number; readonly bytes: number };
 }
@@ -129,3 +131,17 @@ export interface BackendOptions {
 
 /** A backend module's factory: `export const createBackend: BackendFactory`. */
 export type BackendFactory = (url: URL, options: BackendOptions) => Promise<Backend>;
+
+/** A backend that can also store transactions synchronously, for hosts that cannot await. */
+export interface SyncBackend extends Backend {
+  /** addChange for a change without a snapshot, durable when it returns. */
+  addChangeSync(change: ChangeToStore): void;
+  /** rewind, done when it returns. */
+  rewindSync(): void;
+}
+
+/** Whether `backend` offers the synchronous calls. */
+export function isSyncBackend(backend: Backend): backend is SyncBackend {
+  const b = backend as Partial<SyncBackend>;
+  return typeof b.addChangeSync === "function" && typeof b.rewindSync === "function";
+}

@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { TidemarkError, formatError } from "./errors.js";
 import { registerCompact } from "./commands/compact.js";
+import { registerDaemon } from "./commands/daemon.js";
 import { registerIngest } from "./commands/ingest.js";
 import { registerInit } from "./commands/init.js";
 import { registerRestore } from "./commands/restore.js";
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerCompact(program);
   registerRewind(program);
   registerVerify(program);
+  registerDaemon(program);
   for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError("(add --help for usage)");
   program.addHelpText(
     "after",

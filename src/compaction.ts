@@ -22,6 +22,8 @@ export interface CompactOptions {
   readonly tmpDir?: string;
   /** Progress callback for the replay: versions done, versions in all. */
   readonly onProgress?: (done: number, total: number) => void;
+  /** Abandons the compaction; nothing is installed, and it rejects with the signal's reason. */
+  readonly signal?: AbortSignal;
 }
 
 /** Record counts and bytes of a backup. */
@@ -75,6 +77,7 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
       to: base,
       rewriter,
       ...(options.onProgress && { onProgress: options.onProgress }),
+      ...(options.signal && { signal: options.signal }),
     });
     const replayDone = performance.now();
     try {
@@ -84,6 +87,7 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
       await replayed.db.close();
     }
     const snapshotDone = performance.now();
+    options.signal?.throwIfAborted();
     await backend.compact({
       version: base,
       timestamp: replayed.timestamp,

@@ -22,6 +22,12 @@ export const ERROR_CODES = {
   E_RESTORE: "replaying the backup into SQLite failed",
   E_BACKEND: "the storage backend failed an operation",
   E_CLOSED: "the backend was used after close() or after a failed write",
+  E_NOT_FOUND: "no database with that name is configured",
+  E_AUTH: "the request has no API key, or the wrong one",
+  E_TOO_LARGE: "the request body exceeds the configured limit",
+  E_UNAVAILABLE: "the daemon cannot take the request now (it is shutting down, or unreachable)",
+  E_NONDETERMINISTIC: "a statement would give a different result when replayed",
+  E_INTERNAL: "an unexpected internal error (a bug); the log has the stack trace",
 } as const;
 
 /** A stable error code; see {@link ERROR_CODES}. */

@@ -2,6 +2,7 @@
  * The logging interface the core writes to: the subset of pino's API it uses, so the daemon can
  * pass a pino logger and the CLI a terse terminal one.
  */
+import { pino } from "pino";
 
 /** A log method: fields first, then a lowercase message (pino's calling convention). */
 export type LogFn = (fields: Record<string, unknown>, msg: string) => void;
@@ -46,4 +47,18 @@ export function terminalLogger(verbose = false, write: (line: string) => void = 
     child: () => logger,
   };
   return logger;
+}
+
+/**
+ * The daemon's root logger: pino, JSON lines on stdout, ISO timestamps. Secrets are redacted
+ * should a request's headers or a config ever be logged.
+ */
+export function daemonLogger(level: string): Logger {
+  return pino({
+    level,
+    base: { pid: process.pid },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    redact: { paths: ["apiKey", "*.apiKey", "tcp.apiKey", "headers.authorization", 'headers["x-api-key"]'], censor: "[redacted]" },
+    serializers: { err: pino.stdSerializers.err },
+  }) as unknown as Logger;
 }

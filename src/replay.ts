@@ -20,8 +20,8 @@ import type { Rewriter } from "./rewrite.js";
 const BATCH_STATEMENTS = 2048;
 /** Messages the worker may have queued before the reader waits. */
 const MAX_IN_FLIGHT = 3;
-/** Call onProgress at most once per this many changes. */
-const PROGRESS_EVERY = 256;
+/** Changes between turns given to the event loop (and progress reports). */
+const YIELD_EVERY = 256;
 
 /** Options for {@link replayInto}. */
 export interface ReplayOptions {
@@ -31,6 +31,8 @@ export interface ReplayOptions {
   readonly rewriter?: Rewriter;
   /** Called now and then with versions done and versions in all. */
   readonly onProgress?: (done: number, total: number) => void;
+  /** Stops the replay early; it then rejects with the signal's reason. */
+  readonly signal?: AbortSignal;
 }
 
 /** A replayed database, still open in its worker. */
@@ -100,7 +102,13 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
       version = change.version;
       timestamp = change.timestamp;
       changes++;
-      if (options.onProgress && (changes % PROGRESS_EVERY === 0 || version === to)) options.onProgress(version - first + 1, to - first + 1);
+      if (changes % YIELD_EVERY === 0) {
+        options.signal?.throwIfAborted();
+        // Decoding is CPU work on the caller's thread: give its event loop a turn now and then,
+        // so that a daemon keeps acknowledging changes during a long replay.
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      if (options.onProgress && (changes % YIELD_EVERY === 0 || version === to)) options.onProgress(version - first + 1, to - first + 1);
     }
     if (version !== to || !opened) {
       throw new TidemarkError("E_RESTORE", `replay of ${backend.location} stopped at version ${version}, before ${to}`, {

@@ -323,6 +323,24 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
       });
     });
 
+    it("a stream that began before a compaction still reads its base", async () => {
+      await withNew(async (b) => {
+        await applyChange(b, { version: 1, snapshot: snapshotOf(Buffer.from("old base")) });
+        for (let v = 2; v <= 6; v++) await applyChange(b, { version: v, transaction: tx(v) });
+        const it = b.streamChanges({ from: 1 })[Symbol.asyncIterator]();
+        const first = await it.next();
+        expect(first.value?.version).toBe(1);
+        await b.compact({ version: 5, timestamp: 5, snapshot: snapshotOf(Buffer.from("new base")) });
+        const parts: Buffer[] = [];
+        for await (const chunk of first.value!.snapshot!.open()) parts.push(chunk);
+        expect(Buffer.concat(parts).toString()).toBe("old base");
+        const rest: number[] = [];
+        for (let r = await it.next(); !r.done; r = await it.next()) rest.push(r.value.version);
+        expect(rest).toEqual([2, 3, 4, 5, 6]);
+        expect((await collect(b)).map((c) => c.version)).toEqual([5, 6]);
+      });
+    });
+
     it.runIf(harness.exclusiveWriter)("a second writer is refused and told who holds the lock", async () => {
       await withNew(async (_b, location) => {
         const err = await expectCode(open(location, "write"), "E_LOCKED");

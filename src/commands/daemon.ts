@@ -1,0 +1,64 @@
+/**
+ * `tidemark daemon [--config FILE]`
+ */
+import { watch } from "chokidar";
+import type { Command } from "commander";
+import { defaultConfig, loadConfigFile, type Config } from "../config.js";
+import { Daemon } from "../daemon.js";
+import { formatError } from "../errors.js";
+import { daemonLogger } from "../logger.js";
+
+/** Registers the command. */
+export function registerDaemon(program: Command): void {
+  program
+    .command("daemon")
+    .summary("serve databases over HTTP on a Unix socket (the main job)")
+    .description(
+      "Run the backup daemon. Hosts send changes over HTTP on a Unix socket (mode 0600), optionally on\n" +
+        "TCP with an API key, or through a spool directory; each change is acknowledged once durable.\n" +
+        "Without --config it serves one database, \"default\", backed up to ./tidemark-data/default,\n" +
+        "on the socket ./tidemark.sock, with the spool ./tidemark-spool.\n\n" +
+        "Signals: SIGHUP (or saving the config file) reloads the configuration; SIGTERM or SIGINT\n" +
+        "drains (requests in flight finish) and exits 0; a second one exits at once.\n" +
+        "Logs are JSON lines on stdout.",
+    )
+    .option("-c, --config <file>", "configuration file, YAML or JSON (see docs/daemon.md)")
+    .addHelpText("after", "\nExamples:\n  tidemark daemon\n  tidemark daemon --config /etc/tidemark/tidemark.yaml")
+    .action(async (opts: { config?: string }) => {
+      const load = (): Config => (opts.config ? loadConfigFile(opts.config) : defaultConfig());
+      const config = load();
+      const log = daemonLogger(config.log.level);
+      const daemon = await Daemon.start(config, log);
+
+      const reload = (why: string) => {
+        let next: Config;
+        try {
+          next = load();
+        } catch (err) {
+          log.error({ reason: why, error: formatError(err) }, "new configuration rejected; the old one keeps running");
+          return;
+        }
+        log.info({ reason: why }, "reloading configuration");
+        daemon.reload(next).catch((err: unknown) => log.error({ err }, "reload failed"));
+      };
+      process.on("SIGHUP", () => reload("SIGHUP"));
+      const watcher = opts.config ? watch(opts.config, { ignoreInitial: true }) : null;
+      watcher?.on("change", () => reload("config file changed"));
+
+      await new Promise<void>((resolve) => {
+        let signals = 0;
+        const stop = (signal: string) => {
+          if (++signals > 1) {
+            log.warn({ signal }, "second signal: exiting at once");
+            process.exit(1);
+          }
+          log.info({ signal }, "stopping");
+          resolve();
+        };
+        process.on("SIGTERM", () => stop("SIGTERM"));
+        process.on("SIGINT", () => stop("SIGINT"));
+      });
+      await watcher?.close();
+      await daemon.stop();
+    });
+}
