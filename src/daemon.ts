@@ -172,7 +172,8 @@ export class Daemon {
       await this.#reloading.catch(() => {});
       await Promise.all([...this.#dbs.values()].map((db) => db.close()));
       this.#dbs.clear();
-      if (fs.existsSync(this.#config.socket)) fs.rmSync(this.#config.socket, { force: true });
+      // Only a socket this daemon bound is its to remove.
+      if (this.#servers.length > 0) fs.rmSync(this.#config.socket, { force: true });
       this.#log.info({}, "stopped");
     })();
     return this.#stopping;

@@ -18,6 +18,8 @@ import type { Logger } from "./logger.js";
 const FILE_RE = /^([0-9]{1,15})\.json$/;
 /** How long a version may wait for the ones before it before it is rejected as a gap. */
 const GAP_GRACE_MS = 5_000;
+/** How often the directories are read in case the watcher missed a file. */
+const SWEEP_MS = 1_000;
 /** Retry delay after a failure that is not the file's fault (the backend, a shutdown). */
 const RETRY_MS = 1_000;
 /** Codes that mean the file itself is bad: it is rejected rather than retried. */
@@ -35,7 +37,9 @@ export class Spool {
   readonly #ctx: SpoolContext;
   readonly #log: Logger;
   readonly #queues = new Map<string, DbQueue>();
+  readonly #databases = new Set<string>();
   #watcher: FSWatcher | null = null;
+  #sweeper: NodeJS.Timeout | null = null;
   #closed = false;
 
   constructor(dir: string, ctx: SpoolContext, log: Logger) {
@@ -52,18 +56,36 @@ export class Spool {
     this.#watcher.on("add", (file) => this.#found(file));
     this.#watcher.on("error", (err) => this.#log.error({ err }, "spool watcher failed"));
     await new Promise<void>((resolve) => this.#watcher!.once("ready", () => resolve()));
+    // A safety net under the watcher: an event lost while it was starting, or on a file
+    // system that does not report them, only delays a file by a sweep.
+    this.#sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
+    this.#sweeper.unref();
+    this.#sweep();
+  }
+
+  #sweep(): void {
+    for (const db of this.#databases) {
+      let names: string[];
+      try {
+        names = fs.readdirSync(path.join(this.dir, db));
+      } catch {
+        continue;
+      }
+      for (const n of names) this.#found(path.join(this.dir, db, n));
+    }
   }
 
   /** Makes `<spool>/<name>/` for a database that is now served, and takes any files in it. */
   addDatabase(name: string): void {
-    const dir = path.join(this.dir, name);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    if (this.#watcher) for (const f of fs.readdirSync(dir)) this.#found(path.join(dir, f));
+    fs.mkdirSync(path.join(this.dir, name), { recursive: true, mode: 0o700 });
+    this.#databases.add(name);
+    if (this.#watcher) this.#sweep();
   }
 
   /** Stops watching and waits for files being ingested. */
   async close(): Promise<void> {
     this.#closed = true;
+    if (this.#sweeper) clearInterval(this.#sweeper);
     await this.#watcher?.close();
     await Promise.all([...this.#queues.values()].map((q) => q.close()));
   }

@@ -8,6 +8,9 @@ import { Daemon } from "../daemon.js";
 import { formatError } from "../errors.js";
 import { daemonLogger } from "../logger.js";
 
+/** How long after a config file event the reload happens. */
+const RELOAD_DEBOUNCE_MS = 200;
+
 /** Registers the command. */
 export function registerDaemon(program: Command): void {
   program
@@ -42,8 +45,14 @@ export function registerDaemon(program: Command): void {
         daemon.reload(next).catch((err: unknown) => log.error({ err }, "reload failed"));
       };
       process.on("SIGHUP", () => reload("SIGHUP"));
+      // chokidar drops a second change within 50 ms of the first; reloading a moment after the
+      // last event reads the file as the final write left it.
+      let debounce: NodeJS.Timeout | null = null;
       const watcher = opts.config ? watch(opts.config, { ignoreInitial: true }) : null;
-      watcher?.on("change", () => reload("config file changed"));
+      watcher?.on("change", () => {
+        if (debounce) clearTimeout(debounce);
+        debounce = setTimeout(() => reload("config file changed"), RELOAD_DEBOUNCE_MS);
+      });
 
       await new Promise<void>((resolve) => {
         let signals = 0;
@@ -58,6 +67,7 @@ export function registerDaemon(program: Command): void {
         process.on("SIGTERM", () => stop("SIGTERM"));
         process.on("SIGINT", () => stop("SIGINT"));
       });
+      if (debounce) clearTimeout(debounce);
       await watcher?.close();
       await daemon.stop();
     });
