@@ -44,7 +44,7 @@ import {
   type SnapshotRef,
 } from "../src/change-codec.js";
 import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
-import { LogState } from "../src/log-state.js";
+import { LogState, type LogEntry } from "../src/log-state.js";
 import { Mutex } from "../src/mutex.js";
 import { silentLogger, type Logger } from "../src/logger.js";
 import { BackendError, CorruptError, TidemarkError, asBackendError } from "../src/errors.js";
@@ -83,6 +83,7 @@ export class FileBackend implements Backend {
   readonly #mode: BackendOptions["mode"];
   readonly #log: Logger;
   readonly #mutex = new Mutex();
+  readonly #groupCommit: boolean;
 
   #seq = 0;
   #logPath = "";
@@ -106,6 +107,7 @@ export class FileBackend implements Backend {
     this.#dir = dir;
     this.location = dir;
     this.#mode = options.mode;
+    this.#groupCommit = options.groupCommit ?? false;
     this.#log = (options.log ?? silentLogger).child({ backend: DRIVER_NAME, dir });
   }
 
@@ -344,12 +346,12 @@ export class FileBackend implements Backend {
     return this.#mutex.run(async () => {
       this.#checkWritable();
       this.#checkFollows(change);
-      if (!change.snapshot) return this.#appendChange(change);
+      if (!change.snapshot) return this.#write(changeRecord(change));
       this.#asyncWrites++;
       try {
         const ref = await this.#writeSnapshot(change.version, change.snapshot);
         try {
-          this.#appendChange(change, ref);
+          await this.#write(changeRecord(change, ref));
         } catch (err) {
           fs.rmSync(path.join(this.#dir, ref.ref), { force: true });
           throw err;
@@ -369,28 +371,40 @@ export class FileBackend implements Backend {
     this.#checkNoAsyncWrite();
     if (change.snapshot) throw new Error("file backend: addChangeSync takes no snapshot; use addChange");
     this.#checkFollows(change);
-    this.#appendChange(change);
+    const { rec, entry } = changeRecord(change);
+    this.#append(rec, entry);
   }
 
   rewind(): Promise<void> {
-    return this.#mutex.run(async () => this.rewindSync());
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      const last = this.#rewindable();
+      await this.#write(rewindRecord(last.version));
+      if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot.ref), { force: true });
+    });
   }
 
   /** Drops the last change synchronously; same contract as rewind. */
   rewindSync(): void {
     this.#checkWritable();
     this.#checkNoAsyncWrite();
+    const last = this.#rewindable();
+    const { rec, entry } = rewindRecord(last.version);
+    this.#append(rec, entry);
+    if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot.ref), { force: true });
+  }
+
+  /** The last change, if it may be rewound; throws E_REWIND otherwise. */
+  #rewindable(): LogEntry {
     const s = this.#state;
-    const last = s.last;
-    if (s.prevVersion === null || !last) {
+    if (s.prevVersion === null || !s.last) {
       throw new TidemarkError(
         "E_REWIND",
         s.head === 0 ? `nothing to rewind: ${this.#dir} is empty` : `change ${s.head} cannot be rewound: only the last change can be, and only once`,
         { hint: "tidemark status shows the head; a host that is behind the backup must be restored" },
       );
     }
-    this.#append(encodeRewindRecord(s.head, Date.now()), { type: RecordType.Rewind, version: s.head });
-    if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot.ref), { force: true });
+    return s.last;
   }
 
   #checkFollows(change: ChangeToStore): void {
@@ -403,23 +417,36 @@ export class FileBackend implements Backend {
     if (this.#asyncWrites > 0) throw new Error("file backend: a synchronous write overlaps an asynchronous one; use one API at a time");
   }
 
-  #appendChange(change: ChangeToStore, ref?: SnapshotRef): void {
-    const rec = encodeChangeRecord({
-      version: change.version,
-      timestamp: change.timestamp,
-      ...(ref && { snapshot: ref }),
-      ...(change.transaction && { transaction: change.transaction }),
-    });
-    this.#append(rec, { type: RecordType.Change, version: change.version, ...(ref && { snapshot: ref }) });
+  /** Appends a record the way this backend was opened to: blocking, or overlapping with others (group commit). */
+  #write({ rec, entry }: PendingRecord): void | Promise<void> {
+    return this.#groupCommit ? this.#appendAsync(rec, entry) : this.#append(rec, entry);
   }
 
   /** Appends one encoded record and makes it durable, then updates the state. */
-  #append(rec: Buffer, entry: { type: RecordType; version: number; snapshot?: SnapshotRef }): void {
+  #append(rec: Buffer, entry: RecordEntry): void {
     const fd = this.#fd!;
     const at = this.#end;
     try {
       writeAll(fd, rec, at);
       fs.fdatasyncSync(fd);
+    } catch (err) {
+      this.#undoAppend(fd, at, err);
+      throw asBackendError(DRIVER_NAME, "append", this.#logPath, err);
+    }
+    this.#state.apply({ ...entry, position: at, length: rec.length });
+    this.#end = at + rec.length;
+  }
+
+  /**
+   * #append with the write and the fdatasync on libuv's thread pool, so that several backups'
+   * flushes overlap and the file system's journal commits them together.
+   */
+  async #appendAsync(rec: Buffer, entry: RecordEntry): Promise<void> {
+    const fd = this.#fd!;
+    const at = this.#end;
+    try {
+      await writeAllAsync(fd, rec, at);
+      await new Promise<void>((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
     } catch (err) {
       this.#undoAppend(fd, at, err);
       throw asBackendError(DRIVER_NAME, "append", this.#logPath, err);
@@ -613,6 +640,37 @@ export class FileBackend implements Backend {
     if (this.#broken) throw this.#broken;
     if (this.#fd === null) throw new TidemarkError("E_CLOSED", `[file] ${this.#dir}: opened read-only`);
   }
+}
+
+// ------------------------------------------------------------ encoding records
+
+/** What the state machine learns from an appended record. */
+type RecordEntry = { type: RecordType; version: number; snapshot?: SnapshotRef };
+/** An encoded record and its entry. */
+type PendingRecord = { rec: Buffer; entry: RecordEntry };
+
+function changeRecord(change: ChangeToStore, ref?: SnapshotRef): PendingRecord {
+  const rec = encodeChangeRecord({
+    version: change.version,
+    timestamp: change.timestamp,
+    ...(ref && { snapshot: ref }),
+    ...(change.transaction && { transaction: change.transaction }),
+  });
+  return { rec, entry: { type: RecordType.Change, version: change.version, ...(ref && { snapshot: ref }) } };
+}
+
+function rewindRecord(version: number): PendingRecord {
+  return { rec: encodeRewindRecord(version, Date.now()), entry: { type: RecordType.Rewind, version } };
+}
+
+function writeAllAsync(fd: number, buf: Buffer, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number) => {
+      if (done === buf.length) return resolve();
+      fs.write(fd, buf, done, buf.length - done, position + done, (err, n) => (err ? reject(err) : step(done + n)));
+    };
+    step(0);
+  });
 }
 
 // ------------------------------------------------------------ reading records

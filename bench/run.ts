@@ -7,8 +7,10 @@
  *   compaction       compact() of 100k changes vs that replay plus a backup-API snapshot
  *   restore RSS      peak RSS of a restore whose snapshot is 1 GiB (a child process)
  *
+ *   daemon           see bench/daemon.ts: ack over the socket, group commit, compaction stall
+ *
  * Environment: BENCH_DIR (default: a temp dir), BENCH_CHANGES (default 100000),
- * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run).
+ * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_ONLY (core,daemon).
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -23,29 +25,14 @@ import { compact } from "../src/compaction.js";
 import { applyChange } from "../src/ingest.js";
 import { restore } from "../src/restore.js";
 import { writeAll } from "../src/fs-util.js";
+import { benchDaemon } from "./daemon.js";
+import { ms, percentile, printTable, type Row } from "./table.js";
 
 const ROOT = fs.mkdtempSync(path.join(process.env.BENCH_DIR ?? os.tmpdir(), "tidemark-bench-"));
 const CHANGES = Number(process.env.BENCH_CHANGES ?? 100_000);
 const SNAPSHOT_MB = Number(process.env.BENCH_SNAPSHOT_MB ?? 1024);
 
-interface Row {
-  target: string;
-  measured: string;
-  limit: string;
-  ratio: number;
-  goal: string;
-  ok: boolean;
-}
 const rows: Row[] = [];
-
-function percentile(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
-}
-
-function ms(x: number): string {
-  return x < 1 ? `${(x * 1000).toFixed(0)} µs` : x < 1000 ? `${x.toFixed(1)} ms` : `${(x / 1000).toFixed(2)} s`;
-}
 
 function statementFor(v: number): string {
   return `INSERT INTO ledger (id, account, amount, memo) VALUES (${v}, ${v % 97}, ${(v * 31) % 1000}, 'entry ${v}')`;
@@ -207,21 +194,16 @@ async function benchRestoreRss(): Promise<void> {
   process.stderr.write(`restore of the ${(size / 2 ** 30).toFixed(2)} GiB backup took ${ms(elapsed)}\n`);
 }
 
-function printTable(): void {
-  const header = ["target", "measured", "limit (same run)", "ratio", "goal", ""];
-  const body = rows.map((r) => [r.target, r.measured, r.limit, r.ratio.toFixed(2), r.goal, r.ok ? "ok" : "MISSED"]);
-  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
-  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`;
-  process.stdout.write(`${line(header)}\n|${widths.map((w) => "-".repeat(w + 2)).join("|")}|\n`);
-  for (const b of body) process.stdout.write(`${line(b)}\n`);
-}
-
 try {
   process.stderr.write(`bench: ${os.cpus().length} cores, node ${process.version}, dir ${ROOT}\n`);
-  await benchAckLatency();
-  await benchRestoreAndCompaction();
-  await benchRestoreRss();
-  printTable();
+  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon").split(","));
+  if (only.has("core")) {
+    await benchAckLatency();
+    await benchRestoreAndCompaction();
+    await benchRestoreRss();
+  }
+  if (only.has("daemon")) await benchDaemon(path.join(ROOT, "daemon"), rows, CHANGES);
+  printTable(rows);
 } finally {
   fs.rmSync(ROOT, { recursive: true, force: true });
 }

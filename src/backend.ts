@@ -127,6 +127,12 @@ export interface BackendOptions {
   readonly mode: OpenMode;
   /** Where warnings (a dropped torn tail, a cleaned-up temp file) go. */
   readonly log?: Logger;
+  /**
+   * Several backups in this process write at once (the daemon): overlap their flushes so that
+   * the storage can commit them together, at some cost to a lone writer's latency. Backends
+   * for which this means nothing ignore it.
+   */
+  readonly groupCommit?: boolean;
 }
 
 /** A backend module's factory: `export const createBackend: BackendFactory`. */

@@ -1,13 +1,14 @@
 /**
- * A client for the daemon's HTTP API, over its Unix socket or over TCP with an API key.
+ * A client for the daemon's HTTP API, over its Unix socket or over TCP with an API key, built
+ * on undici (Node's own HTTP client library, and measurably quicker per request than node:http).
  *
  * Transient failures (the daemon restarting, connection refused, a 5xx) are retried with
  * exponential backoff and jitter. A 409 is never retried: it raises GapError or StaleError,
  * because only the host can decide what to do about a version-rule refusal.
  */
 import fs from "node:fs";
-import http from "node:http";
 import { Readable } from "node:stream";
+import { Client, type Dispatcher } from "undici";
 import type { BackendHead } from "./backend.js";
 import type { ChangeInput } from "./change.js";
 import { statementsToWire } from "./change-json.js";
@@ -49,33 +50,63 @@ export interface DaemonClient {
   close(): void;
 }
 
-interface Target {
-  readonly socketPath?: string;
-  readonly host?: string;
-  readonly port?: number;
-  readonly headers: Record<string, string>;
-}
-
 /** Connects to a daemon. No request is made until a method is called. */
 export function connect(options: ConnectOptions): DaemonClient {
   const db = options.db ?? "default";
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
-  let target: Target;
+  let http: Client;
+  let where: string;
+  const headers: Record<string, string> = {};
   if ("socket" in options) {
-    target = { socketPath: options.socket, headers: {} };
+    http = new Client("http://localhost", { socketPath: options.socket });
+    where = options.socket;
   } else {
     const u = new URL(options.url);
     if (u.protocol !== "http:") throw new TidemarkError("E_USAGE", `daemon URL must be http://, got ${u.protocol}`);
-    target = { host: u.hostname, port: Number(u.port || 80), headers: { "x-api-key": options.apiKey } };
+    http = new Client(u.origin);
+    where = u.host;
+    headers["x-api-key"] = options.apiKey;
   }
   const attempts = options.attempts ?? 8;
   const baseDelay = options.retryDelayMs ?? 100;
   const base = `/v1/dbs/${encodeURIComponent(db)}`;
 
-  async function request<T>(method: string, path: string, body?: () => Buffer | AsyncIterable<Uint8Array>): Promise<T> {
+  async function once<T>(method: "GET" | "POST", path: string, body?: Buffer | AsyncIterable<Uint8Array>): Promise<T> {
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await http.request({
+        method,
+        path,
+        headers: {
+          ...headers,
+          accept: "application/json",
+          ...(body && { "content-type": Buffer.isBuffer(body) ? "application/json" : "application/octet-stream" }),
+        },
+        ...(body && { body: Buffer.isBuffer(body) ? body : Readable.from(body) }),
+      });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      const error = new TidemarkError("E_UNAVAILABLE", `cannot reach the tidemark daemon at ${where}: ${e.code ?? e.message}`, {
+        hint: "is the daemon running? (tidemark daemon)",
+        cause: err,
+      });
+      throw TRANSIENT_NET.has(e.code ?? "") ? new Transient(error) : error;
+    }
+    const text = await res.body.text();
+    let json: Record<string, unknown> = {};
+    try {
+      json = text ? JSON.parse(text) : {};
+    } catch {
+      json = { error: text.slice(0, 200) };
+    }
+    if (res.statusCode >= 200 && res.statusCode < 300) return json as T;
+    const err = fromResponse(res.statusCode, json);
+    throw res.statusCode >= 500 ? new Transient(err) : err;
+  }
+
+  async function request<T>(method: "GET" | "POST", path: string, body?: () => Buffer | AsyncIterable<Uint8Array>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await once<T>(agent, target, method, path, body?.());
+        return await once<T>(method, path, body?.());
       } catch (err) {
         if (!(err instanceof Transient) || attempt >= attempts) throw err instanceof Transient ? err.error : err;
         const delay = Math.min(baseDelay * 2 ** (attempt - 1), 5000);
@@ -111,7 +142,7 @@ export function connect(options: ConnectOptions): DaemonClient {
       const s = await request<DatabaseStatus>("GET", base);
       return { version: s.version, prevVersion: s.prevVersion };
     },
-    close: () => agent.destroy(),
+    close: () => void http.close().catch(() => {}),
   };
 }
 
@@ -124,59 +155,18 @@ class Transient extends Error {
   }
 }
 
-const TRANSIENT_NET = new Set(["ECONNREFUSED", "ENOENT", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EAI_AGAIN", "ECONNABORTED"]);
-
-function once<T>(agent: http.Agent, target: Target, method: string, path: string, body?: Buffer | AsyncIterable<Uint8Array>): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const headers: Record<string, string> = { ...target.headers, accept: "application/json" };
-    if (Buffer.isBuffer(body)) {
-      headers["content-type"] = "application/json";
-      headers["content-length"] = String(body.length);
-    } else if (body) {
-      headers["content-type"] = "application/octet-stream";
-    }
-    const req = http.request(
-      { agent, method, path, headers, ...(target.socketPath ? { socketPath: target.socketPath } : { host: target.host, port: target.port }) },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", (err) => reject(new Transient(unreachable(target, err))));
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          let json: Record<string, unknown> = {};
-          try {
-            json = text ? JSON.parse(text) : {};
-          } catch {
-            json = { error: text.slice(0, 200) };
-          }
-          const status = res.statusCode ?? 0;
-          if (status >= 200 && status < 300) return resolve(json as T);
-          const err = fromResponse(status, json);
-          reject(status >= 500 ? new Transient(err) : err);
-        });
-      },
-    );
-    req.on("error", (err: NodeJS.ErrnoException) => {
-      const e = unreachable(target, err);
-      reject(TRANSIENT_NET.has(err.code ?? "") ? new Transient(e) : e);
-    });
-    if (Buffer.isBuffer(body) || body === undefined) {
-      req.end(body);
-    } else {
-      const stream = Readable.from(body);
-      stream.on("error", (err) => req.destroy(err));
-      stream.pipe(req);
-    }
-  });
-}
-
-function unreachable(target: Target, err: NodeJS.ErrnoException): TidemarkError {
-  const where = target.socketPath ?? `${target.host}:${target.port}`;
-  return new TidemarkError("E_UNAVAILABLE", `cannot reach the tidemark daemon at ${where}: ${err.code ?? err.message}`, {
-    hint: "is the daemon running? (tidemark daemon)",
-    cause: err,
-  });
-}
+const TRANSIENT_NET = new Set([
+  "ECONNREFUSED",
+  "ENOENT",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EAI_AGAIN",
+  "ECONNABORTED",
+  "UND_ERR_SOCKET",
+  "UND_ERR_CLOSED",
+  "UND_ERR_CONNECT_TIMEOUT",
+]);
 
 /** Turns an error response into the typed error the daemon raised. */
 function fromResponse(status: number, body: Record<string, unknown>): TidemarkError {

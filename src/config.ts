@@ -51,6 +51,7 @@ const configSchema = z.strictObject({
     .optional(),
   spool: z.string().min(1).optional(),
   maxChangeBytes: size.default("16MiB"),
+  groupCommit: z.enum(["auto", "on", "off"]).default("auto"),
   tmpDir: z.string().min(1).optional(),
   log: z.strictObject({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info") }).default({ level: "info" }),
   databases: z.array(databaseSchema).min(1, "expected at least one database"),
@@ -84,6 +85,8 @@ export interface Config {
   /** Absolute path of the spool directory, if any. */
   readonly spool?: string;
   readonly maxChangeBytes: number;
+  /** Overlap the flushes of several databases: "auto" does when more than one is configured. */
+  readonly groupCommit: "auto" | "on" | "off";
   readonly tmpDir?: string;
   readonly log: { readonly level: string };
   readonly databases: readonly DatabaseConfig[];
@@ -154,6 +157,7 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
     ...(c.tcp && { tcp: { host: c.tcp.host, port: c.tcp.port, apiKey: c.tcp.apiKey! } }),
     ...(c.spool !== undefined && { spool: resolvePath(c.spool) }),
     maxChangeBytes: parseSize(c.maxChangeBytes),
+    groupCommit: c.groupCommit,
     ...(c.tmpDir !== undefined && { tmpDir: resolvePath(c.tmpDir) }),
     log: { level: c.log.level },
     databases: c.databases.map((db) => ({

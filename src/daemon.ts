@@ -85,7 +85,13 @@ export class Daemon {
 
   async #open(config: DatabaseConfig): Promise<void> {
     try {
-      const db = await ManagedDatabase.open(config, { log: this.#log, metrics: this.#metrics, ...(this.#config.tmpDir && { tmpDir: this.#config.tmpDir }) });
+      const c = this.#config;
+      const db = await ManagedDatabase.open(config, {
+        log: this.#log,
+        metrics: this.#metrics,
+        groupCommit: c.groupCommit === "on" || (c.groupCommit === "auto" && c.databases.length > 1),
+        ...(c.tmpDir && { tmpDir: c.tmpDir }),
+      });
       this.#dbs.set(config.name, db);
       this.#failed.delete(config.name);
     } catch (err) {

@@ -26,6 +26,8 @@ export interface DatabaseDeps {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly tmpDir?: string;
+  /** Open backends with group commit (several databases flush at once). */
+  readonly groupCommit?: boolean;
 }
 
 /** A recent error, for status. */
@@ -68,6 +70,12 @@ export class ManagedDatabase {
   #compaction: Promise<CompactionStats> | null = null;
   #timer: NodeJS.Timeout | null = null;
   #closing: Promise<void> | null = null;
+  readonly #series: {
+    readonly ackLatency: { observe(v: number): void };
+    readonly appends: { inc(): void };
+    readonly bytesWritten: { inc(v: number): void };
+    readonly headVersion: { set(v: number): void };
+  };
 
   private constructor(config: DatabaseConfig, backend: Backend, rules: Rule[], deps: DatabaseDeps) {
     this.config = config;
@@ -75,6 +83,15 @@ export class ManagedDatabase {
     this.#rules = rules;
     this.#deps = deps;
     this.#log = deps.log.child({ db: config.name, component: "database" });
+    // The label lookups are done once: these are updated on every change.
+    const m = deps.metrics;
+    const db = { db: config.name };
+    this.#series = {
+      ackLatency: m.ackLatency.labels(db),
+      appends: m.changes.labels({ ...db, action: "append" }),
+      bytesWritten: m.bytesWritten.labels(db),
+      headVersion: m.headVersion.labels(db),
+    };
   }
 
   /** Opens the primary backend (creating the backup if allowed and missing) and starts the scheduler. */
@@ -83,10 +100,10 @@ export class ManagedDatabase {
     const log = deps.log.child({ db: config.name, component: "backend" });
     let backend: Backend;
     try {
-      backend = await openBackend(config.backend, { mode: "write", log });
+      backend = await openBackend(config.backend, { mode: "write", log, groupCommit: deps.groupCommit ?? false });
     } catch (err) {
       if (!(err instanceof TidemarkError && err.code === "E_NO_BACKUP" && config.create)) throw err;
-      backend = await openBackend(config.backend, { mode: "create", log });
+      backend = await openBackend(config.backend, { mode: "create", log, groupCommit: deps.groupCommit ?? false });
       log.info({ backend: backend.location }, "created a new backup");
     }
     const db = new ManagedDatabase(config, backend, rules, deps);
@@ -116,11 +133,11 @@ export class ManagedDatabase {
       this.#checkOpen();
       try {
         const result = await applyChange(this.#backend, change);
-        const m = this.#deps.metrics;
-        m.ackLatency.observe({ db: this.name }, (performance.now() - started) / 1000);
-        m.changes.inc({ db: this.name, action: result.action });
-        m.bytesWritten.inc({ db: this.name }, bytes);
-        m.headVersion.set({ db: this.name }, result.version);
+        const m = this.#series;
+        m.ackLatency.observe((performance.now() - started) / 1000);
+        (result.action === "append" ? m.appends : this.#deps.metrics.changes.labels({ db: this.name, action: result.action })).inc();
+        m.bytesWritten.inc(bytes);
+        m.headVersion.set(result.version);
         this.#changesSince++;
         this.#maybeCompact();
         return result;

@@ -15,6 +15,12 @@ backendConformance("file", {
   exclusiveWriter: true,
 });
 
+backendConformance("file, group commit", {
+  newLocation: () => path.join(tmpDir(), "backup"),
+  exclusiveWriter: true,
+  options: { groupCommit: true },
+});
+
 /** A logger that records warnings. */
 function recordingLogger(): Logger & { warnings: string[] } {
   const warnings: string[] = [];
@@ -177,6 +183,27 @@ describe("file backend: failed writes", () => {
     spy.mockRestore();
     expect(fs.readFileSync(logFile).equals(before)).toBe(true);
     await b.close();
+  });
+});
+
+describe("file backend: failed writes with group commit", () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  it("a failed asynchronous fdatasync cuts the record back and loses nothing (fault injected)", async () => {
+    const { dir, logFile } = await newBackup(2);
+    const before = fs.readFileSync(logFile);
+    const b = await openBackend(dir, { mode: "write", groupCommit: true });
+    // An I/O error from the disk cannot be produced on demand, so fs.fdatasync is mocked to fail once.
+    const spy = vi.spyOn(fs, "fdatasync").mockImplementationOnce(((_fd: number, cb: (err: Error | null) => void) =>
+      cb(Object.assign(new Error("input/output error"), { code: "EIO" }))) as typeof fs.fdatasync);
+    await expect(applyChange(b, { version: 3, transaction: tx(3) })).rejects.toThrow(/EIO/);
+    spy.mockRestore();
+    expect(fs.readFileSync(logFile).equals(before)).toBe(true);
+    await applyChange(b, { version: 3, transaction: tx(3) });
+    await b.close();
+    const r = await openBackend(dir, { mode: "read" });
+    expect((await collect(r, { from: 1 })).map((c) => c.version)).toEqual([1, 2, 3]);
+    await r.close();
   });
 });
 

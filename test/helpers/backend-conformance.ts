@@ -5,7 +5,7 @@
  */
 import { Readable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import type { Backend, OpenMode } from "../../src/backend.js";
+import type { Backend, BackendOptions, OpenMode } from "../../src/backend.js";
 import { openBackend } from "../../src/backend-registry.js";
 import type { SnapshotSource, Statement, StoredChange } from "../../src/change.js";
 import { TidemarkError } from "../../src/errors.js";
@@ -18,6 +18,8 @@ export interface ConformanceHarness {
   newLocation(): Promise<string> | string;
   /** Whether a second writer is refused (false only where the store cannot enforce it). */
   readonly exclusiveWriter: boolean;
+  /** Extra options for every open. */
+  readonly options?: Partial<BackendOptions>;
 }
 
 /** A statement list that names its version, so a wrong or replayed change is visible. */
@@ -72,7 +74,7 @@ async function expectCode(p: Promise<unknown>, code: string): Promise<TidemarkEr
 
 /** Registers the conformance suite for one backend. */
 export function backendConformance(name: string, harness: ConformanceHarness): void {
-  const open = async (location: string, mode: OpenMode) => openBackend(location, { mode });
+  const open = async (location: string, mode: OpenMode) => openBackend(location, { ...harness.options, mode });
 
   /** Creates a backup, runs `fn` on the writer, and closes it. */
   async function withNew<T>(fn: (b: Backend, location: string) => Promise<T>): Promise<T> {
