@@ -186,18 +186,14 @@ class DbQueue {
   async #take(version: number): Promise<"done" | "wait" | "retry"> {
     const file = path.join(this.#spool, this.#db, `${version}.json`);
     const db = this.#ctx.database(this.#db);
-    let text: string;
-    try {
-      text = fs.readFileSync(file, "utf8");
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return "done"; // taken away meanwhile
-      throw err;
+    const text = readSmallFile(file, this.#ctx.maxChangeBytes());
+    if (text === null) return "done"; // taken away meanwhile
+    if (typeof text !== "string") {
+      this.#reject(file, version, text, "E_TOO_LARGE");
+      return "done";
     }
     try {
       if (!db) throw new TidemarkError("E_NOT_FOUND", `no database named "${this.#db}" is configured`);
-      if (Buffer.byteLength(text) > this.#ctx.maxChangeBytes()) {
-        throw new TidemarkError("E_TOO_LARGE", `the file exceeds the ${this.#ctx.maxChangeBytes()}-byte limit`);
-      }
       const wire = parseWireChange(text, { allowSnapshotPath: true });
       if (wire.version !== version) throw new InputError(`the file is named ${version}.json but holds version ${wire.version}`);
       const head = db.head().version;
@@ -239,5 +235,20 @@ class DbQueue {
     fs.writeFileSync(`${base}.reason`, `${code}: ${err.message}${hint}\n`);
     fs.renameSync(file, base);
     this.#log.warn({ version, code, moved: base }, "rejected a spooled change");
+  }
+}
+
+/**
+ * Reads a spool file, checking its size first so that a huge one is refused rather than
+ * loaded. Returns null if it is gone, or the error for one over `limit` bytes.
+ */
+function readSmallFile(file: string, limit: number): string | null | TidemarkError {
+  try {
+    const size = fs.statSync(file).size;
+    if (size > limit) return new TidemarkError("E_TOO_LARGE", `the file is ${size} bytes, over the ${limit}-byte limit`);
+    return fs.readFileSync(file, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw err;
   }
 }

@@ -291,6 +291,21 @@ describe("daemon spool directory", () => {
   });
 });
 
+describe("daemon spool limits", () => {
+  it("rejects a file over maxChangeBytes without loading it", async () => {
+    const dir = tmpDir();
+    const d = await startDaemon(dir, { spool: "spool", maxChangeBytes: 1024, databases: [{ name: "default", backend: "data" }] });
+    try {
+      fs.writeFileSync(path.join(dir, "spool/default/1.json"), change(1, `SELECT '${"x".repeat(5000)}'`));
+      await waitFor(() => fs.readdirSync(path.join(dir, "spool/rejected")).length === 2, 10_000, d.logs);
+      const reason = fs.readdirSync(path.join(dir, "spool/rejected")).find((n) => n.endsWith(".reason"))!;
+      expect(fs.readFileSync(path.join(dir, "spool/rejected", reason), "utf8")).toMatch(/^E_TOO_LARGE: the file is \d+ bytes, over the 1024-byte limit/);
+    } finally {
+      await d.stop();
+    }
+  });
+});
+
 describe("daemon configuration reload", () => {
   it("adds and removes databases on a config change and on SIGHUP, and keeps running on a bad config", async () => {
     const dir = tmpDir();
