@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { TidemarkError, formatError } from "./errors.js";
+import { registerCln } from "./commands/cln.js";
 import { registerCompact } from "./commands/compact.js";
 import { registerDaemon } from "./commands/daemon.js";
 import { registerIngest } from "./commands/ingest.js";
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerRewind(program);
   registerVerify(program);
   registerDaemon(program);
+  registerCln(program);
   for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError("(add --help for usage)");
   program.addHelpText(
     "after",
