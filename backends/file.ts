@@ -620,6 +620,25 @@ export class FileBackend implements Backend {
     }
   }
 
+  reset(): Promise<void> {
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      // A new, empty log replaces the old one by rename, as compaction does.
+      const seq = this.#seq + 1;
+      const next = path.join(this.#dir, logName(seq));
+      writeFileDurably(next, Buffer.alloc(0));
+      fs.closeSync(this.#fd!);
+      const oldPath = this.#logPath;
+      this.#fd = fs.openSync(next, "r+");
+      this.#seq = seq;
+      this.#logPath = next;
+      this.#state = new LogState(next);
+      this.#end = 0;
+      fs.rmSync(oldPath, { force: true });
+      this.#removeUnreferencedSnapshots();
+    });
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;

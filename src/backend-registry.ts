@@ -17,6 +17,7 @@ type FactoryLoader = () => Promise<BackendFactory>;
 
 const builtins = new Map<string, FactoryLoader>([
   ["file:", async () => (await import("../backends/file.js")).createBackend],
+  ["s3:", async () => (await import("../backends/s3.js")).createBackend],
 ]);
 
 /** Registers a backend factory for a scheme (such as `"mem:"`) in this process. */
@@ -45,6 +46,16 @@ export async function openBackend(location: string, options: BackendOptions): Pr
   const url = parseLocation(location);
   const factory = await loadFactory(url.protocol);
   return factory(url, options);
+}
+
+/** Opens the backend at `location` for writing, creating the backup if there is none yet. */
+export async function openOrCreateBackend(location: string, options: Omit<BackendOptions, "mode">): Promise<{ backend: Backend; created: boolean }> {
+  try {
+    return { backend: await openBackend(location, { ...options, mode: "write" }), created: false };
+  } catch (err) {
+    if (!(err instanceof TidemarkError && err.code === "E_NO_BACKUP")) throw err;
+    return { backend: await openBackend(location, { ...options, mode: "create" }), created: true };
+  }
 }
 
 async function loadFactory(protocol: string): Promise<BackendFactory> {

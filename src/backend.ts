@@ -109,6 +109,12 @@ export interface Backend {
    */
   compact(base: CompactionBase): Promise<void>;
 
+  /**
+   * Deletes every change and snapshot, leaving an empty backup (its identity and lock stay).
+   * Only `tidemark copy --force` uses it, on a destination it is about to overwrite.
+   */
+  reset(): Promise<void>;
+
   /** Releases the writer lock and any handles. Safe to call twice. */
   close(): Promise<void>;
 }
@@ -133,6 +139,8 @@ export interface BackendOptions {
    * for which this means nothing ignore it.
    */
   readonly groupCommit?: boolean;
+  /** Called before a request that failed transiently is retried (for metrics). */
+  readonly onRetry?: (op: string, attempt: number, err: Error) => void;
 }
 
 /** A backend module's factory: `export const createBackend: BackendFactory`. */

@@ -7,6 +7,7 @@ import { Command, CommanderError } from "commander";
 import { TidemarkError, formatError } from "./errors.js";
 import { registerCln } from "./commands/cln.js";
 import { registerCompact } from "./commands/compact.js";
+import { registerCopy } from "./commands/copy.js";
 import { registerDaemon } from "./commands/daemon.js";
 import { registerIngest } from "./commands/ingest.js";
 import { registerInit } from "./commands/init.js";
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerCompact(program);
   registerRewind(program);
   registerVerify(program);
+  registerCopy(program);
   registerDaemon(program);
   registerCln(program);
   for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError("(add --help for usage)");

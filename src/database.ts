@@ -3,7 +3,7 @@
  * writer, its compaction scheduler, and what `status` reports about it.
  */
 import type { Backend, BackendHead, BackendStatus } from "./backend.js";
-import { openBackend } from "./backend-registry.js";
+import { openBackend, openOrCreateBackend } from "./backend-registry.js";
 import type { ChangeInput } from "./change.js";
 import { compact, type CompactionStats } from "./compaction.js";
 import { compactionDue, nextCompactionAt, type CompactionState } from "./compaction-policy.js";
@@ -98,13 +98,14 @@ export class ManagedDatabase {
   static async open(config: DatabaseConfig, deps: DatabaseDeps): Promise<ManagedDatabase> {
     const rules = loadRules(config.rules);
     const log = deps.log.child({ db: config.name, component: "backend" });
+    const options = { log, groupCommit: deps.groupCommit ?? false };
     let backend: Backend;
-    try {
-      backend = await openBackend(config.backend, { mode: "write", log, groupCommit: deps.groupCommit ?? false });
-    } catch (err) {
-      if (!(err instanceof TidemarkError && err.code === "E_NO_BACKUP" && config.create)) throw err;
-      backend = await openBackend(config.backend, { mode: "create", log, groupCommit: deps.groupCommit ?? false });
-      log.info({ backend: backend.location }, "created a new backup");
+    if (config.create) {
+      const opened = await openOrCreateBackend(config.backend, options);
+      backend = opened.backend;
+      if (opened.created) log.info({ backend: backend.location }, "created a new backup");
+    } else {
+      backend = await openBackend(config.backend, { ...options, mode: "write" });
     }
     const db = new ManagedDatabase(config, backend, rules, deps);
     const status = await backend.status();

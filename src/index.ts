@@ -29,6 +29,7 @@ export { applyChange, applyChangeSync, type IngestResult } from "./ingest.js";
 export { decide, reconcile, type Action, type Reconciliation } from "./version-rules.js";
 export { restore, type RestoreOptions, type RestoreResult } from "./restore.js";
 export { compact, type CompactOptions, type CompactionStats } from "./compaction.js";
+export { copyBackup, type CopyOptions, type CopyResult } from "./copy.js";
 export { verify, type VerifyOptions, type VerifyProblem, type VerifyReport } from "./verify.js";
 export { CORE_LIGHTNING_RULES, RULE_SETS, Rewriter, loadRules, type Rule } from "./rewrite.js";
 export { parseWireChange, statementsToWire, wireChange, type WireChange } from "./change-json.js";

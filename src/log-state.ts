@@ -76,6 +76,16 @@ export class LogState {
     this.last = entry;
   }
 
+  /**
+   * Records a rewind whose change is gone from storage (an object store deletes the rewound
+   * change after writing its rewind marker): the head stays, but may not be rewound again.
+   */
+  markRewound(entry: LogEntry): void {
+    if (entry.version !== this.head + 1) this.#fail(entry, `rewind marker for version ${entry.version} does not follow head ${this.head}`);
+    this.prevVersion = null;
+    this.last = null;
+  }
+
   #rewind(entry: LogEntry): void {
     const last = this.last;
     if (!last || last.version !== entry.version || this.prevVersion === null) {

@@ -42,6 +42,7 @@ export async function createBackend(url, options) {
     rewind: () => inner.rewind(),
     streamChanges: (r) => inner.streamChanges(r),
     compact: (b) => inner.compact(b),
+    reset: () => inner.reset(),
     close: () => inner.close(),
   };
 }`,

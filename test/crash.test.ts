@@ -1,183 +1,28 @@
 /**
- * Crash tests with real processes: the CLI is SIGKILLed at random points during ingest, rewind,
- * compact and restore, and the test carries on as a host would. At the end the restored
- * database must equal the host's row by row: every acked and committed version is there, and
- * nothing rewound appears.
+ * Crash tests of the file backend with real processes killed by SIGKILL (the scenario is in
+ * helpers/crash.ts and runs against every backend).
  */
 import fs from "node:fs";
 import path from "node:path";
-import type { ChildProcess } from "node:child_process";
-import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
-import type { Statement } from "../src/change.js";
-import { statementsToWire } from "../src/change-json.js";
-import { runCli, spawnCli } from "./helpers/cli.js";
-import { applyStatements, expectSameDb } from "./helpers/sqlite.js";
+import { runCli } from "./helpers/cli.js";
+import { runCrashScenario } from "./helpers/crash.js";
 import { tmpDir } from "./helpers/tmp.js";
-import { Rng, Workload } from "./helpers/workload.js";
 
-const ROUNDS = 60;
-
-/** Waits for a child to exit; resolves with its exit code or signal. */
-function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve({ code: child.exitCode, signal: child.signalCode });
-    else child.on("close", (code, signal) => resolve({ code, signal }));
-  });
-}
-
-/**
- * SIGKILLs a writer child at a random moment once it holds the backup's lock, so that the kill
- * lands inside the work rather than during Node's start-up. Returns whether it killed.
- */
-async function killWhileWorking(child: ChildProcess, backup: string, rng: Rng, maxDelayMs: number): Promise<boolean> {
-  const lock = path.join(backup, "LOCK");
-  let killed = false;
-  const poll = setInterval(() => {
-    if (!fs.existsSync(lock)) return;
-    clearInterval(poll);
-    setTimeout(() => (killed = child.kill("SIGKILL")), rng.int(0, maxDelayMs));
-  }, 1);
-  const r = await exited(child);
-  clearInterval(poll);
-  return killed && r.signal === "SIGKILL";
-}
-
-/** Reads ack lines from an ingest child. */
-class AckReader {
-  readonly acks: number[] = [];
-  #buf = "";
-  #waiters: (() => void)[] = [];
-  constructor(child: ChildProcess) {
-    child.stdout!.on("data", (d: Buffer) => {
-      this.#buf += d.toString();
-      let nl: number;
-      while ((nl = this.#buf.indexOf("\n")) >= 0) {
-        const line = this.#buf.slice(0, nl);
-        this.#buf = this.#buf.slice(nl + 1);
-        this.acks.push(JSON.parse(line).version);
-      }
-      this.#wake();
-    });
-    child.on("close", () => this.#wake());
-  }
-  #wake() {
-    const w = this.#waiters;
-    this.#waiters = [];
-    for (const f of w) f();
-  }
-  /** Resolves when there are more than `n` acks, or the child is gone. */
-  async waitFor(n: number, child: ChildProcess): Promise<boolean> {
-    while (this.acks.length <= n) {
-      if (child.exitCode !== null || child.signalCode !== null) return false;
-      await new Promise<void>((r) => this.#waiters.push(r));
-    }
-    return true;
-  }
-}
-
-describe("crash safety with SIGKILL", () => {
+describe("crash safety with SIGKILL: file backend", () => {
   it("kills during ingest, rewind, compact and restore never lose an acked change nor replay a rewound one", async () => {
     const dir = tmpDir();
     const backup = path.join(dir, "backup");
-    const hostFile = path.join(dir, "host.db");
     expect((await runCli(["init", backup])).code).toBe(0);
-    const host = new Database(hostFile);
-    const rng = new Rng(20261122);
-    const work = new Workload(42);
-    let hostVersion = 0;
-    /** Statements sent for hostVersion+1 but not yet acked: a host retries the same transaction. */
-    let pending: Statement[] | null = null;
-    /** The backup holds an acked change the host did not commit (the host "died" before commit). */
-    let backupAhead = false;
-    let abandoned = 0;
-    const kills = { ingest: 0, compact: 0, rewind: 0, restore: 0 };
-
-    for (let round = 0; round < ROUNDS; round++) {
-      const roll = rng.next();
-      if (roll < 0.15) {
-        const child = spawnCli(["compact", backup]);
-        if (await killWhileWorking(child, backup, rng, 40)) kills.compact++;
-        else expect(child.exitCode).toBe(0);
-        continue;
-      }
-      if (backupAhead && rng.chance(0.5)) {
-        // A host at start-up finds the backup one ahead and rewinds it explicitly.
-        const child = spawnCli(["rewind", backup]);
-        if (await killWhileWorking(child, backup, rng, 3)) kills.rewind++;
-        else {
-          // Exit 1 means a killed earlier attempt had already rewound it.
-          expect([0, 1]).toContain(child.exitCode);
-          backupAhead = false;
-        }
-        continue;
-      }
-      if (roll < 0.3) {
-        const child = spawnCli(["restore", backup, path.join(dir, "killed-restore.db"), "--force"]);
-        const timer = setTimeout(() => child.kill("SIGKILL"), rng.int(50, 300));
-        const r = await exited(child);
-        clearTimeout(timer);
-        if (r.signal) kills.restore++;
-        continue;
-      }
-
-      const child = spawnCli(["ingest", backup]);
-      child.stdin!.on("error", () => {});
-      const acks = new AckReader(child);
-      const killAt = rng.int(0, 25);
-      for (let i = 0; ; i++) {
-        // Occasionally the host commits nothing after an ack: it died and will redo the version.
-        const abandon = !pending && rng.chance(0.06);
-        const statements = abandon ? [`CREATE TABLE rolled_back_${abandoned++} (x)`] : (pending ??= work.transaction());
-        const version = hostVersion + 1;
-        child.stdin!.write(`${JSON.stringify({ version, transaction: statementsToWire(statements) })}\n`);
-        if (i === killAt) setTimeout(() => child.kill("SIGKILL"), rng.int(0, 2));
-        const acked = (await acks.waitFor(i, child)) || acks.acks.length > i;
-        if (!acked) break;
-        expect(acks.acks[i]).toBe(version);
-        if (abandon) {
-          // The host dies here: it restarts with the backup one version ahead.
-          backupAhead = true;
-          break;
-        }
-        applyStatements(host, statements);
-        hostVersion = version;
-        pending = null;
-        backupAhead = false;
-        if (i >= killAt) break;
-      }
-      child.stdin!.end();
-      const r = await exited(child);
-      if (r.signal) kills.ingest++;
-    }
-
-    // One clean run as a host would resume: the next change, then a restore.
-    const last = work.transaction();
-    const final = pending ?? last;
-    const ingest = await runCli(["ingest", backup], {
-      input: `${JSON.stringify({ version: hostVersion + 1, transaction: statementsToWire(final) })}\n`,
-    });
-    expect(ingest.code, ingest.stderr).toBe(0);
-    applyStatements(host, final);
-    hostVersion++;
-    host.close();
-
-    const out = path.join(dir, "restored.db");
-    const restored = await runCli(["restore", backup, out, "--json"]);
-    expect(restored.code, restored.stderr).toBe(0);
-    expect(JSON.parse(restored.stdout).version).toBe(hostVersion);
-    expectSameDb(out, hostFile);
-
-    // No temp files anywhere, no lock, and the killed processes did get killed.
-    expect(fs.readdirSync(backup).filter((n) => n.endsWith(".tmp") || n === "LOCK")).toEqual([]);
-    const verify = await runCli(["verify", backup]);
-    expect(verify.code, verify.stdout + verify.stderr).toBe(0);
-    const again = await runCli(["restore", backup, path.join(dir, "killed-restore.db"), "--force"]);
-    expect(again.code).toBe(0);
-    expect(fs.readdirSync(dir).filter((n) => n.includes(".tmp"))).toEqual([]);
-    expect(kills.ingest).toBeGreaterThan(3);
-    expect(kills.compact).toBeGreaterThan(0);
-    expect(kills.rewind).toBeGreaterThan(0);
-    console.log(`crash test: host at version ${hostVersion}, ${abandoned} abandoned changes, kills ${JSON.stringify(kills)}`);
+    const report = await runCrashScenario(
+      dir,
+      {
+        location: backup,
+        lockHeld: () => fs.existsSync(path.join(backup, "LOCK")),
+        leftovers: () => fs.readdirSync(backup).filter((n) => n.endsWith(".tmp") || n === "LOCK"),
+      },
+      60,
+    );
+    console.log(`file crash test: ${JSON.stringify(report)}`);
   });
 });
