@@ -38,6 +38,7 @@ import {
   encodeChangeRecord,
   encodeRewindRecord,
   probeRecord,
+  recordTimestamp,
   type DecodedRecord,
   type RecordHeader,
   type RecordProbe,
@@ -238,10 +239,17 @@ export class FileBackend implements Backend {
   }
 
   /** The state machine's view of an intact record. */
-  #entry(buf: Buffer, at: number, offset: number, header: RecordHeader) {
+  #entry(buf: Buffer, at: number, offset: number, header: RecordHeader): LogEntry {
     const snapshot =
       header.type === RecordType.Change && header.flags & 1 ? decodeRecord(buf, at, header, this.#logPath).snapshot : undefined;
-    return { type: header.type, version: header.version, position: offset, length: header.length, ...(snapshot && { snapshot }) };
+    return {
+      type: header.type,
+      version: header.version,
+      position: offset,
+      length: header.length,
+      timestamp: recordTimestamp(buf, at, header),
+      ...(snapshot && { snapshot }),
+    };
   }
 
   // ------------------------------------------------------------ reads
@@ -268,6 +276,7 @@ export class FileBackend implements Backend {
       records: s.records,
       bytes: this.#end + snapshotBytes,
       snapshotBytes,
+      ...(s.headTimestamp !== undefined && { headTimestamp: s.headTimestamp }),
       ...(this.#torn && { tornTail: this.#torn }),
     };
   }
@@ -664,7 +673,7 @@ export class FileBackend implements Backend {
 // ------------------------------------------------------------ encoding records
 
 /** What the state machine learns from an appended record. */
-type RecordEntry = { type: RecordType; version: number; snapshot?: SnapshotRef };
+type RecordEntry = { type: RecordType; version: number; timestamp?: number; snapshot?: SnapshotRef };
 /** An encoded record and its entry. */
 type PendingRecord = { rec: Buffer; entry: RecordEntry };
 
@@ -675,7 +684,7 @@ function changeRecord(change: ChangeToStore, ref?: SnapshotRef): PendingRecord {
     ...(ref && { snapshot: ref }),
     ...(change.transaction && { transaction: change.transaction }),
   });
-  return { rec, entry: { type: RecordType.Change, version: change.version, ...(ref && { snapshot: ref }) } };
+  return { rec, entry: { type: RecordType.Change, version: change.version, timestamp: change.timestamp, ...(ref && { snapshot: ref }) } };
 }
 
 function rewindRecord(version: number): PendingRecord {

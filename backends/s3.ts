@@ -389,6 +389,7 @@ export class S3Backend implements Backend {
     let snapshotBytes = 0;
     for (const snap of s.snapshots) snapshotBytes += this.#snapshotSizes.get(snap.ref.ref) ?? 0;
     const logBytes = this.#entries.reduce((n, e) => n + e.size, 0);
+    const headTimestamp = s.head === 0 ? undefined : (s.headTimestamp ?? (await this.#headTimestamp()));
     return {
       version: s.head,
       prevVersion: s.prevVersion,
@@ -397,7 +398,16 @@ export class S3Backend implements Backend {
       records: s.records,
       bytes: logBytes + snapshotBytes,
       snapshotBytes,
+      ...(headTimestamp !== undefined && { headTimestamp }),
     };
+  }
+
+  /** The head change's timestamp, read from its object (the listing does not carry it). */
+  async #headTimestamp(): Promise<number> {
+    const head = this.#entries.findLast((e, i) => this.#isLive(i) && e.version === this.#state.head)!;
+    const ts = (await this.#fetchRecord(head.key, head.version)).timestamp;
+    this.#state.headTimestamp = ts;
+    return ts;
   }
 
   streamChanges(range: ChangeRange = {}): AsyncIterable<StoredChange> {
@@ -406,17 +416,20 @@ export class S3Backend implements Backend {
     const { to, start } = this.#state.plan(range);
     // The live entries to read, from the plan's start: rewound changes and markers are skipped
     // here, from the listing alone, so they are never even fetched.
-    const entries = this.#entries;
     const wanted: S3Entry[] = [];
-    for (let i = start; i < entries.length; i++) {
-      const e = entries[i]!;
-      if (e.type === RecordType.Rewind) continue;
-      const next = entries[i + 1];
-      if (next && next.type === RecordType.Rewind && next.version === e.version) continue;
-      wanted.push(e);
-      if (e.version === to) break;
+    for (let i = start; i < this.#entries.length; i++) {
+      if (!this.#isLive(i)) continue;
+      wanted.push(this.#entries[i]!);
+      if (this.#entries[i]!.version === to) break;
     }
     return { [Symbol.asyncIterator]: () => this.#stream(wanted) };
+  }
+
+  /** Whether entry `i` is a change that no rewind marker cancels. */
+  #isLive(i: number): boolean {
+    const e = this.#entries[i]!;
+    const next = this.#entries[i + 1];
+    return e.type === RecordType.Change && !(next?.type === RecordType.Rewind && next.version === e.version);
   }
 
   /** Fetches `wanted` in order, keeping PREFETCH requests ahead. */
@@ -495,7 +508,7 @@ export class S3Backend implements Backend {
           ...(ref && { snapshot: ref }),
           ...(change.transaction && { transaction: change.transaction }),
         });
-        await this.#putRecord(change.version, ref ? "s" : "c", rec, ref);
+        await this.#putRecord(change.version, ref ? "s" : "c", rec, ref, change.timestamp);
       } catch (err) {
         if (ref) await this.#deleteKeys([`snapshots/${ref.ref}`]).catch(() => {});
         throw err;
@@ -525,7 +538,7 @@ export class S3Backend implements Backend {
   }
 
   /** PUTs one record under the next key and applies it to the state. */
-  async #putRecord(version: number, kind: "c" | "s" | "r", rec: Buffer, snapshot?: SnapshotRef): Promise<void> {
+  async #putRecord(version: number, kind: "c" | "s" | "r", rec: Buffer, snapshot?: SnapshotRef, timestamp?: number): Promise<void> {
     const seq = this.#seq++;
     const rel = `changes/${String(version).padStart(20, "0")}-${String(seq).padStart(13, "0")}.${kind}`;
     // https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html
@@ -534,6 +547,7 @@ export class S3Backend implements Backend {
       type: kind === "r" ? RecordType.Rewind : RecordType.Change,
       version,
       ...(snapshot && { snapshot }),
+      ...(timestamp !== undefined && { timestamp }),
       position: this.#entries.length,
       length: rec.length,
       key: rel,

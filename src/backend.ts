@@ -32,6 +32,8 @@ export interface BackendStatus extends BackendHead {
   readonly bytes: number;
   /** Of those, the bytes of live snapshot blobs. */
   readonly snapshotBytes: number;
+  /** When the head change was made (ms since the epoch); absent when the backup is empty. */
+  readonly headTimestamp?: number;
   /** Set when the log ends in a torn (partial or damaged) record that is being ignored. */
   readonly tornTail?: { readonly location: string; readonly offset: number; readonly bytes: number };
 }

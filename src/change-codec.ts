@@ -333,6 +333,12 @@ function parseHeader(buf: Buffer, offset: number): RecordHeader | string {
   };
 }
 
+/** The timestamp of the intact record at `offset`, without decoding the rest of its body. */
+export function recordTimestamp(buf: Buffer, offset: number, header: RecordHeader): number {
+  if (header.compression !== 0 || header.keyId !== 0) return decodeRecord(buf, offset, header, "").timestamp;
+  return readU64(buf, offset + RECORD_HEADER_SIZE);
+}
+
 /**
  * Decodes the intact record at `offset` (as found by {@link probeRecord}). A body that does not
  * parse raises CorruptError naming `location`, the offset and the version.

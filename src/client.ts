@@ -42,6 +42,8 @@ export interface DaemonClient {
   rewind(): Promise<BackendHead>;
   /** The database's status. */
   status(): Promise<DatabaseStatus>;
+  /** Every database the daemon serves, and the ones that failed to open. */
+  list(): Promise<{ databases: DatabaseStatus[]; failed: { name: string; code: string; error: string }[] }>;
   /** Compacts now. */
   compact(): Promise<CompactionStats>;
   /** The head as the version rules see it. */
@@ -137,6 +139,7 @@ export function connect(options: ConnectOptions): DaemonClient {
       return { version: r.version, prevVersion: null };
     },
     status: () => request("GET", base),
+    list: () => request("GET", "/v1/dbs"),
     compact: () => request("POST", `${base}/compact`),
     async head() {
       const s = await request<DatabaseStatus>("GET", base);

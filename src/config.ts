@@ -35,6 +35,7 @@ const databaseSchema = z.strictObject({
     .regex(DB_NAME_RE, "expected 1 to 64 of a-z, 0-9, _ and -")
     .refine((n) => !RESERVED_NAMES.has(n), "this name is reserved"),
   backend: z.string().min(1, "expected a backend location"),
+  replicas: z.array(z.string().min(1, "expected a backend location")).default([]),
   create: z.boolean().default(true),
   rules: z.string().min(1).default("none"),
   compaction: compactionSchema.default({ everyChanges: 100_000, every: "6h", logRatio: 4 }),
@@ -70,6 +71,8 @@ export interface DatabaseConfig {
   readonly name: string;
   /** Primary backend location: a resolved path or a URL. */
   readonly backend: string;
+  /** Replica backend locations, fed asynchronously from the primary. */
+  readonly replicas: readonly string[];
   /** Create the backup if it does not exist yet. */
   readonly create: boolean;
   /** A rule set name or a rules file path. */
@@ -143,9 +146,17 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
   const c = result.data;
   const resolvePath = (p: string) => path.resolve(baseDir, p);
   const names = new Set<string>();
+  const locations = new Map<string, string>();
   c.databases.forEach((db, i) => {
     if (names.has(db.name)) throw new ConfigError(`databases[${i}].name`, `"${db.name}" is used twice`);
     names.add(db.name);
+    [db.backend, ...db.replicas].forEach((loc, j) => {
+      const where = j === 0 ? `databases[${i}].backend` : `databases[${i}].replicas[${j - 1}]`;
+      const key = resolveLocation(loc, baseDir);
+      const other = locations.get(key);
+      if (other) throw new ConfigError(where, `${key} is already used by ${other}; every backup needs its own location`);
+      locations.set(key, where);
+    });
   });
   if (c.tcp && !c.tcp.apiKey) {
     throw new ConfigError("tcp.apiKey", "TCP is enabled but no API key is set; refusing to serve TCP without one", {
@@ -162,7 +173,8 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
     log: { level: c.log.level },
     databases: c.databases.map((db) => ({
       name: db.name,
-      backend: /^[a-zA-Z][a-zA-Z0-9+.-]+:/.test(db.backend) && !db.backend.startsWith("file:") ? db.backend : resolveFileLocation(db.backend, baseDir),
+      backend: resolveLocation(db.backend, baseDir),
+      replicas: db.replicas.map((r) => resolveLocation(r, baseDir)),
       create: db.create,
       rules: db.rules in { none: 1, "core-lightning": 1 } ? db.rules : resolvePath(db.rules),
       compaction: {
@@ -174,6 +186,11 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
     source,
   };
   return deepFreeze(config);
+}
+
+/** A backend location with a relative path made absolute; URLs pass through. */
+function resolveLocation(location: string, baseDir: string): string {
+  return /^[a-zA-Z][a-zA-Z0-9+.-]+:/.test(location) && !location.startsWith("file:") ? location : resolveFileLocation(location, baseDir);
 }
 
 function resolveFileLocation(location: string, baseDir: string): string {

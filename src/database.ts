@@ -14,6 +14,7 @@ import type { Logger } from "./logger.js";
 import type { Metrics } from "./metrics.js";
 import { Mutex } from "./mutex.js";
 import { restore, type RestoreResult } from "./restore.js";
+import { ReplicaFeeder, type ReplicaStatus } from "./replica.js";
 import { loadRules, type Rule } from "./rewrite.js";
 
 /** How often the size-ratio trigger is checked when nothing else wakes the scheduler. */
@@ -52,6 +53,7 @@ export interface DatabaseStatus extends BackendStatus {
     readonly after: { records: number; bytes: number };
   } | null;
   readonly errors: readonly RecentError[];
+  readonly replicas: readonly ReplicaStatus[];
 }
 
 /** A database served by the daemon. */
@@ -70,6 +72,7 @@ export class ManagedDatabase {
   #compaction: Promise<CompactionStats> | null = null;
   #timer: NodeJS.Timeout | null = null;
   #closing: Promise<void> | null = null;
+  readonly #replicas: ReplicaFeeder[] = [];
   readonly #series: {
     readonly ackLatency: { observe(v: number): void };
     readonly appends: { inc(): void };
@@ -98,7 +101,9 @@ export class ManagedDatabase {
   static async open(config: DatabaseConfig, deps: DatabaseDeps): Promise<ManagedDatabase> {
     const rules = loadRules(config.rules);
     const log = deps.log.child({ db: config.name, component: "backend" });
-    const options = { log, groupCommit: deps.groupCommit ?? false };
+    const retries = deps.metrics.backendRetries;
+    const onRetry = (op: string) => retries.inc({ db: config.name, op });
+    const options = { log, groupCommit: deps.groupCommit ?? false, onRetry };
     let backend: Backend;
     if (config.create) {
       const opened = await openOrCreateBackend(config.backend, options);
@@ -108,6 +113,19 @@ export class ManagedDatabase {
       backend = await openBackend(config.backend, { ...options, mode: "write" });
     }
     const db = new ManagedDatabase(config, backend, rules, deps);
+    for (const location of config.replicas) {
+      const feeder = new ReplicaFeeder(backend, location, {
+        log: deps.log.child({ db: config.name }),
+        groupCommit: options.groupCommit,
+        onRetry,
+        onStatus: (s) => {
+          deps.metrics.replicaLagVersions.set({ db: config.name, replica: location }, s.lagVersions);
+          deps.metrics.replicaLagSeconds.set({ db: config.name, replica: location }, s.lagSeconds);
+        },
+      });
+      db.#replicas.push(feeder);
+      feeder.start();
+    }
     const status = await backend.status();
     db.#changesSince = Math.max(0, status.records - 1);
     db.#updateGauges(status);
@@ -140,6 +158,7 @@ export class ManagedDatabase {
         m.bytesWritten.inc(bytes);
         m.headVersion.set(result.version);
         this.#changesSince++;
+        for (const r of this.#replicas) r.notify();
         this.#maybeCompact();
         return result;
       } catch (err) {
@@ -155,6 +174,7 @@ export class ManagedDatabase {
       this.#checkOpen();
       try {
         await this.#backend.rewind();
+        for (const r of this.#replicas) r.notify();
         this.#deps.metrics.headVersion.set({ db: this.name }, this.#backend.head().version);
         return this.#backend.head();
       } catch (err) {
@@ -199,6 +219,7 @@ export class ManagedDatabase {
         before: stats.before,
         after: stats.after,
       };
+      for (const r of this.#replicas) r.notify();
       m.compactions.inc({ db: this.name, result: "ok" });
       m.compactionDuration.observe({ db: this.name }, stats.durationMs / 1000);
       this.#updateGauges(await this.#backend.status());
@@ -271,6 +292,7 @@ export class ManagedDatabase {
       ...s,
       compacting: this.#compaction !== null,
       lastCompaction: this.#lastCompaction,
+      replicas: await Promise.all(this.#replicas.map((r) => r.status())),
       errors: [...this.#errors],
     };
   }
@@ -291,8 +313,9 @@ export class ManagedDatabase {
       await this.#queue.run(() => undefined);
       this.#abort.abort(new TidemarkError("E_UNAVAILABLE", `database ${this.name} is shutting down`));
       await this.#compaction?.catch(() => {});
+      await Promise.all(this.#replicas.map((r) => r.close()));
       await this.#backend.close();
-      this.#deps.metrics.removeDatabase(this.name);
+      this.#deps.metrics.removeDatabase(this.name, this.config.replicas);
       this.#log.info({}, "closed");
     })();
     return this.#closing;

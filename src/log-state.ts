@@ -16,6 +16,8 @@ export interface LogEntry {
   readonly position: number;
   /** Stored size of the record in bytes. */
   readonly length: number;
+  /** The change's timestamp, when the backend knows it without a read. */
+  readonly timestamp?: number;
 }
 
 /** A live change that carries a snapshot. */
@@ -39,6 +41,9 @@ export class LogState {
   readonly snapshots: LiveSnapshot[] = [];
   /** The newest live change, while it can still be rewound. */
   last: LogEntry | null = null;
+  /** Timestamp of the head change, when known. */
+  headTimestamp: number | undefined;
+  #prevTimestamp: number | undefined;
 
   readonly #location: string;
 
@@ -70,6 +75,8 @@ export class LogState {
     }
     this.prevVersion = this.head;
     this.head = version;
+    this.#prevTimestamp = this.headTimestamp;
+    this.headTimestamp = entry.timestamp;
     if (this.records === 0) this.firstVersion = version;
     this.records++;
     if (entry.snapshot) this.snapshots.push({ version, position: entry.position, ref: entry.snapshot });
@@ -93,6 +100,8 @@ export class LogState {
     }
     this.head = this.prevVersion;
     this.prevVersion = null;
+    this.headTimestamp = this.#prevTimestamp;
+    this.#prevTimestamp = undefined;
     this.records--;
     if (this.records === 0) this.firstVersion = 0;
     if (last.snapshot) this.snapshots.pop();

@@ -60,6 +60,27 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly replicaLagVersions = new Gauge({
+    name: "tidemark_replica_lag_versions",
+    help: "Versions a replica is behind its primary.",
+    labelNames: ["db", "replica"] as const,
+    registers: [this.registry],
+  });
+
+  readonly replicaLagSeconds = new Gauge({
+    name: "tidemark_replica_lag_seconds",
+    help: "How much older a replica's head is than its primary's.",
+    labelNames: ["db", "replica"] as const,
+    registers: [this.registry],
+  });
+
+  readonly backendRetries = new Counter({
+    name: "tidemark_backend_retries_total",
+    help: "Requests to a backend retried after a transient failure, by operation.",
+    labelNames: ["db", "op"] as const,
+    registers: [this.registry],
+  });
+
   readonly errors = new Counter({
     name: "tidemark_errors_total",
     help: "Errors, by code (see docs/operations.md).",
@@ -72,7 +93,12 @@ export class Metrics {
   }
 
   /** Forgets the series of a database that is no longer served. */
-  removeDatabase(db: string): void {
+  removeDatabase(db: string, replicas: readonly string[] = []): void {
+    for (const replica of replicas) {
+      this.replicaLagVersions.remove({ db, replica });
+      this.replicaLagSeconds.remove({ db, replica });
+    }
+    for (const op of ["get", "put", "list", "delete", "upload snapshot"]) this.backendRetries.remove({ db, op });
     for (const m of [this.ackLatency, this.bytesWritten, this.headVersion, this.backupBytes, this.compactionDuration]) m.remove({ db });
     for (const action of ["append", "rewind-then-append", "new-base"]) this.changes.remove({ db, action });
     for (const result of ["ok", "skipped", "error"]) this.compactions.remove({ db, result });

@@ -1,40 +1,86 @@
 /**
- * `tidemark status <backend> [--json]`
+ * `tidemark status <backend> [--json]` and `tidemark status --socket PATH [--db NAME]`
  */
 import type { Command } from "commander";
+import type { BackendStatus } from "../backend.js";
+import { connect } from "../client.js";
+import type { DatabaseStatus } from "../database.js";
+import { UsageError } from "../errors.js";
 import { formatBytes, printJson, withBackend } from "./common.js";
+
+interface StatusOptions {
+  json?: boolean;
+  socket?: string;
+  db?: string;
+}
 
 /** Registers the command. */
 export function registerStatus(program: Command): void {
   program
     .command("status")
-    .summary("show a backup's head, base and size")
+    .summary("show a backup's head, base and size (or a daemon's databases)")
     .description(
       "Show the head version, the version a rewind returns to, the base snapshot, the versions a restore\n" +
-        "can target, the record count and the bytes stored. Read-only: safe while a writer runs.",
+        "can target, the record count and the bytes stored. Read-only: safe while a writer runs.\n" +
+        "With --socket, ask a running daemon instead: every database (or --db NAME), with its last\n" +
+        "compaction, recent errors, and each replica's lag in versions and seconds.",
     )
-    .argument("<backend>", "the backup: a directory path, file:PATH, or a backend URL")
+    .argument("[backend]", "the backup: a directory path, file:PATH, or a backend URL")
+    .option("--socket <path>", "ask the daemon listening on this Unix socket")
+    .option("--db <name>", "with --socket: only this database")
     .option("--json", "print JSON instead of text")
-    .action(async (location: string, opts: { json?: boolean }) => {
+    .addHelpText("after", "\nExamples:\n  tidemark status ./backup\n  tidemark status --socket ./tidemark.sock --db default")
+    .action(async (location: string | undefined, opts: StatusOptions) => {
+      if (opts.socket) {
+        if (location) throw new UsageError("give a backend or --socket, not both");
+        return daemonStatus(opts.socket, opts);
+      }
+      if (!location) throw new UsageError("missing the backend (or --socket)", { hint: "tidemark status ./backup" });
       await withBackend(location, "read", async (backend) => {
         const s = await backend.status();
-        if (opts.json) {
-          printJson({ location: backend.location, ...s });
-          return;
-        }
-        const lines = [
-          ["backup", `${backend.location} (${backend.kind})`],
-          ["head", s.version === 0 ? "0 (empty)" : String(s.version)],
-          ["rewind to", s.prevVersion === null ? "not possible (the last operation was a rewind, or empty)" : String(s.prevVersion)],
-          ["base", s.baseVersion === 0 ? "empty database (no snapshot)" : `snapshot at version ${s.baseVersion}`],
-          ["restorable", s.version === 0 ? "nothing yet" : `versions ${s.firstVersion}..${s.version}`],
-          ["records", String(s.records)],
-          ["bytes", formatBytes(s.bytes)],
-        ];
-        if (s.tornTail) {
-          lines.push(["torn tail", `${s.tornTail.bytes} bytes at offset ${s.tornTail.offset} of ${s.tornTail.location}, ignored (dropped by the next writer)`]);
-        }
-        for (const [k, v] of lines) process.stdout.write(`${k!.padEnd(11)}${v}\n`);
+        if (opts.json) return printJson({ location: backend.location, ...s });
+        print(describe(`${backend.location} (${backend.kind})`, s));
       });
     });
+}
+
+async function daemonStatus(socket: string, opts: StatusOptions): Promise<void> {
+  const client = connect({ socket, attempts: 1, ...(opts.db && { db: opts.db }) });
+  try {
+    const all: DatabaseStatus[] = opts.db ? [await client.status()] : (await client.list()).databases;
+    if (opts.json) return printJson(opts.db ? all[0] : all);
+    all.forEach((s, i) => {
+      if (i > 0) process.stdout.write("\n");
+      const lines = describe(`${s.name}: ${s.backend} (${s.kind})`, s);
+      if (s.lastCompaction) lines.push(["compacted", `${s.lastCompaction.at}, base ${s.lastCompaction.baseVersion}, ${s.lastCompaction.reason}`]);
+      for (const r of s.replicas) {
+        const state = r.error ? `failing: ${r.error.message}` : "ok";
+        lines.push(["replica", `${r.location}: version ${r.version}, ${r.lagVersions} behind (${r.lagSeconds.toFixed(1)} s), ${state}`]);
+      }
+      for (const e of s.errors.slice(-3)) lines.push(["error", `${e.at} ${e.code}: ${e.message}`]);
+      print(lines);
+    });
+  } finally {
+    client.close();
+  }
+}
+
+function describe(title: string, s: BackendStatus): [string, string][] {
+  const lines: [string, string][] = [
+    ["backup", title],
+    ["head", s.version === 0 ? "0 (empty)" : `${s.version}${s.headTimestamp ? ` (${new Date(s.headTimestamp).toISOString()})` : ""}`],
+    ["rewind to", s.prevVersion === null ? "not possible (the last operation was a rewind, or empty)" : String(s.prevVersion)],
+    ["base", s.baseVersion === 0 ? "empty database (no snapshot)" : `snapshot at version ${s.baseVersion}`],
+    ["restorable", s.version === 0 ? "nothing yet" : `versions ${s.firstVersion}..${s.version}`],
+    ["records", String(s.records)],
+    ["bytes", formatBytes(s.bytes)],
+  ];
+  if (s.tornTail) {
+    lines.push(["torn tail", `${s.tornTail.bytes} bytes at offset ${s.tornTail.offset} of ${s.tornTail.location}, ignored (dropped by the next writer)`]);
+  }
+  return lines;
+}
+
+function print(lines: [string, string][]): void {
+  for (const [k, v] of lines) process.stdout.write(`${k.padEnd(11)}${v}\n`);
 }

@@ -132,6 +132,24 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
       });
     });
 
+    it("status reports the head's timestamp, also after a rewind and a reopen", async () => {
+      await withNew(async (b, location) => {
+        await applyChange(b, { version: 1, timestamp: 1_000, transaction: ["CREATE TABLE t (v INTEGER, tag TEXT)"] });
+        await applyChange(b, { version: 2, timestamp: 2_000, transaction: tx(2) });
+        await applyChange(b, { version: 3, timestamp: 3_000, transaction: tx(3) });
+        expect((await b.status()).headTimestamp).toBe(3_000);
+        await b.rewind();
+        expect((await b.status()).headTimestamp).toBe(2_000);
+        await b.close();
+        const r = await open(location, "read");
+        try {
+          expect((await r.status()).headTimestamp).toBe(2_000);
+        } finally {
+          await r.close();
+        }
+      });
+    });
+
     it("an acknowledged change survives close and reopen", async () => {
       await withNew(async (b, location) => {
         await seed(b, 5);
