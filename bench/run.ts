@@ -8,9 +8,10 @@
  *   restore RSS      peak RSS of a restore whose snapshot is 1 GiB (a child process)
  *
  *   daemon           see bench/daemon.ts: ack over the socket, group commit, compaction stall
+ *   s3               see bench/s3.ts: S3 ack latency, restore from S3, replica lag
  *
  * Environment: BENCH_DIR (default: a temp dir), BENCH_CHANGES (default 100000),
- * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_ONLY (core,daemon).
+ * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 5000), BENCH_ONLY (core,daemon,s3).
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -26,6 +27,7 @@ import { applyChange } from "../src/ingest.js";
 import { restore } from "../src/restore.js";
 import { writeAll } from "../src/fs-util.js";
 import { benchDaemon } from "./daemon.js";
+import { benchS3 } from "./s3.js";
 import { ms, percentile, printTable, type Row } from "./table.js";
 
 const ROOT = fs.mkdtempSync(path.join(process.env.BENCH_DIR ?? os.tmpdir(), "tidemark-bench-"));
@@ -196,13 +198,14 @@ async function benchRestoreRss(): Promise<void> {
 
 try {
   process.stderr.write(`bench: ${os.cpus().length} cores, node ${process.version}, dir ${ROOT}\n`);
-  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon").split(","));
+  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3").split(","));
   if (only.has("core")) {
     await benchAckLatency();
     await benchRestoreAndCompaction();
     await benchRestoreRss();
   }
   if (only.has("daemon")) await benchDaemon(path.join(ROOT, "daemon"), rows, CHANGES);
+  if (only.has("s3")) await benchS3(path.join(ROOT, "s3"), rows, Number(process.env.BENCH_S3_CHANGES ?? 5000));
   printTable(rows);
 } finally {
   fs.rmSync(ROOT, { recursive: true, force: true });
