@@ -38,7 +38,7 @@ import {
   encodeChangeRecord,
   encodeRewindRecord,
   probeRecord,
-  recordTimestamp,
+  recordSnapshotRef,
   type DecodedRecord,
   type RecordHeader,
   type RecordProbe,
@@ -46,6 +46,9 @@ import {
 } from "../src/change-codec.js";
 import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
 import { LogState, type LogEntry } from "../src/log-state.js";
+import { becomesEncrypted, codecFor, initialSettings, type BackupSettings } from "../src/backup-settings.js";
+import { PLAIN, type Codec } from "../src/envelope.js";
+import type { Keyring } from "../src/keyring.js";
 import { Mutex } from "../src/mutex.js";
 import { silentLogger, type Logger } from "../src/logger.js";
 import { BackendError, CorruptError, TidemarkError, asBackendError } from "../src/errors.js";
@@ -98,6 +101,9 @@ export class FileBackend implements Backend {
   /** Set after a write fails in a way that leaves the file's state unknown. */
   #broken: Error | null = null;
   #compacting = false;
+  readonly #options: BackendOptions;
+  /** How records and blobs are sealed; set from the identity and the options at open. */
+  #codec: Codec = PLAIN;
   /** addChange calls waiting on a snapshot upload; synchronous writes must not overlap them. */
   #asyncWrites = 0;
   /** Readers in this process that may still open snapshot blobs. */
@@ -107,6 +113,7 @@ export class FileBackend implements Backend {
   constructor(dir: string, options: BackendOptions) {
     this.#dir = dir;
     this.location = dir;
+    this.#options = options;
     this.#mode = options.mode;
     this.#groupCommit = options.groupCommit ?? false;
     this.#log = (options.log ?? silentLogger).child({ backend: DRIVER_NAME, dir });
@@ -144,9 +151,12 @@ export class FileBackend implements Backend {
       });
     }
     writeFileDurably(path.join(this.#dir, logName(1)), Buffer.alloc(0));
-    const identity = { format: IDENTITY_FORMAT, formatVersion: IDENTITY_VERSION, created: new Date().toISOString() };
-    writeFileDurably(path.join(this.#dir, IDENTITY_FILE), Buffer.from(`${JSON.stringify(identity, null, 2)}\n`));
+    this.#writeIdentity({ format: IDENTITY_FORMAT, formatVersion: IDENTITY_VERSION, created: new Date().toISOString(), ...initialSettings(this.#options) });
     fsyncDir(path.dirname(this.#dir));
+  }
+
+  #writeIdentity(identity: object): void {
+    writeFileDurably(path.join(this.#dir, IDENTITY_FILE), Buffer.from(`${JSON.stringify(identity, null, 2)}\n`));
   }
 
   async #checkIdentity(): Promise<void> {
@@ -163,7 +173,7 @@ export class FileBackend implements Backend {
       }
       throw err;
     }
-    let identity: { format?: unknown; formatVersion?: unknown };
+    let identity: { format?: unknown; formatVersion?: unknown } & BackupSettings;
     try {
       identity = JSON.parse(text);
     } catch {
@@ -175,6 +185,8 @@ export class FileBackend implements Backend {
         hint: "upgrade tidemark",
       });
     }
+    this.#codec = codecFor(identity, this.#options, this.#dir);
+    if (becomesEncrypted(identity, this.#codec, this.#mode)) this.#writeIdentity({ ...identity, encrypted: true });
   }
 
   async #openLog(): Promise<void> {
@@ -238,18 +250,10 @@ export class FileBackend implements Backend {
     this.#state = state;
   }
 
-  /** The state machine's view of an intact record. */
+  /** The state machine's view of an intact record; no key is needed for it. */
   #entry(buf: Buffer, at: number, offset: number, header: RecordHeader): LogEntry {
-    const snapshot =
-      header.type === RecordType.Change && header.flags & 1 ? decodeRecord(buf, at, header, this.#logPath).snapshot : undefined;
-    return {
-      type: header.type,
-      version: header.version,
-      position: offset,
-      length: header.length,
-      timestamp: recordTimestamp(buf, at, header),
-      ...(snapshot && { snapshot }),
-    };
+    const snapshot = recordSnapshotRef(buf, at, header, this.#logPath);
+    return { type: header.type, version: header.version, position: offset, length: header.length, ...(snapshot && { snapshot }) };
   }
 
   // ------------------------------------------------------------ reads
@@ -260,10 +264,11 @@ export class FileBackend implements Backend {
 
   async status(): Promise<BackendStatus> {
     const s = this.#state;
+    const headTimestamp = this.#headTimestamp();
     let snapshotBytes = 0;
     for (const snap of s.snapshots) {
       try {
-        snapshotBytes += fs.statSync(path.join(this.#dir, snap.ref.ref)).size;
+        snapshotBytes += fs.statSync(path.join(this.#dir, snap.ref)).size;
       } catch {
         // A missing blob is reported by verify and restore; status only counts bytes.
       }
@@ -276,9 +281,31 @@ export class FileBackend implements Backend {
       records: s.records,
       bytes: this.#end + snapshotBytes,
       snapshotBytes,
-      ...(s.headTimestamp !== undefined && { headTimestamp: s.headTimestamp }),
+      ...(headTimestamp !== undefined && { headTimestamp }),
       ...(this.#torn && { tornTail: this.#torn }),
     };
+  }
+
+  /** The head change's timestamp: read from its record once, then remembered. */
+  #headTimestamp(): number | undefined {
+    const s = this.#state;
+    if (s.headTimestamp !== undefined || !s.headEntry) return s.headTimestamp;
+    const e = s.headEntry;
+    const buf = Buffer.allocUnsafe(e.length);
+    const fd = fs.openSync(this.#logPath, "r");
+    try {
+      readAll(fd, buf, e.position);
+    } finally {
+      fs.closeSync(fd);
+    }
+    const probe = probeRecord(buf, 0);
+    if (probe.kind !== "ok") return undefined;
+    try {
+      s.headTimestamp = decodeRecord(buf, 0, probe, this.#logPath, this.#codec.keyring).timestamp;
+    } catch {
+      return undefined; // an encrypted head without its key: status shows what it can
+    }
+    return s.headTimestamp;
   }
 
   streamChanges(range: ChangeRange = {}): AsyncIterable<StoredChange> {
@@ -304,6 +331,7 @@ export class FileBackend implements Backend {
             return change;
           },
           logPath,
+          this.#codec.keyring,
         ),
     };
   }
@@ -312,11 +340,12 @@ export class FileBackend implements Backend {
     const file = path.join(this.#dir, ref.ref);
     const vanished = (err: unknown) => this.#vanished("read", file, err);
     const reading = () => this.#reading();
+    const keyring = this.#codec.keyring;
     return {
       size: ref.size,
       open(): AsyncIterable<Buffer> {
         const raw = fs.createReadStream(file, { highWaterMark: 1 << 20 });
-        return decodeSnapshot(guardStream(raw, vanished, reading()), ref, file, version);
+        return decodeSnapshot(guardStream(raw, vanished, reading()), ref, file, version, keyring);
       },
     };
   }
@@ -355,12 +384,12 @@ export class FileBackend implements Backend {
     return this.#mutex.run(async () => {
       this.#checkWritable();
       this.#checkFollows(change);
-      if (!change.snapshot) return this.#write(changeRecord(change));
+      if (!change.snapshot) return this.#write(changeRecord(change, this.#codec));
       this.#asyncWrites++;
       try {
         const ref = await this.#writeSnapshot(change.version, change.snapshot);
         try {
-          await this.#write(changeRecord(change, ref));
+          await this.#write(changeRecord(change, this.#codec, ref));
         } catch (err) {
           fs.rmSync(path.join(this.#dir, ref.ref), { force: true });
           throw err;
@@ -380,7 +409,7 @@ export class FileBackend implements Backend {
     this.#checkNoAsyncWrite();
     if (change.snapshot) throw new Error("file backend: addChangeSync takes no snapshot; use addChange");
     this.#checkFollows(change);
-    const { rec, entry } = changeRecord(change);
+    const { rec, entry } = changeRecord(change, this.#codec);
     this.#append(rec, entry);
   }
 
@@ -388,8 +417,8 @@ export class FileBackend implements Backend {
     return this.#mutex.run(async () => {
       this.#checkWritable();
       const last = this.#rewindable();
-      await this.#write(rewindRecord(last.version));
-      if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot.ref), { force: true });
+      await this.#write(rewindRecord(last.version, this.#codec));
+      if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot), { force: true });
     });
   }
 
@@ -398,9 +427,9 @@ export class FileBackend implements Backend {
     this.#checkWritable();
     this.#checkNoAsyncWrite();
     const last = this.#rewindable();
-    const { rec, entry } = rewindRecord(last.version);
+    const { rec, entry } = rewindRecord(last.version, this.#codec);
     this.#append(rec, entry);
-    if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot.ref), { force: true });
+    if (last.snapshot) fs.rmSync(path.join(this.#dir, last.snapshot), { force: true });
   }
 
   /** The last change, if it may be rewound; throws E_REWIND otherwise. */
@@ -484,7 +513,7 @@ export class FileBackend implements Backend {
     const name = `snap-${String(version).padStart(20, "0")}-${randomBytes(4).toString("hex")}.tms`;
     const final = path.join(this.#dir, name);
     const tmp = final + TMP_SUFFIX;
-    const encoder = new SnapshotEncoder();
+    const encoder = new SnapshotEncoder(this.#codec);
     try {
       const fh = await fsp.open(tmp, "wx");
       try {
@@ -571,7 +600,7 @@ export class FileBackend implements Backend {
     const oldFd = this.#fd!;
     const tail = Buffer.allocUnsafe(this.#end - tailStart);
     readAll(oldFd, tail, tailStart);
-    const content = Buffer.concat([encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref }), tail]);
+    const content = Buffer.concat([encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref }, this.#codec), tail]);
     const seq = this.#seq + 1;
     const next = path.join(this.#dir, logName(seq));
     const tmp = next + TMP_SUFFIX;
@@ -623,7 +652,7 @@ export class FileBackend implements Backend {
       this.#cleanupDeferred = true;
       return;
     }
-    const live = new Set(this.#state.snapshots.map((s) => s.ref.ref));
+    const live = new Set(this.#state.snapshots.map((s) => s.ref));
     for (const n of fs.readdirSync(this.#dir)) {
       if (SNAP_RE.test(n) && !live.has(n)) fs.rmSync(path.join(this.#dir, n), { force: true });
     }
@@ -673,22 +702,25 @@ export class FileBackend implements Backend {
 // ------------------------------------------------------------ encoding records
 
 /** What the state machine learns from an appended record. */
-type RecordEntry = { type: RecordType; version: number; timestamp?: number; snapshot?: SnapshotRef };
+type RecordEntry = { type: RecordType; version: number; timestamp?: number; snapshot?: string };
 /** An encoded record and its entry. */
 type PendingRecord = { rec: Buffer; entry: RecordEntry };
 
-function changeRecord(change: ChangeToStore, ref?: SnapshotRef): PendingRecord {
-  const rec = encodeChangeRecord({
-    version: change.version,
-    timestamp: change.timestamp,
-    ...(ref && { snapshot: ref }),
-    ...(change.transaction && { transaction: change.transaction }),
-  });
-  return { rec, entry: { type: RecordType.Change, version: change.version, timestamp: change.timestamp, ...(ref && { snapshot: ref }) } };
+function changeRecord(change: ChangeToStore, codec: Codec, ref?: SnapshotRef): PendingRecord {
+  const rec = encodeChangeRecord(
+    {
+      version: change.version,
+      timestamp: change.timestamp,
+      ...(ref && { snapshot: ref }),
+      ...(change.transaction && { transaction: change.transaction }),
+    },
+    codec,
+  );
+  return { rec, entry: { type: RecordType.Change, version: change.version, timestamp: change.timestamp, ...(ref && { snapshot: ref.ref }) } };
 }
 
-function rewindRecord(version: number): PendingRecord {
-  return { rec: encodeRewindRecord(version, Date.now()), entry: { type: RecordType.Rewind, version } };
+function rewindRecord(version: number, codec: Codec): PendingRecord {
+  return { rec: encodeRewindRecord(version, Date.now(), codec), entry: { type: RecordType.Rewind, version } };
 }
 
 function writeAllAsync(fd: number, buf: Buffer, position: number): Promise<void> {
@@ -723,6 +755,7 @@ class LogChangeStream implements AsyncIterator<StoredChange> {
   readonly #to: number;
   readonly #toChange: (rec: DecodedRecord) => StoredChange;
   readonly #location: string;
+  readonly #keyring: Keyring;
 
   constructor(
     opening: Promise<fsp.FileHandle>,
@@ -731,6 +764,7 @@ class LogChangeStream implements AsyncIterator<StoredChange> {
     to: number,
     toChange: (rec: DecodedRecord) => StoredChange,
     location: string,
+    keyring: Keyring,
   ) {
     this.#opening = opening;
     this.#makeReader = makeReader;
@@ -738,6 +772,7 @@ class LogChangeStream implements AsyncIterator<StoredChange> {
     this.#to = to;
     this.#toChange = toChange;
     this.#location = location;
+    this.#keyring = keyring;
   }
 
   next(): Promise<IteratorResult<StoredChange>> {
@@ -771,7 +806,7 @@ class LogChangeStream implements AsyncIterator<StoredChange> {
       this.#held = null;
       return last ? Promise.resolve({ done: false, value: last }) : this.#end();
     }
-    const rec = decodeRecord(step.buf, step.at, step.header, this.#location);
+    const rec = decodeRecord(step.buf, step.at, step.header, this.#location, this.#keyring);
     if (rec.type === RecordType.Rewind) {
       this.#held = null;
       return undefined;

@@ -45,11 +45,14 @@ import {
   encodeChangeRecord,
   encodeRewindRecord,
   probeRecord,
+  recordSnapshotRef,
   type DecodedRecord,
   type SnapshotRef,
 } from "../src/change-codec.js";
 import { BackendError, CorruptError, TidemarkError, UsageError } from "../src/errors.js";
 import { LogState, type LogEntry } from "../src/log-state.js";
+import { becomesEncrypted, codecFor, initialSettings, type BackupSettings } from "../src/backup-settings.js";
+import { PLAIN, type Codec } from "../src/envelope.js";
 import { silentLogger, type Logger } from "../src/logger.js";
 import { Mutex } from "../src/mutex.js";
 import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
@@ -142,11 +145,16 @@ export class S3Backend implements Backend {
   #compacting = false;
   #readers = 0;
   #cleanupDeferred = false;
+  readonly #options: BackendOptions;
+  #codec: Codec = PLAIN;
+  /** An identity update to write once the lease is ours (the backup became encrypted). */
+  #pendingIdentity: object | null = null;
   /** Keys that are no longer part of the log, waiting to be deleted. */
   #garbage = new Set<string>();
 
   constructor(loc: S3Location, options: BackendOptions) {
     this.#loc = loc;
+    this.#options = options;
     this.location = `s3://${loc.bucket}/${loc.prefix}`;
     this.#mode = options.mode;
     this.#log = (options.log ?? silentLogger).child({ backend: DRIVER_NAME, location: this.location });
@@ -214,7 +222,10 @@ export class S3Backend implements Backend {
         await this.#lease.acquire();
       }
       await this.#load();
-      if (this.#mode !== "read") await this.#collectGarbage();
+      if (this.#mode !== "read") {
+        if (this.#pendingIdentity) await this.#putIdentity(this.#pendingIdentity);
+        await this.#collectGarbage();
+      }
     } catch (err) {
       await this.#lease?.release().catch(() => {});
       this.#client?.destroy();
@@ -229,7 +240,11 @@ export class S3Backend implements Backend {
     if ((await this.#list("", 1)).length > 0) {
       throw new TidemarkError("E_EXISTS", `${this.location} is not empty and holds no backup`, { hint: "give init a new prefix" });
     }
-    const body = JSON.stringify({ ...IDENTITY, created: new Date().toISOString() }, null, 2);
+    await this.#putIdentity({ ...IDENTITY, created: new Date().toISOString(), ...initialSettings(this.#options) });
+  }
+
+  async #putIdentity(identity: object): Promise<void> {
+    const body = JSON.stringify(identity, null, 2);
     await this.#send("put", "tidemark.json", () => new PutObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key("tidemark.json"), Body: body, ContentType: "application/json" }));
   }
 
@@ -240,7 +255,7 @@ export class S3Backend implements Backend {
         hint: `create one with: tidemark init ${this.location}`,
       });
     }
-    let id: { format?: unknown; formatVersion?: unknown };
+    let id: { format?: unknown; formatVersion?: unknown } & BackupSettings;
     try {
       id = JSON.parse(text);
     } catch {
@@ -250,6 +265,8 @@ export class S3Backend implements Backend {
     if (id.formatVersion !== IDENTITY.formatVersion) {
       throw new CorruptError(`${this.location}/tidemark.json`, `backup format version ${String(id.formatVersion)} is not supported`, {}, { hint: "upgrade tidemark" });
     }
+    this.#codec = codecFor(id, this.#options, this.location);
+    if (becomesEncrypted(id, this.#codec, this.#mode)) this.#pendingIdentity = { ...id, encrypted: true };
   }
 
   /** Reads the base and lists the changes, rebuilding the log state. */
@@ -263,7 +280,7 @@ export class S3Backend implements Backend {
       const rec = this.#decode(baseBytes, "base.tdmk");
       if (!rec.snapshot) throw new CorruptError(`${this.location}/base.tdmk`, "the base record has no snapshot", { version: rec.version });
       base = rec.version;
-      const entry: S3Entry = { type: RecordType.Change, version: rec.version, snapshot: rec.snapshot, position: 0, length: baseBytes.length, key: "base.tdmk", size: baseBytes.length };
+      const entry: S3Entry = { type: RecordType.Change, version: rec.version, snapshot: rec.snapshot.ref, position: 0, length: baseBytes.length, key: "base.tdmk", size: baseBytes.length };
       state.apply(entry);
       entries.push(entry);
     }
@@ -291,16 +308,16 @@ export class S3Backend implements Backend {
         entries.push(entry);
         continue;
       }
-      let snapshot: SnapshotRef | undefined;
-      if (kind === "s") snapshot = (await this.#fetchRecord(o.key, version)).snapshot;
+      const snapshot = kind === "s" ? await this.#fetchSnapshotRef(o.key, version) : undefined;
       const entry: S3Entry = { type: RecordType.Change, version, ...(snapshot && { snapshot }), position, length: o.size, key: o.key, size: o.size };
       state.apply(entry);
       entries.push(entry);
     }
     this.#entries = entries;
     this.#state = state;
-    this.#seq = Math.max(maxSeq + 1, Date.now());
-    const live = new Set(state.snapshots.map((s) => `snapshots/${s.ref.ref}`));
+    // A plain counter, not a clock: keys must not tell when changes were made.
+    this.#seq = maxSeq + 1;
+    const live = new Set(state.snapshots.map((s) => `snapshots/${s.ref}`));
     for (const name of this.#snapshotSizes.keys()) if (!live.has(`snapshots/${name}`)) this.#garbage.add(`snapshots/${name}`);
   }
 
@@ -363,7 +380,16 @@ export class S3Backend implements Backend {
       throw new CorruptError(where, probe.kind === "short" ? "object is truncated" : probe.what, { offset: 0, ...(probe.kind === "bad" && probe.version !== undefined && { version: probe.version }) });
     }
     if (probe.length !== buf.length) throw new CorruptError(where, `object has ${buf.length - probe.length} bytes after its record`, { version: probe.version });
-    return decodeRecord(buf, 0, probe, where);
+    return decodeRecord(buf, 0, probe, where, this.#codec.keyring);
+  }
+
+  /** The snapshot reference of a change object; readable without a key. */
+  async #fetchSnapshotRef(rel: string, version: number): Promise<string | undefined> {
+    const buf = await this.#getBytes(rel);
+    if (!buf) throw new BackendError(DRIVER_NAME, "get", `${this.location}/${rel}`, "object disappeared while listing", { hint: "run the command again" });
+    const probe = probeRecord(buf, 0);
+    if (probe.kind !== "ok" || probe.version !== version) throw new CorruptError(`${this.location}/${rel}`, "object is not an intact record of its version", { version });
+    return recordSnapshotRef(buf, 0, probe, `${this.location}/${rel}`);
   }
 
   async #fetchRecord(rel: string, version: number): Promise<DecodedRecord> {
@@ -387,7 +413,7 @@ export class S3Backend implements Backend {
   async status(): Promise<BackendStatus> {
     const s = this.#state;
     let snapshotBytes = 0;
-    for (const snap of s.snapshots) snapshotBytes += this.#snapshotSizes.get(snap.ref.ref) ?? 0;
+    for (const snap of s.snapshots) snapshotBytes += this.#snapshotSizes.get(snap.ref) ?? 0;
     const logBytes = this.#entries.reduce((n, e) => n + e.size, 0);
     const headTimestamp = s.head === 0 ? undefined : (s.headTimestamp ?? (await this.#headTimestamp()));
     return {
@@ -403,11 +429,16 @@ export class S3Backend implements Backend {
   }
 
   /** The head change's timestamp, read from its object (the listing does not carry it). */
-  async #headTimestamp(): Promise<number> {
+  async #headTimestamp(): Promise<number | undefined> {
     const head = this.#entries.findLast((e, i) => this.#isLive(i) && e.version === this.#state.head)!;
-    const ts = (await this.#fetchRecord(head.key, head.version)).timestamp;
-    this.#state.headTimestamp = ts;
-    return ts;
+    try {
+      const ts = (await this.#fetchRecord(head.key, head.version)).timestamp;
+      this.#state.headTimestamp = ts;
+      return ts;
+    } catch (err) {
+      if (err instanceof TidemarkError && err.code === "E_KEY") return undefined; // status shows what it can without the key
+      throw err;
+    }
   }
 
   streamChanges(range: ChangeRange = {}): AsyncIterable<StoredChange> {
@@ -470,7 +501,7 @@ export class S3Backend implements Backend {
         if (!res?.Body) {
           throw new BackendError(DRIVER_NAME, "get", where, "snapshot disappeared while reading (a compaction ran meanwhile)", { hint: "run the command again" });
         }
-        yield* decodeSnapshot(res.Body as AsyncIterable<Uint8Array>, ref, where, version);
+        yield* decodeSnapshot(res.Body as AsyncIterable<Uint8Array>, ref, where, version, this.#codec.keyring);
       } finally {
         release();
       }
@@ -502,12 +533,15 @@ export class S3Backend implements Backend {
       if (!ok) throw new Error(`s3 backend: change ${change.version} cannot follow head ${head}; the version rules should have refused it`);
       const ref = change.snapshot ? await this.#uploadSnapshot(change.version, change.snapshot) : undefined;
       try {
-        const rec = encodeChangeRecord({
-          version: change.version,
-          timestamp: change.timestamp,
-          ...(ref && { snapshot: ref }),
-          ...(change.transaction && { transaction: change.transaction }),
-        });
+        const rec = encodeChangeRecord(
+          {
+            version: change.version,
+            timestamp: change.timestamp,
+            ...(ref && { snapshot: ref }),
+            ...(change.transaction && { transaction: change.transaction }),
+          },
+          this.#codec,
+        );
         await this.#putRecord(change.version, ref ? "s" : "c", rec, ref, change.timestamp);
       } catch (err) {
         if (ref) await this.#deleteKeys([`snapshots/${ref.ref}`]).catch(() => {});
@@ -529,10 +563,10 @@ export class S3Backend implements Backend {
         );
       }
       // The marker first: once it is stored, the change is rewound, whatever happens next.
-      await this.#putRecord(last.version, "r", encodeRewindRecord(last.version, Date.now()));
+      await this.#putRecord(last.version, "r", encodeRewindRecord(last.version, Date.now(), this.#codec));
       // Then the rewound change's object goes, with its snapshot; a crash before this leaves
       // both objects, which read the same.
-      const gone = [last.key, ...(last.snapshot ? [`snapshots/${last.snapshot.ref}`] : [])];
+      const gone = [last.key, ...(last.snapshot ? [`snapshots/${last.snapshot}`] : [])];
       await this.#deleteKeys(gone).catch((err: unknown) => this.#log.warn({ err }, "could not delete a rewound change; it stays harmless"));
     });
   }
@@ -546,7 +580,7 @@ export class S3Backend implements Backend {
     const entry: S3Entry = {
       type: kind === "r" ? RecordType.Rewind : RecordType.Change,
       version,
-      ...(snapshot && { snapshot }),
+      ...(snapshot && { snapshot: snapshot.ref }),
       ...(timestamp !== undefined && { timestamp }),
       position: this.#entries.length,
       length: rec.length,
@@ -561,7 +595,7 @@ export class S3Backend implements Backend {
   async #uploadSnapshot(version: number, source: AsyncIterable<Uint8Array>): Promise<SnapshotRef> {
     const name = `${String(version).padStart(20, "0")}-${randomBytes(4).toString("hex")}.tms`;
     const rel = `snapshots/${name}`;
-    const encoder = new SnapshotEncoder();
+    const encoder = new SnapshotEncoder(this.#codec);
     let size = 0;
     const counted = async function* () {
       for await (const frame of encoder.frames(source)) {
@@ -603,7 +637,7 @@ export class S3Backend implements Backend {
       const baseRef = ref;
       await this.#mutex.run(async () => {
         this.#checkWritable();
-        const rec = encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: baseRef });
+        const rec = encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: baseRef }, this.#codec);
         // The switch: one PUT replaces the base. Before it, the old base and every change still
         // stand; after it, changes up to the base are ignored by every reader.
         await this.#send("put", "base.tdmk", () => new PutObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key("base.tdmk"), Body: rec }));
@@ -611,7 +645,7 @@ export class S3Backend implements Backend {
       });
       await this.#collectGarbage();
     } catch (err) {
-      if (ref && !this.#state.snapshots.some((x) => x.ref.ref === ref!.ref)) await this.#deleteKeys([`snapshots/${ref.ref}`]).catch(() => {});
+      if (ref && !this.#state.snapshots.some((x) => x.ref === ref!.ref)) await this.#deleteKeys([`snapshots/${ref.ref}`]).catch(() => {});
       throw err instanceof TidemarkError ? err : new BackendError(DRIVER_NAME, "compact", this.location, (err as Error).message, { cause: err });
     } finally {
       this.#compacting = false;
@@ -621,7 +655,7 @@ export class S3Backend implements Backend {
   /** Rebuilds the in-memory log after a new base: the base, then the entries after it. */
   #rebase(version: number, ref: SnapshotRef, size: number): void {
     const state = new LogState(this.location);
-    const baseEntry: S3Entry = { type: RecordType.Change, version, snapshot: ref, position: 0, length: size, key: "base.tdmk", size };
+    const baseEntry: S3Entry = { type: RecordType.Change, version, snapshot: ref.ref, position: 0, length: size, key: "base.tdmk", size };
     state.apply(baseEntry);
     const entries: S3Entry[] = [baseEntry];
     for (const e of this.#entries) {
@@ -636,8 +670,8 @@ export class S3Backend implements Backend {
       else state.apply(moved);
       entries.push(moved);
     }
-    const live = new Set(state.snapshots.map((x) => x.ref.ref));
-    for (const old of this.#state.snapshots) if (!live.has(old.ref.ref)) this.#garbage.add(`snapshots/${old.ref.ref}`);
+    const live = new Set(state.snapshots.map((x) => x.ref));
+    for (const old of this.#state.snapshots) if (!live.has(old.ref)) this.#garbage.add(`snapshots/${old.ref}`);
     this.#entries = entries;
     this.#state = state;
   }

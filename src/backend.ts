@@ -7,6 +7,8 @@
  * `snapshot-codec.ts`, so checksums are computed the same way everywhere.
  */
 import type { SnapshotSource, Statement, StoredChange } from "./change.js";
+import type { CompressionName } from "./envelope.js";
+import type { Keyring } from "./keyring.js";
 import type { Logger } from "./logger.js";
 
 /** Where the backup stands, as far as the version rules are concerned. */
@@ -143,6 +145,12 @@ export interface BackendOptions {
   readonly groupCommit?: boolean;
   /** Called before a request that failed transiently is retried (for metrics). */
   readonly onRetry?: (op: string, attempt: number, err: Error) => void;
+  /** How new records and snapshots are compressed; the backup's own setting by default. */
+  readonly compression?: CompressionName;
+  /** Brotli's quality, when compressing with brotli (1 by default). */
+  readonly brotliQuality?: number;
+  /** Encryption keys: the active one seals what is written; any may open what is read. */
+  readonly keyring?: Keyring;
 }
 
 /** A backend module's factory: `export const createBackend: BackendFactory`. */

@@ -7,7 +7,10 @@
  */
 import { crc32 } from "./crc32.js";
 import type { Param, Params, Statement } from "./change.js";
+import { randomBytes } from "node:crypto";
+import { IV_BYTES, PLAIN, compress, decompress, decrypt, encrypt, type Codec } from "./envelope.js";
 import { CorruptError, InputError } from "./errors.js";
+import { Keyring } from "./keyring.js";
 
 /** "TDMK": the first four bytes of every record. */
 export const RECORD_MAGIC = Buffer.from("TDMK", "latin1");
@@ -92,8 +95,11 @@ export type RecordProbe =
 
 // ---------------------------------------------------------------- encoding
 
-/** Encodes a change record. Throws InputError for a value that cannot be stored. */
-export function encodeChangeRecord(change: ChangeRecordInput): Buffer {
+/**
+ * Encodes a change record, sealed with `codec` (compression, then encryption with the active
+ * key, if any). Throws InputError for a value that cannot be stored.
+ */
+export function encodeChangeRecord(change: ChangeRecordInput, codec: Codec = PLAIN): Buffer {
   checkVersion(change.version);
   const w = new BodyWriter();
   w.u64(change.timestamp);
@@ -102,22 +108,21 @@ export function encodeChangeRecord(change: ChangeRecordInput): Buffer {
     flags |= FLAG_SNAPSHOT;
     w.u64(change.snapshot.size);
     w.u32(change.snapshot.crc32);
-    w.shortString(change.snapshot.ref);
   }
   if (change.transaction) {
     flags |= FLAG_TRANSACTION;
     w.u32(change.transaction.length);
     change.transaction.forEach((st, i) => writeStatement(w, st, i));
   }
-  return frame(RecordType.Change, flags, change.version, w.finish());
+  return frame(RecordType.Change, flags, change.version, change.snapshot?.ref, w.finish(), codec);
 }
 
 /** Encodes a rewind record: it cancels the change of the same version right before it. */
-export function encodeRewindRecord(version: number, timestamp: number): Buffer {
+export function encodeRewindRecord(version: number, timestamp: number, codec: Codec = PLAIN): Buffer {
   checkVersion(version);
   const w = new BodyWriter();
   w.u64(timestamp);
-  return frame(RecordType.Rewind, 0, version, w.finish());
+  return frame(RecordType.Rewind, 0, version, undefined, w.finish(), codec);
 }
 
 function checkVersion(version: number): void {
@@ -126,27 +131,56 @@ function checkVersion(version: number): void {
   }
 }
 
-function frame(type: RecordType, flags: number, version: number, body: Buffer): Buffer {
-  if (body.length > MAX_BODY_SIZE) {
-    throw new InputError(`change ${version} is ${body.length} bytes encoded; the limit is ${MAX_BODY_SIZE}`, {
+/**
+ * Lays out a record: header, the snapshot reference in the clear (so that a backend can find
+ * its blobs without a key), then the sealed payload.
+ */
+function frame(type: RecordType, flags: number, version: number, ref: string | undefined, payload: Buffer, codec: Codec): Buffer {
+  const head = Buffer.allocUnsafe(RECORD_HEADER_SIZE);
+  RECORD_MAGIC.copy(head, 0);
+  head[4] = RECORD_FORMAT;
+  head[5] = type;
+  head[6] = flags;
+  writeU64(head, 8, version);
+  const refBytes = ref === undefined ? EMPTY : Buffer.from(ref, "utf8");
+  if (refBytes.length > 0xffff) throw new InputError(`snapshot reference "${ref!.slice(0, 40)}…" is too long`);
+  const { algo, bytes } = compress(payload, codec);
+  head[7] = algo;
+  const active = codec.keyring.active;
+  head.writeUInt32LE(active?.id ?? 0, 16);
+  let sealed = bytes;
+  if (active) {
+    const iv = randomBytes(IV_BYTES);
+    sealed = Buffer.concat([iv, encrypt(bytes, active.key, iv, recordAad(head, refBytes))]);
+  }
+  const bodyLength = (flags & FLAG_SNAPSHOT ? 2 + refBytes.length : 0) + sealed.length;
+  if (bodyLength > MAX_BODY_SIZE) {
+    throw new InputError(`change ${version} is ${bodyLength} bytes encoded; the limit is ${MAX_BODY_SIZE}`, {
       hint: "split the transaction, or send the data as a snapshot",
     });
   }
-  const out = Buffer.allocUnsafe(RECORD_OVERHEAD + body.length);
-  RECORD_MAGIC.copy(out, 0);
-  out[4] = RECORD_FORMAT;
-  out[5] = type;
-  out[6] = flags;
-  out[7] = 0; // compression: none
-  writeU64(out, 8, version);
-  out.writeUInt32LE(0, 16); // key id: not encrypted
-  out.writeUInt32LE(body.length, 20);
-  out.writeUInt32LE(crc32(out, 0, 24), 24);
-  body.copy(out, RECORD_HEADER_SIZE);
-  const end = RECORD_HEADER_SIZE + body.length;
+  head.writeUInt32LE(bodyLength, 20);
+  head.writeUInt32LE(crc32(head, 0, 24), 24);
+  const out = Buffer.allocUnsafe(RECORD_OVERHEAD + bodyLength);
+  head.copy(out, 0);
+  let at = RECORD_HEADER_SIZE;
+  if (flags & FLAG_SNAPSHOT) {
+    out.writeUInt16LE(refBytes.length, at);
+    refBytes.copy(out, at + 2);
+    at += 2 + refBytes.length;
+  }
+  sealed.copy(out, at);
+  const end = RECORD_HEADER_SIZE + bodyLength;
   out.writeUInt32LE(crc32(out, 0, end), end);
   return out;
 }
+
+/** What GCM authenticates besides the payload: the header up to the key id, and the reference. */
+function recordAad(buf: Buffer, ref: Buffer): Buffer {
+  return Buffer.concat([buf.subarray(0, 20), ref]);
+}
+
+const EMPTY = Buffer.alloc(0);
 
 function writeStatement(w: BodyWriter, st: Statement, index: number): void {
   if (typeof st === "string") {
@@ -333,24 +367,42 @@ function parseHeader(buf: Buffer, offset: number): RecordHeader | string {
   };
 }
 
-/** The timestamp of the intact record at `offset`, without decoding the rest of its body. */
-export function recordTimestamp(buf: Buffer, offset: number, header: RecordHeader): number {
-  if (header.compression !== 0 || header.keyId !== 0) return decodeRecord(buf, offset, header, "").timestamp;
-  return readU64(buf, offset + RECORD_HEADER_SIZE);
+/** The snapshot reference of an intact record, read without a key (it is stored in the clear). */
+export function recordSnapshotRef(buf: Buffer, offset: number, header: RecordHeader, location: string): string | undefined {
+  if (header.type !== RecordType.Change || !(header.flags & FLAG_SNAPSHOT)) return undefined;
+  const at = offset + RECORD_HEADER_SIZE;
+  const n = buf.readUInt16LE(at);
+  if (2 + n > header.bodyLength) throw new CorruptError(location, "snapshot reference runs past the record body", { offset, version: header.version });
+  return buf.toString("utf8", at + 2, at + 2 + n);
 }
 
 /**
- * Decodes the intact record at `offset` (as found by {@link probeRecord}). A body that does not
- * parse raises CorruptError naming `location`, the offset and the version.
+ * Decodes the intact record at `offset` (as found by {@link probeRecord}), opening its payload
+ * with `keyring`. A body that does not parse raises CorruptError naming `location`, the offset
+ * and the version; a missing or wrong key raises E_KEY naming the key id.
  */
-export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, location: string): DecodedRecord {
-  const r = new BodyReader(buf, offset, header, location);
-  if (header.compression !== 0) r.fail(`record compression ${header.compression} is not supported`);
-  if (header.keyId !== 0) r.fail(`record is encrypted with key id ${header.keyId}, which this tidemark cannot read`);
+export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, location: string, keyring: Keyring = EMPTY_KEYRING): DecodedRecord {
+  const fail = (what: string): never => {
+    throw new CorruptError(location, what, { offset, version: header.version });
+  };
+  const ref = recordSnapshotRef(buf, offset, header, location);
+  const refBytes = ref === undefined ? 0 : 2 + Buffer.byteLength(ref);
+  const start = offset + RECORD_HEADER_SIZE + refBytes;
+  const end = offset + RECORD_HEADER_SIZE + header.bodyLength;
+  let payload = buf.subarray(start, end);
+  if (header.keyId !== 0) {
+    const what = `${location}, offset ${offset}, version ${header.version}`;
+    const key = keyring.get(header.keyId, `record at ${what}`);
+    if (payload.length < IV_BYTES) fail("encrypted payload is shorter than its nonce");
+    const aad = recordAad(buf.subarray(offset, offset + RECORD_HEADER_SIZE), buf.subarray(offset + RECORD_HEADER_SIZE + 2, offset + RECORD_HEADER_SIZE + refBytes));
+    payload = decrypt(payload.subarray(IV_BYTES), key, payload.subarray(0, IV_BYTES), aad, header.keyId, keyring, `record at ${what}`);
+  }
+  if (header.compression !== 0) payload = decompress(payload, header.compression, fail);
+  const r = new BodyReader(payload, offset, header.version, location);
   const timestamp = r.u64();
   const record: { -readonly [K in keyof DecodedRecord]: DecodedRecord[K] } = { type: header.type, version: header.version, timestamp };
   if (header.type === RecordType.Change) {
-    if (header.flags & FLAG_SNAPSHOT) record.snapshot = { size: r.u64(), crc32: r.u32(), ref: r.shortString() };
+    if (ref !== undefined) record.snapshot = { size: r.u64(), crc32: r.u32(), ref };
     if (header.flags & FLAG_TRANSACTION) {
       const count = r.u32();
       const transaction: Statement[] = new Array(count);
@@ -361,6 +413,8 @@ export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, 
   r.end();
   return record;
 }
+
+const EMPTY_KEYRING = Keyring.empty();
 
 function readStatement(r: BodyReader): Statement {
   const kind = r.u8();
@@ -406,21 +460,20 @@ function readParam(r: BodyReader): Param {
   }
 }
 
-/** Bounds-checked reads over a record body. */
+/** Bounds-checked reads over a record's (opened) payload. */
 class BodyReader {
-  #pos: number;
+  #pos = 0;
   readonly #buf: Buffer;
   readonly #end: number;
   readonly #offset: number;
   readonly #version: number;
   readonly #location: string;
 
-  constructor(buf: Buffer, offset: number, header: RecordHeader, location: string) {
-    this.#buf = buf;
+  constructor(payload: Buffer, offset: number, version: number, location: string) {
+    this.#buf = payload;
+    this.#end = payload.length;
     this.#offset = offset;
-    this.#pos = offset + RECORD_HEADER_SIZE;
-    this.#end = this.#pos + header.bodyLength;
-    this.#version = header.version;
+    this.#version = version;
     this.#location = location;
   }
   fail(what: string): never {

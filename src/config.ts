@@ -7,7 +7,9 @@ import fs from "node:fs";
 import path from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
+import type { CompressionName } from "./envelope.js";
 import { ConfigError } from "./errors.js";
+import type { KeySource } from "./keyring.js";
 
 /** A database name: lowercase letters, digits, `_` and `-`; never used as a path unchecked. */
 export const DB_NAME_RE = /^[a-z0-9_-]{1,64}$/;
@@ -39,6 +41,21 @@ const databaseSchema = z.strictObject({
   create: z.boolean().default(true),
   rules: z.string().min(1).default("none"),
   compaction: compactionSchema.default({ everyChanges: 100_000, every: "6h", logRatio: 4 }),
+  compression: z.enum(["none", "gzip", "brotli"]).optional(),
+  brotliQuality: z.number().int().min(0).max(11).optional(),
+  encryption: z
+    .strictObject({
+      keys: z
+        .array(
+          z.strictObject({
+            id: z.number().int().min(1).max(0xffffffff),
+            source: z.string().regex(/^(file|env):.+/, "expected file:PATH or env:NAME; a key never goes in the configuration itself"),
+            decryptOnly: z.boolean().default(false),
+          }),
+        )
+        .min(1, "expected at least one key"),
+    })
+    .optional(),
 });
 
 const configSchema = z.strictObject({
@@ -78,6 +95,11 @@ export interface DatabaseConfig {
   /** A rule set name or a rules file path. */
   readonly rules: string;
   readonly compaction: CompactionPolicy;
+  /** How new records and snapshots are compressed (the backup's own setting when absent). */
+  readonly compression?: CompressionName;
+  readonly brotliQuality?: number;
+  /** Where the encryption keys come from; the keys themselves never live in the config. */
+  readonly keys: readonly KeySource[];
 }
 
 /** The validated, frozen configuration. */
@@ -148,6 +170,8 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
   const names = new Set<string>();
   const locations = new Map<string, string>();
   c.databases.forEach((db, i) => {
+    const active = db.encryption?.keys.filter((k) => !k.decryptOnly) ?? [];
+    if (active.length > 1) throw new ConfigError(`databases[${i}].encryption.keys`, "only one key may be active; mark the others decryptOnly: true");
     if (names.has(db.name)) throw new ConfigError(`databases[${i}].name`, `"${db.name}" is used twice`);
     names.add(db.name);
     [db.backend, ...db.replicas].forEach((loc, j) => {
@@ -177,6 +201,13 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
       replicas: db.replicas.map((r) => resolveLocation(r, baseDir)),
       create: db.create,
       rules: db.rules in { none: 1, "core-lightning": 1 } ? db.rules : resolvePath(db.rules),
+      ...(db.compression !== undefined && { compression: db.compression }),
+      ...(db.brotliQuality !== undefined && { brotliQuality: db.brotliQuality }),
+      keys: (db.encryption?.keys ?? []).map((k) => ({
+        id: k.id,
+        source: k.source.startsWith("file:") ? `file:${path.resolve(baseDir, k.source.slice("file:".length))}` : k.source,
+        decryptOnly: k.decryptOnly,
+      })),
       compaction: {
         ...(db.compaction.everyChanges !== undefined && { everyChanges: db.compaction.everyChanges }),
         ...(db.compaction.every !== undefined && { everyMs: parseDuration(db.compaction.every) }),

@@ -15,6 +15,7 @@ import type { Metrics } from "./metrics.js";
 import { Mutex } from "./mutex.js";
 import { restore, type RestoreResult } from "./restore.js";
 import { ReplicaFeeder, type ReplicaStatus } from "./replica.js";
+import { Keyring } from "./keyring.js";
 import { loadRules, type Rule } from "./rewrite.js";
 
 /** How often the size-ratio trigger is checked when nothing else wakes the scheduler. */
@@ -103,7 +104,15 @@ export class ManagedDatabase {
     const log = deps.log.child({ db: config.name, component: "backend" });
     const retries = deps.metrics.backendRetries;
     const onRetry = (op: string) => retries.inc({ db: config.name, op });
-    const options = { log, groupCommit: deps.groupCommit ?? false, onRetry };
+    const keyring = Keyring.load(config.keys, `databases.${config.name}.encryption.keys`);
+    const options = {
+      log,
+      groupCommit: deps.groupCommit ?? false,
+      onRetry,
+      keyring,
+      ...(config.compression && { compression: config.compression }),
+      ...(config.brotliQuality !== undefined && { brotliQuality: config.brotliQuality }),
+    };
     let backend: Backend;
     if (config.create) {
       const opened = await openOrCreateBackend(config.backend, options);
@@ -116,8 +125,7 @@ export class ManagedDatabase {
     for (const location of config.replicas) {
       const feeder = new ReplicaFeeder(backend, location, {
         log: deps.log.child({ db: config.name }),
-        groupCommit: options.groupCommit,
-        onRetry,
+        backendOptions: options,
         onStatus: (s) => {
           deps.metrics.replicaLagVersions.set({ db: config.name, replica: location }, s.lagVersions);
           deps.metrics.replicaLagSeconds.set({ db: config.name, replica: location }, s.lagSeconds);

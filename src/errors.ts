@@ -15,6 +15,7 @@ export const ERROR_CODES = {
   E_STALE: "the host is behind the backup: it lost committed state",
   E_REWIND: "there is no change that may be rewound",
   E_CORRUPT: "a stored record or snapshot fails its checksum or is malformed",
+  E_KEY: "an encryption key is missing or wrong",
   E_NO_BACKUP: "there is no backup at the given location",
   E_EXISTS: "the target already exists and --force was not given",
   E_LOCKED: "another process holds the backup's writer lock",

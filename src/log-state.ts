@@ -3,15 +3,15 @@
  * bases are. Backends feed it records in storage order as they scan or write, so the meaning
  * of a log is defined once, and a log that breaks the rules is reported as corrupt.
  */
-import { RecordType, type SnapshotRef } from "./change-codec.js";
+import { RecordType } from "./change-codec.js";
 import { CorruptError, TidemarkError } from "./errors.js";
 
 /** One record as the state machine needs it. */
 export interface LogEntry {
   readonly type: RecordType;
   readonly version: number;
-  /** Set for change records that carry a snapshot. */
-  readonly snapshot?: SnapshotRef;
+  /** Set for change records that carry a snapshot: the backend's name for its blob. */
+  readonly snapshot?: string;
   /** Where the record is: a byte offset in a file, or an index for object stores. */
   readonly position: number;
   /** Stored size of the record in bytes. */
@@ -24,7 +24,8 @@ export interface LogEntry {
 export interface LiveSnapshot {
   readonly version: number;
   readonly position: number;
-  readonly ref: SnapshotRef;
+  /** The backend's name for the blob. */
+  readonly ref: string;
 }
 
 /** The state of a log after some records. */
@@ -41,6 +42,9 @@ export class LogState {
   readonly snapshots: LiveSnapshot[] = [];
   /** The newest live change, while it can still be rewound. */
   last: LogEntry | null = null;
+  /** The live head change (null when empty), whether or not it can be rewound. */
+  headEntry: LogEntry | null = null;
+  #prevEntry: LogEntry | null = null;
   /** Timestamp of the head change, when known. */
   headTimestamp: number | undefined;
   #prevTimestamp: number | undefined;
@@ -77,6 +81,8 @@ export class LogState {
     this.head = version;
     this.#prevTimestamp = this.headTimestamp;
     this.headTimestamp = entry.timestamp;
+    this.#prevEntry = this.headEntry;
+    this.headEntry = entry;
     if (this.records === 0) this.firstVersion = version;
     this.records++;
     if (entry.snapshot) this.snapshots.push({ version, position: entry.position, ref: entry.snapshot });
@@ -102,6 +108,8 @@ export class LogState {
     this.prevVersion = null;
     this.headTimestamp = this.#prevTimestamp;
     this.#prevTimestamp = undefined;
+    this.headEntry = this.#prevEntry;
+    this.#prevEntry = null;
     this.records--;
     if (this.records === 0) this.firstVersion = 0;
     if (last.snapshot) this.snapshots.pop();

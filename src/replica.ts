@@ -12,7 +12,7 @@
  * - a replica that is down is retried with backoff and catches up when it returns; one that
  *   fell behind the primary's oldest version starts again from the primary's base.
  */
-import type { Backend, BackendStatus } from "./backend.js";
+import type { Backend, BackendOptions, BackendStatus } from "./backend.js";
 import { openOrCreateBackend } from "./backend-registry.js";
 import { TidemarkError } from "./errors.js";
 import { applyChange } from "./ingest.js";
@@ -39,10 +39,10 @@ export interface ReplicaStatus {
 /** What a feeder needs from its database. */
 export interface ReplicaDeps {
   readonly log: Logger;
-  readonly groupCommit?: boolean;
+  /** How the replica backend is opened: the primary's codec and keys, group commit, retry metrics. */
+  readonly backendOptions?: Omit<BackendOptions, "mode" | "log">;
   /** Called after every sync with the replica's status (for metrics). */
   readonly onStatus?: (status: ReplicaStatus) => void;
-  readonly onRetry?: (op: string, attempt: number, err: Error) => void;
 }
 
 /** Feeds one replica from a primary. */
@@ -139,12 +139,8 @@ export class ReplicaFeeder {
     }
   }
 
-  #backendOptions() {
-    return {
-      log: this.#log,
-      ...(this.#deps.groupCommit !== undefined && { groupCommit: this.#deps.groupCommit }),
-      ...(this.#deps.onRetry && { onRetry: this.#deps.onRetry }),
-    };
+  #backendOptions(): Omit<BackendOptions, "mode"> {
+    return { ...this.#deps.backendOptions, log: this.#log };
   }
 
   /** One pass: undo what the primary undid, copy what it has, install its base. */

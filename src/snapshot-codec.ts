@@ -1,24 +1,29 @@
 /**
- * The snapshot blob format: a SQLite file cut into checksummed frames, streamed both ways.
+ * The snapshot blob format: a SQLite file cut into frames, each sealed (compressed, encrypted)
+ * and checksummed on its own, streamed both ways.
  *
  * docs/format.md describes it byte by byte. Frames let a reader verify each piece before it
  * passes it on, and pinpoint damage by offset; the end frame catches a blob cut short at a
  * frame boundary. Nothing here holds more than one frame in memory.
  */
-import { crc32 } from "node:zlib";
+import { randomBytes } from "node:crypto";
+import { crc32 } from "./crc32.js";
+import { Compression, PLAIN, TAG_BYTES, compressWith, decompress, decrypt, encrypt, type Codec } from "./envelope.js";
 import { CorruptError } from "./errors.js";
+import { Keyring } from "./keyring.js";
 
 /** "TDMS": the first four bytes of every snapshot blob. */
 export const SNAPSHOT_MAGIC = Buffer.from("TDMS", "latin1");
 /** The snapshot format version this code writes and reads. */
 export const SNAPSHOT_FORMAT = 1;
 /** Bytes of the blob header. */
-export const SNAPSHOT_HEADER_SIZE = 16;
+export const SNAPSHOT_HEADER_SIZE = 24;
 /** How much of the SQLite file goes in one frame. */
 export const FRAME_SIZE = 1 << 20;
 /** The largest stored frame accepted when reading. */
 const MAX_STORED_FRAME = 16 << 20;
-const END_FRAME_SIZE = 20;
+/** The end frame's payload in the clear: SQLite file size and CRC-32. */
+const TRAILER_SIZE = 12;
 
 /** Size and CRC-32 of the SQLite bytes a blob holds. */
 export interface SnapshotDigest {
@@ -27,13 +32,20 @@ export interface SnapshotDigest {
 }
 
 /**
- * Encodes a stream of SQLite bytes as a snapshot blob. Iterate `frames()` once; after it ends,
- * `digest` holds the size and CRC-32 of what went in.
+ * Encodes a stream of SQLite bytes as a snapshot blob sealed with `codec`. Iterate `frames()`
+ * once; after it ends, `digest` holds the size and CRC-32 of what went in.
  */
 export class SnapshotEncoder {
+  readonly #codec: Codec;
   #size = 0;
   #crc = 0;
   #done = false;
+  #header = Buffer.alloc(0);
+  #index = 0;
+
+  constructor(codec: Codec = PLAIN) {
+    this.#codec = codec;
+  }
 
   /** Size and CRC-32 of the input; valid once `frames()` has finished. */
   get digest(): SnapshotDigest {
@@ -43,12 +55,15 @@ export class SnapshotEncoder {
 
   /** Yields the blob: header, frames, end frame. */
   async *frames(source: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
+    const active = this.#codec.keyring.active;
     const header = Buffer.alloc(SNAPSHOT_HEADER_SIZE);
     SNAPSHOT_MAGIC.copy(header, 0);
     header[4] = SNAPSHOT_FORMAT;
-    header[5] = 0; // compression: none
-    header.writeUInt32LE(0, 8); // key id: not encrypted
-    header.writeUInt32LE(crc32(header.subarray(0, 12)), 12);
+    header[5] = Compression[this.#codec.compression];
+    header.writeUInt32LE(active?.id ?? 0, 8);
+    if (active) randomBytes(8).copy(header, 12); // the nonce prefix; frame numbers complete it
+    header.writeUInt32LE(crc32(header, 0, 20), 20);
+    this.#header = header;
     yield header;
 
     let pending: Buffer[] = [];
@@ -67,63 +82,95 @@ export class SnapshotEncoder {
     }
     if (pendingBytes > 0) yield this.#frame(Buffer.concat(pending, pendingBytes));
 
-    const end = Buffer.alloc(END_FRAME_SIZE);
+    const trailer = Buffer.alloc(TRAILER_SIZE);
+    trailer.writeUInt32LE(this.#size % 0x1_0000_0000, 0);
+    trailer.writeUInt32LE(Math.floor(this.#size / 0x1_0000_0000), 4);
+    trailer.writeUInt32LE(this.#crc, 8);
+    const sealed = active ? encrypt(trailer, active.key, frameIv(header, this.#index), frameAad(header, this.#index, true)) : trailer;
+    const end = Buffer.alloc(8 + sealed.length + 4);
     end.writeUInt32LE(0, 0);
-    end.writeUInt32LE(this.#crc, 4);
-    end.writeUInt32LE(this.#size % 0x1_0000_0000, 8);
-    end.writeUInt32LE(Math.floor(this.#size / 0x1_0000_0000), 12);
-    end.writeUInt32LE(crc32(end.subarray(0, 16)), 16);
+    end.writeUInt32LE(sealed.length, 4);
+    sealed.copy(end, 8);
+    end.writeUInt32LE(crc32(end, 0, 8 + sealed.length), 8 + sealed.length);
     this.#done = true;
     yield end;
   }
 
   #frame(raw: Buffer): Buffer {
     this.#size += raw.length;
-    this.#crc = crc32(raw, this.#crc);
+    this.#crc = crc32(raw, 0, raw.length, this.#crc);
+    const header = this.#header;
+    // Every frame is compressed when the blob's header says so: the header, not each frame,
+    // records the algorithm, so a frame that does not shrink grows by a few bytes instead.
+    let stored = header[5] === Compression.none ? raw : compressWith(raw, this.#codec);
+    const active = this.#codec.keyring.active;
+    if (active) stored = encrypt(stored, active.key, frameIv(header, this.#index), frameAad(header, this.#index, false));
+    this.#index++;
     const head = Buffer.allocUnsafe(8);
-    head.writeUInt32LE(raw.length, 0);
-    head.writeUInt32LE(crc32(raw), 4);
-    return Buffer.concat([head, raw]);
+    head.writeUInt32LE(stored.length, 0);
+    head.writeUInt32LE(crc32(stored), 4);
+    return Buffer.concat([head, stored]);
   }
+}
+
+function frameIv(header: Buffer, index: number): Buffer {
+  const iv = Buffer.alloc(12);
+  header.copy(iv, 0, 12, 20);
+  iv.writeUInt32BE(index, 8);
+  return iv;
+}
+
+function frameAad(header: Buffer, index: number, final: boolean): Buffer {
+  const aad = Buffer.alloc(25);
+  header.copy(aad, 0, 0, 20);
+  aad.writeUInt32LE(index, 20);
+  aad[24] = final ? 1 : 0;
+  return aad;
 }
 
 /**
  * Decodes a snapshot blob back into SQLite bytes, verifying every frame, the end frame, and the
  * size and CRC-32 the change record expects. Damage raises CorruptError naming `location` and
- * the byte offset.
+ * the byte offset; a missing or wrong key raises E_KEY naming the key id.
  */
 export async function* decodeSnapshot(
   source: AsyncIterable<Uint8Array>,
   expect: SnapshotDigest,
   location: string,
   version?: number,
+  keyring: Keyring = Keyring.empty(),
 ): AsyncGenerator<Buffer> {
   const input = new ExactReader(source);
   const fail = (offset: number, what: string): never => {
     throw new CorruptError(location, what, { offset, ...(version !== undefined && { version }) });
   };
-  const header = await input.read(SNAPSHOT_HEADER_SIZE);
+  const header = Buffer.from(await input.read(SNAPSHOT_HEADER_SIZE));
   if (header.length < SNAPSHOT_HEADER_SIZE) fail(0, "snapshot blob is shorter than its header");
   if (!header.subarray(0, 4).equals(SNAPSHOT_MAGIC)) fail(0, "not a snapshot blob (bad magic)");
-  if (header.readUInt32LE(12) !== crc32(header.subarray(0, 12))) fail(0, "snapshot header checksum mismatch");
+  if (header.readUInt32LE(20) !== crc32(header, 0, 20)) fail(0, "snapshot header checksum mismatch");
   if (header[4] !== SNAPSHOT_FORMAT) fail(4, `snapshot format ${header[4]} is not supported`);
-  if (header[5] !== 0) fail(5, `snapshot compression ${header[5]} is not supported`);
-  if (header.readUInt32LE(8) !== 0) fail(8, `snapshot is encrypted with key id ${header.readUInt32LE(8)}`);
+  const algo = header[5]!;
+  const keyId = header.readUInt32LE(8);
+  const key = keyId === 0 ? null : keyring.get(keyId, `snapshot ${location}`);
 
   let size = 0;
   let crc = 0;
-  for (;;) {
+  for (let index = 0; ; index++) {
     const at = input.offset;
     const head = await input.read(8);
     if (head.length < 8) fail(at, "snapshot blob ends before its end frame (truncated)");
     const length = head.readUInt32LE(0);
     if (length === 0) {
-      const rest = await input.read(END_FRAME_SIZE - 8);
-      if (rest.length < END_FRAME_SIZE - 8) fail(at, "snapshot end frame is truncated");
+      const sealedLength = head.readUInt32LE(4);
+      if (sealedLength !== TRAILER_SIZE + (key ? TAG_BYTES : 0)) fail(at, `snapshot end frame has length ${sealedLength}`);
+      const rest = await input.read(sealedLength + 4);
+      if (rest.length < sealedLength + 4) fail(at, "snapshot end frame is truncated");
       const end = Buffer.concat([head, rest]);
-      if (end.readUInt32LE(16) !== crc32(end.subarray(0, 16))) fail(at, "snapshot end frame checksum mismatch");
-      const endSize = end.readUInt32LE(8) + end.readUInt32LE(12) * 0x1_0000_0000;
-      if (endSize !== size || end.readUInt32LE(4) !== crc) fail(at, "snapshot end frame disagrees with its frames");
+      if (end.readUInt32LE(8 + sealedLength) !== crc32(end, 0, 8 + sealedLength)) fail(at, "snapshot end frame checksum mismatch");
+      let trailer: Buffer = end.subarray(8, 8 + sealedLength);
+      if (key) trailer = decrypt(trailer, key, frameIv(header, index), frameAad(header, index, true), keyId, keyring, `snapshot ${location}`);
+      const endSize = trailer.readUInt32LE(0) + trailer.readUInt32LE(4) * 0x1_0000_0000;
+      if (endSize !== size || trailer.readUInt32LE(8) !== crc) fail(at, "snapshot end frame disagrees with its frames");
       if (size !== expect.size || crc !== expect.crc32) {
         fail(at, `snapshot is ${size} bytes with CRC-32 ${hex(crc)}; its record expects ${expect.size} bytes with ${hex(expect.crc32)}`);
       }
@@ -131,11 +178,13 @@ export async function* decodeSnapshot(
       return;
     }
     if (length > MAX_STORED_FRAME) fail(at, `snapshot frame length ${length} is out of range`);
-    const body = await input.read(length);
+    let body: Buffer = await input.read(length);
     if (body.length < length) fail(at, "snapshot frame is truncated");
     if (crc32(body) !== head.readUInt32LE(4)) fail(at, "snapshot frame checksum mismatch");
+    if (key) body = decrypt(body, key, frameIv(header, index), frameAad(header, index, false), keyId, keyring, `snapshot ${location}, frame at offset ${at}`);
+    if (algo !== Compression.none) body = decompress(body, algo, (what) => fail(at, what));
     size += body.length;
-    crc = crc32(body, crc);
+    crc = crc32(body, 0, body.length, crc);
     yield body;
   }
 }

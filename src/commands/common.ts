@@ -1,14 +1,21 @@
 /**
  * Helpers shared by the CLI commands.
  */
-import { InvalidArgumentError } from "commander";
-import type { Backend, OpenMode } from "../backend.js";
+import { InvalidArgumentError, Option, type Command } from "commander";
+import type { Backend, BackendOptions, OpenMode } from "../backend.js";
+import type { CompressionName } from "../envelope.js";
+import { Keyring, parseKeySpec, type KeySource } from "../keyring.js";
 import { openBackend } from "../backend-registry.js";
 import { terminalLogger } from "../logger.js";
 
 /** Opens the backend at `location`, runs `fn`, and always closes it. */
-export async function withBackend<T>(location: string, mode: OpenMode, fn: (backend: Backend) => Promise<T>): Promise<T> {
-  const backend = await openBackend(location, { mode, log: terminalLogger() });
+export async function withBackend<T>(
+  location: string,
+  mode: OpenMode,
+  fn: (backend: Backend) => Promise<T>,
+  options: Omit<BackendOptions, "mode"> = {},
+): Promise<T> {
+  const backend = await openBackend(location, { log: terminalLogger(), ...options, mode });
   try {
     return await fn(backend);
   } finally {
@@ -51,4 +58,49 @@ export function formatRewrites(counts: Record<string, number>): string {
   const used = Object.entries(counts);
   if (used.length === 0) return "";
   return `rewrites: ${used.map(([name, n]) => `${name}=${n}`).join(", ")}`;
+}
+
+/** The encryption and compression flags, as commander parses them. */
+export interface CodecFlags {
+  key?: string;
+  decryptKey?: string[];
+  compression?: CompressionName;
+  brotliQuality?: number;
+}
+
+/**
+ * Adds --key and --decrypt-key to a command, and for commands that write, --compression and
+ * --brotli-quality. The environment variables TIDEMARK_KEY and TIDEMARK_DECRYPT_KEYS (comma
+ * separated) stand in for the key flags.
+ */
+export function addCodecOptions(cmd: Command, writes: boolean): Command {
+  cmd
+    .option("--key <id=source>", `the current encryption key${writes ? " (new writes use it)" : ""}: ID=file:PATH or ID=env:NAME (or $TIDEMARK_KEY)`)
+    .option("--decrypt-key <id=source>", "an older key, only to read what it encrypted; repeatable (or $TIDEMARK_DECRYPT_KEYS)", (v: string, all: string[] = []) => [...all, v]);
+  if (writes) {
+    cmd
+      .addOption(new Option("--compression <codec>", "compress new records and snapshots (default: the backup's setting)").choices(["none", "gzip", "brotli"]))
+      .option("--brotli-quality <n>", "brotli quality 0..11 (default 1; 11 is about 1 MB/s)", parseQuality);
+  }
+  return cmd;
+}
+
+/** Backend options from the codec flags and their environment variables. */
+export function codecOptions(flags: CodecFlags, env: NodeJS.ProcessEnv = process.env): Omit<BackendOptions, "mode"> {
+  const sources: KeySource[] = [];
+  const active = flags.key ?? env.TIDEMARK_KEY;
+  if (active) sources.push(parseKeySpec(active, false));
+  const older = flags.decryptKey ?? (env.TIDEMARK_DECRYPT_KEYS ? env.TIDEMARK_DECRYPT_KEYS.split(",").map((x) => x.trim()).filter(Boolean) : []);
+  for (const spec of older) sources.push(parseKeySpec(spec, true));
+  return {
+    ...(sources.length > 0 && { keyring: Keyring.load(sources, "--key", env) }),
+    ...(flags.compression && { compression: flags.compression }),
+    ...(flags.brotliQuality !== undefined && { brotliQuality: flags.brotliQuality }),
+  };
+}
+
+function parseQuality(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 11) throw new InvalidArgumentError("expected an integer from 0 to 11.");
+  return n;
 }

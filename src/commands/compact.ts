@@ -5,11 +5,11 @@ import type { Command } from "commander";
 import { compact } from "../compaction.js";
 import { createProgress } from "../progress.js";
 import { loadRules } from "../rewrite.js";
-import { formatBytes, formatMs, formatRewrites, printJson, withBackend } from "./common.js";
+import { addCodecOptions, codecOptions, formatBytes, formatMs, formatRewrites, printJson, withBackend, type CodecFlags } from "./common.js";
 
 /** Registers the command. */
 export function registerCompact(program: Command): void {
-  program
+  const cmd = program
     .command("compact")
     .summary("fold the log into a fresh base snapshot")
     .description(
@@ -21,8 +21,10 @@ export function registerCompact(program: Command): void {
     .option("--rules <set|file>", 'rewrite rules for the replay: "core-lightning", "none", or a JSON file', "none")
     .option("--tmp-dir <dir>", "where the temp database files go (default: the OS temp directory)")
     .option("-q, --quiet", "no progress bar and no summary")
-    .option("--json", "print the statistics as JSON")
-    .action(async (location: string, opts: { rules?: string; tmpDir?: string; quiet?: boolean; json?: boolean }) => {
+    .option("--json", "print the statistics as JSON");
+  addCodecOptions(cmd, true);
+  cmd
+    .action(async (location: string, opts: { rules?: string; tmpDir?: string; quiet?: boolean; json?: boolean } & CodecFlags) => {
       const rules = loadRules(opts.rules ?? "none");
       await withBackend(location, "write", async (backend) => {
         const progress = createProgress("compact", "versions", opts.quiet || opts.json);
@@ -45,6 +47,6 @@ export function registerCompact(program: Command): void {
         );
         const rewrites = formatRewrites(stats.rewrites);
         if (rewrites) process.stdout.write(`${rewrites}\n`);
-      });
+      }, codecOptions(opts));
     });
 }

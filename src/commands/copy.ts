@@ -6,11 +6,11 @@ import { openOrCreateBackend } from "../backend-registry.js";
 import { copyBackup } from "../copy.js";
 import { terminalLogger } from "../logger.js";
 import { createProgress } from "../progress.js";
-import { formatMs, printJson, withBackend } from "./common.js";
+import { addCodecOptions, codecOptions, formatMs, printJson, withBackend, type CodecFlags } from "./common.js";
 
 /** Registers the command. */
 export function registerCopy(program: Command): void {
-  program
+  const cmd = program
     .command("copy")
     .summary("copy a whole backup to another backend")
     .description(
@@ -24,10 +24,12 @@ export function registerCopy(program: Command): void {
     .option("--force", "replace what the destination holds")
     .option("-q, --quiet", "no progress bar and no summary")
     .option("--json", "print the result as JSON")
-    .addHelpText("after", "\nExamples:\n  tidemark copy ./backup 's3://my-bucket/tidemark/app?region=eu-west-1'\n  tidemark copy 's3://my-bucket/tidemark/app' ./restored-backup")
-    .action(async (src: string, dst: string, opts: { force?: boolean; quiet?: boolean; json?: boolean }) => {
+    .addHelpText("after", "\nExamples:\n  tidemark copy ./backup 's3://my-bucket/tidemark/app?region=eu-west-1'\n  tidemark copy 's3://my-bucket/tidemark/app' ./restored-backup");
+  addCodecOptions(cmd, true);
+  cmd
+    .action(async (src: string, dst: string, opts: { force?: boolean; quiet?: boolean; json?: boolean } & CodecFlags) => {
       await withBackend(src, "read", async (from) => {
-        const { backend: to } = await openOrCreateBackend(dst, { log: terminalLogger() });
+        const { backend: to } = await openOrCreateBackend(dst, { ...codecOptions(opts), log: terminalLogger() });
         try {
           const progress = createProgress("copy", "versions", opts.quiet || opts.json);
           let result;
@@ -45,6 +47,6 @@ export function registerCopy(program: Command): void {
         } finally {
           await to.close();
         }
-      });
+      }, codecOptions(opts));
     });
 }

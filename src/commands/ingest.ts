@@ -7,13 +7,13 @@ import type { Command } from "commander";
 import { parseWireChange } from "../change-json.js";
 import { InputError, withContext } from "../errors.js";
 import { applyChange } from "../ingest.js";
-import { withBackend } from "./common.js";
+import { addCodecOptions, codecOptions, withBackend, type CodecFlags } from "./common.js";
 
 const SQLITE_HEADER = "SQLite format 3\0";
 
 /** Registers the command. */
 export function registerIngest(program: Command): void {
-  program
+  const cmd = program
     .command("ingest")
     .summary("append changes read as JSON lines from stdin")
     .description(
@@ -29,8 +29,10 @@ export function registerIngest(program: Command): void {
         '  {"version": N, "action": "append" | "rewind-then-append" | "new-base"}',
     )
     .argument("<backend>", "the backup: a directory path, file:PATH, or a backend URL")
-    .addHelpText("after", `\nExample:\n  echo '{"version":1,"transaction":["CREATE TABLE t(x)"]}' | tidemark ingest ./backup`)
-    .action(async (location: string) => {
+    .addHelpText("after", `\nExample:\n  echo '{"version":1,"transaction":["CREATE TABLE t(x)"]}' | tidemark ingest ./backup`);
+  addCodecOptions(cmd, true);
+  cmd
+    .action(async (location: string, opts: CodecFlags) => {
       await withBackend(location, "write", async (backend) => {
         const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
         let n = 0;
@@ -50,7 +52,7 @@ export function registerIngest(program: Command): void {
             throw withContext(err, `line ${n}`);
           }
         }
-      });
+      }, codecOptions(opts));
     });
 }
 

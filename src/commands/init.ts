@@ -10,16 +10,16 @@ import { openBackend } from "../backend-registry.js";
 import { InputError, UsageError } from "../errors.js";
 import { applyChange } from "../ingest.js";
 import { terminalLogger } from "../logger.js";
-import { formatBytes, parseVersion } from "./common.js";
+import { addCodecOptions, codecOptions, formatBytes, parseVersion, type CodecFlags } from "./common.js";
 
-interface InitOptions {
+interface InitOptions extends CodecFlags {
   fromDb?: string;
   version?: number;
 }
 
 /** Registers the command. */
 export function registerInit(program: Command): void {
-  program
+  const cmd = program
     .command("init")
     .summary("create a new backup")
     .description(
@@ -29,7 +29,9 @@ export function registerInit(program: Command): void {
     .argument("<backend>", "where the backup goes: a directory path, file:PATH, or a backend URL")
     .option("--from-db <path>", "seed the backup with a snapshot of this SQLite database")
     .option("--version <n>", "the host's data version of that snapshot (required with --from-db)", parseVersion)
-    .addHelpText("after", "\nExamples:\n  tidemark init ./backup\n  tidemark init ./backup --from-db app.db --version 42")
+    .addHelpText("after", "\nExamples:\n  tidemark init ./backup\n  tidemark init ./backup --from-db app.db --version 42");
+  addCodecOptions(cmd, true);
+  cmd
     .action(async (location: string, opts: InitOptions) => {
       if (opts.fromDb !== undefined && opts.version === undefined) {
         throw new UsageError("--from-db needs --version N: the host's data version of that database", {
@@ -41,7 +43,7 @@ export function registerInit(program: Command): void {
       }
       const snapshotFile = opts.fromDb ? await snapshotOf(opts.fromDb) : undefined;
       try {
-        const backend = await openBackend(location, { mode: "create", log: terminalLogger() });
+        const backend = await openBackend(location, { ...codecOptions(opts), mode: "create", log: terminalLogger() });
         try {
           if (snapshotFile && opts.version !== undefined) {
             await applyChange(backend, { version: opts.version, snapshot: fs.createReadStream(snapshotFile) });

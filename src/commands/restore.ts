@@ -5,9 +5,9 @@ import type { Command } from "commander";
 import { createProgress } from "../progress.js";
 import { restore } from "../restore.js";
 import { loadRules } from "../rewrite.js";
-import { formatBytes, formatMs, formatRewrites, parseVersion, printJson, withBackend } from "./common.js";
+import { addCodecOptions, codecOptions, formatBytes, formatMs, formatRewrites, parseVersion, printJson, withBackend, type CodecFlags } from "./common.js";
 
-interface RestoreCliOptions {
+interface RestoreCliOptions extends CodecFlags {
   version?: number;
   rules?: string;
   force?: boolean;
@@ -17,7 +17,7 @@ interface RestoreCliOptions {
 
 /** Registers the command. */
 export function registerRestore(program: Command): void {
-  program
+  const cmd = program
     .command("restore")
     .summary("rebuild the database from a backup into a new file")
     .description(
@@ -35,7 +35,9 @@ export function registerRestore(program: Command): void {
     .addHelpText(
       "after",
       "\nExamples:\n  tidemark restore ./backup restored.db\n  tidemark restore ./backup node.sqlite3 --rules core-lightning --version 1200",
-    )
+    );
+  addCodecOptions(cmd, false);
+  cmd
     .action(async (location: string, dest: string, opts: RestoreCliOptions) => {
       const rules = loadRules(opts.rules ?? "none");
       await withBackend(location, "read", async (backend) => {
@@ -59,6 +61,6 @@ export function registerRestore(program: Command): void {
         );
         const rewrites = formatRewrites(result.rewrites);
         if (rewrites) process.stdout.write(`${rewrites}\n`);
-      });
+      }, codecOptions(opts));
     });
 }

@@ -6,9 +6,9 @@ import type { BackendStatus } from "../backend.js";
 import { connect } from "../client.js";
 import type { DatabaseStatus } from "../database.js";
 import { UsageError } from "../errors.js";
-import { formatBytes, printJson, withBackend } from "./common.js";
+import { addCodecOptions, codecOptions, formatBytes, printJson, withBackend, type CodecFlags } from "./common.js";
 
-interface StatusOptions {
+interface StatusOptions extends CodecFlags {
   json?: boolean;
   socket?: string;
   db?: string;
@@ -16,7 +16,7 @@ interface StatusOptions {
 
 /** Registers the command. */
 export function registerStatus(program: Command): void {
-  program
+  const cmd = program
     .command("status")
     .summary("show a backup's head, base and size (or a daemon's databases)")
     .description(
@@ -29,7 +29,9 @@ export function registerStatus(program: Command): void {
     .option("--socket <path>", "ask the daemon listening on this Unix socket")
     .option("--db <name>", "with --socket: only this database")
     .option("--json", "print JSON instead of text")
-    .addHelpText("after", "\nExamples:\n  tidemark status ./backup\n  tidemark status --socket ./tidemark.sock --db default")
+    .addHelpText("after", "\nExamples:\n  tidemark status ./backup\n  tidemark status --socket ./tidemark.sock --db default");
+  addCodecOptions(cmd, false);
+  cmd
     .action(async (location: string | undefined, opts: StatusOptions) => {
       if (opts.socket) {
         if (location) throw new UsageError("give a backend or --socket, not both");
@@ -40,7 +42,7 @@ export function registerStatus(program: Command): void {
         const s = await backend.status();
         if (opts.json) return printJson({ location: backend.location, ...s });
         print(describe(`${backend.location} (${backend.kind})`, s));
-      });
+      }, codecOptions(opts));
     });
 }
 

@@ -5,11 +5,11 @@ import type { Command } from "commander";
 import { TidemarkError } from "../errors.js";
 import { createProgress } from "../progress.js";
 import { verify } from "../verify.js";
-import { formatBytes, printJson, withBackend } from "./common.js";
+import { addCodecOptions, codecOptions, formatBytes, printJson, withBackend, type CodecFlags } from "./common.js";
 
 /** Registers the command. */
 export function registerVerify(program: Command): void {
-  program
+  const cmd = program
     .command("verify")
     .summary("check every record and snapshot")
     .description(
@@ -19,8 +19,10 @@ export function registerVerify(program: Command): void {
     )
     .argument("<backend>", "the backup: a directory path, file:PATH, or a backend URL")
     .option("-q, --quiet", "no progress bar; print only problems")
-    .option("--json", "print the report as JSON")
-    .action(async (location: string, opts: { quiet?: boolean; json?: boolean }) => {
+    .option("--json", "print the report as JSON");
+  addCodecOptions(cmd, false);
+  cmd
+    .action(async (location: string, opts: { quiet?: boolean; json?: boolean } & CodecFlags) => {
       await withBackend(location, "read", async (backend) => {
         const progress = createProgress("verify", "versions", opts.quiet || opts.json);
         let report;
@@ -47,6 +49,6 @@ export function registerVerify(program: Command): void {
             hint: "restore from a replica or an older copy; tidemark restore --version N can target a version before the damage",
           });
         }
-      });
+      }, codecOptions(opts));
     });
 }

@@ -1,0 +1,48 @@
+/**
+ * A backup's settings: how its writers seal records (compression) and whether it is encrypted.
+ * They are kept in the backup's identity (tidemark.json), so that every writer of a backup
+ * compresses the same way by default and none writes in the clear into an encrypted backup.
+ */
+import type { BackendOptions } from "./backend.js";
+import { makeCodec, type Codec, type CompressionName } from "./envelope.js";
+import { TidemarkError } from "./errors.js";
+
+/** What an identity records. */
+export interface BackupSettings {
+  readonly compression?: CompressionName;
+  readonly brotliQuality?: number;
+  /** True once anything was written with a key: every later writer needs one. */
+  readonly encrypted?: boolean;
+}
+
+/** The settings a new backup is created with, from the options it is created with. */
+export function initialSettings(options: BackendOptions): BackupSettings {
+  return {
+    compression: options.compression ?? "none",
+    ...(options.brotliQuality !== undefined && { brotliQuality: options.brotliQuality }),
+    encrypted: options.keyring?.active !== null && options.keyring?.active !== undefined,
+  };
+}
+
+/**
+ * The codec a backend uses: the options' compression, else the backup's; the options' keys.
+ * A writer of an encrypted backup must have an active key.
+ */
+export function codecFor(settings: BackupSettings, options: BackendOptions, location: string): Codec {
+  const writer = options.mode !== "read";
+  if (writer && settings.encrypted && !options.keyring?.active) {
+    throw new TidemarkError("E_KEY", `${location} is encrypted: writing to it needs a key`, {
+      hint: "pass the current key with --key ID=file:PATH (or env:NAME), or set encryption.keys in the daemon config",
+    });
+  }
+  return makeCodec({
+    ...((options.compression ?? settings.compression) !== undefined && { compression: (options.compression ?? settings.compression)! }),
+    ...((options.brotliQuality ?? settings.brotliQuality) !== undefined && { brotliQuality: (options.brotliQuality ?? settings.brotliQuality)! }),
+    ...(options.keyring && { keyring: options.keyring }),
+  });
+}
+
+/** Whether the identity must be updated to say the backup is now encrypted. */
+export function becomesEncrypted(settings: BackupSettings, codec: Codec, mode: BackendOptions["mode"]): boolean {
+  return mode !== "read" && !settings.encrypted && codec.keyring.active !== null;
+}
