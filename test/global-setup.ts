@@ -2,6 +2,7 @@
  * Builds dist/ once before the suite, so tests that spawn the CLI run the code under test.
  */
 import { execFileSync } from "node:child_process";
+import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -11,4 +12,6 @@ export default function setup(): void {
     cwd: root,
     stdio: "inherit",
   });
+  // As npm run build does: the two executables must be executable.
+  for (const bin of ["dist/src/cli.js", "dist/src/cln-plugin-bin.js"]) fs.chmodSync(path.join(root, bin), 0o755);
 }

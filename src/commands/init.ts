@@ -2,14 +2,12 @@
  * `tidemark init <backend> [--from-db PATH --version N]`
  */
 import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import type { Command } from "commander";
-import Database from "better-sqlite3";
 import { openBackend } from "../backend-registry.js";
-import { InputError, UsageError } from "../errors.js";
+import { UsageError } from "../errors.js";
 import { applyChange } from "../ingest.js";
 import { terminalLogger } from "../logger.js";
+import { snapshotSqlite } from "../sqlite-snapshot.js";
 import { addCodecOptions, codecOptions, formatBytes, parseVersion, type CodecFlags } from "./common.js";
 
 interface InitOptions extends CodecFlags {
@@ -41,14 +39,13 @@ export function registerInit(program: Command): void {
       if (opts.version !== undefined && opts.fromDb === undefined) {
         throw new UsageError("--version only applies with --from-db", { hint: "tidemark init ./backup --from-db app.db --version 42" });
       }
-      const snapshotFile = opts.fromDb ? await snapshotOf(opts.fromDb) : undefined;
+      const snapshot = opts.fromDb ? await snapshotSqlite(opts.fromDb, `--from-db ${opts.fromDb}`) : undefined;
       try {
         const backend = await openBackend(location, { ...codecOptions(opts), mode: "create", log: terminalLogger() });
         try {
-          if (snapshotFile && opts.version !== undefined) {
-            await applyChange(backend, { version: opts.version, snapshot: fs.createReadStream(snapshotFile) });
-            const size = fs.statSync(snapshotFile).size;
-            process.stdout.write(`created backup at ${backend.location}, seeded at version ${opts.version} (${formatBytes(size)} snapshot)\n`);
+          if (snapshot && opts.version !== undefined) {
+            await applyChange(backend, { version: opts.version, snapshot: fs.createReadStream(snapshot.file) });
+            process.stdout.write(`created backup at ${backend.location}, seeded at version ${opts.version} (${formatBytes(snapshot.bytes)} snapshot)\n`);
           } else {
             process.stdout.write(`created empty backup at ${backend.location}; the first change must be version 1 or carry a snapshot\n`);
           }
@@ -56,30 +53,7 @@ export function registerInit(program: Command): void {
           await backend.close();
         }
       } finally {
-        if (snapshotFile) fs.rmSync(path.dirname(snapshotFile), { recursive: true, force: true });
+        snapshot?.dispose();
       }
     });
-}
-
-/** Copies a live database with SQLite's backup API into a temp file; returns its path. */
-async function snapshotOf(dbPath: string): Promise<string> {
-  if (!fs.existsSync(dbPath)) throw new InputError(`--from-db ${dbPath}: no such file`);
-  let db: Database.Database;
-  try {
-    db = new Database(dbPath, { readonly: true, fileMustExist: true });
-    db.pragma("schema_version"); // fails early if it is not a database
-  } catch (err) {
-    throw new InputError(`--from-db ${dbPath}: not a readable SQLite database: ${(err as Error).message}`);
-  }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tidemark-init-"));
-  const file = path.join(dir, "snapshot.db");
-  try {
-    await db.backup(file);
-  } catch (err) {
-    fs.rmSync(dir, { recursive: true, force: true });
-    throw err;
-  } finally {
-    db.close();
-  }
-  return file;
 }
