@@ -46,7 +46,8 @@ import {
 } from "../src/change-codec.js";
 import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
 import { LogState, type LogEntry } from "../src/log-state.js";
-import { becomesEncrypted, codecFor, initialSettings, type BackupSettings } from "../src/backup-settings.js";
+import { codecFor, initialSettings, retentionFor, updatedSettings, type BackupSettings } from "../src/backup-settings.js";
+import { retainedGenerations, type RetentionPolicy } from "../src/retention.js";
 import { PLAIN, type Codec } from "../src/envelope.js";
 import type { Keyring } from "../src/keyring.js";
 import { Mutex } from "../src/mutex.js";
@@ -63,6 +64,20 @@ const IDENTITY_VERSION = 1;
 const LOG_RE = /^log-(\d{10})\.tml$/;
 const SNAP_RE = /^snap-\d{20}-[0-9a-f]{8}\.tms$/;
 const READ_CHUNK = 4 << 20;
+/** Lists the older logs that the retention policy keeps. */
+const MANIFEST_FILE = "generations.json";
+
+/** A log and its state: the live one, or an older one kept for retention (read-only). */
+interface RetainedLog {
+  readonly seq: number;
+  readonly path: string;
+  readonly state: LogState;
+  /** End of its last intact record. */
+  readonly end: number;
+  /** When its first change was made, once read. */
+  firstTimestamp?: number;
+}
+
 
 /** Opens a file backend at a `file:` URL. */
 export const createBackend: BackendFactory = async (url, options) => {
@@ -104,6 +119,9 @@ export class FileBackend implements Backend {
   readonly #options: BackendOptions;
   /** How records and blobs are sealed; set from the identity and the options at open. */
   #codec: Codec = PLAIN;
+  #retention: RetentionPolicy = {};
+  /** Older logs that the retention policy keeps, oldest first; read-only. */
+  #retained: RetainedLog[] = [];
   /** addChange calls waiting on a snapshot upload; synchronous writes must not overlap them. */
   #asyncWrites = 0;
   /** Readers in this process that may still open snapshot blobs. */
@@ -186,7 +204,9 @@ export class FileBackend implements Backend {
       });
     }
     this.#codec = codecFor(identity, this.#options, this.#dir);
-    if (becomesEncrypted(identity, this.#codec, this.#mode)) this.#writeIdentity({ ...identity, encrypted: true });
+    this.#retention = retentionFor(identity, this.#options);
+    const updated = updatedSettings(identity, this.#codec, this.#options);
+    if (updated) this.#writeIdentity(updated);
   }
 
   async #openLog(): Promise<void> {
@@ -200,7 +220,18 @@ export class FileBackend implements Backend {
     if (seq === undefined) throw new CorruptError(this.#dir, "the backup has no log file (log-*.tml)");
     this.#seq = seq;
     this.#logPath = path.join(this.#dir, logName(seq));
-    await this.#scan();
+    const live = await this.#scanLog(this.#logPath);
+    this.#state = live.state;
+    this.#end = live.end;
+    this.#torn = live.torn;
+    const kept = this.#readManifest();
+    this.#retained = [];
+    for (const old of logs.slice(0, -1)) {
+      if (!kept.has(old)) continue;
+      const file = path.join(this.#dir, logName(old));
+      const g = await this.#scanLog(file);
+      this.#retained.push({ seq: old, path: file, state: g.state, end: g.end });
+    }
 
     if (this.#mode === "read") {
       if (this.#torn) {
@@ -215,7 +246,7 @@ export class FileBackend implements Backend {
         fs.rmSync(path.join(this.#dir, n), { force: true });
       }
     }
-    for (const old of logs.slice(0, -1)) fs.rmSync(path.join(this.#dir, logName(old)), { force: true });
+    for (const old of logs.slice(0, -1)) if (!kept.has(old)) fs.rmSync(path.join(this.#dir, logName(old)), { force: true });
     this.#removeUnreferencedSnapshots();
     this.#fd = fs.openSync(this.#logPath, "r+");
     if (this.#torn) {
@@ -226,33 +257,50 @@ export class FileBackend implements Backend {
     }
   }
 
-  /** Reads the live log from the start and rebuilds the state. */
-  async #scan(): Promise<void> {
-    const state = new LogState(this.#logPath);
-    const fh = await fsp.open(this.#logPath, "r");
+  /** Reads a log from the start and rebuilds its state. */
+  async #scanLog(file: string): Promise<{ state: LogState; end: number; torn: BackendStatus["tornTail"] }> {
+    const state = new LogState(file);
+    const fh = await fsp.open(file, "r");
     try {
       const size = (await fh.stat()).size;
-      const reader = new RecordReader(fh, 0, size, this.#logPath);
+      const reader = new RecordReader(fh, 0, size, file);
       for (;;) {
         let step = reader.next();
         if (step instanceof Promise) step = await step;
-        if (step === null) break;
-        if (step.kind === "torn") {
-          this.#torn = { location: this.#logPath, offset: step.offset, bytes: size - step.offset };
-          break;
-        }
-        state.apply(this.#entry(step.buf, step.at, step.offset, step.header));
+        if (step === null) return { state, end: reader.end, torn: undefined };
+        if (step.kind === "torn") return { state, end: reader.end, torn: { location: file, offset: step.offset, bytes: size - step.offset } };
+        state.apply(this.#entry(step.buf, step.at, step.offset, step.header, file));
       }
-      this.#end = reader.end;
     } finally {
       await fh.close();
     }
-    this.#state = state;
+  }
+
+  /** The retained older logs named by generations.json (none when it is absent). */
+  #readManifest(): Set<number> {
+    const file = path.join(this.#dir, MANIFEST_FILE);
+    let text: string;
+    try {
+      text = fs.readFileSync(file, "utf8");
+    } catch {
+      return new Set();
+    }
+    try {
+      const m = JSON.parse(text) as { retained?: unknown };
+      if (Array.isArray(m.retained) && m.retained.every((x) => Number.isSafeInteger(x))) return new Set(m.retained as number[]);
+    } catch {
+      // reported below
+    }
+    throw new CorruptError(file, "the list of retained generations does not parse", {}, { hint: "restore it from a copy, or delete it to keep only the live log" });
+  }
+
+  #writeManifest(seqs: readonly number[]): void {
+    writeFileDurably(path.join(this.#dir, MANIFEST_FILE), Buffer.from(`${JSON.stringify({ retained: seqs })}\n`));
   }
 
   /** The state machine's view of an intact record; no key is needed for it. */
-  #entry(buf: Buffer, at: number, offset: number, header: RecordHeader): LogEntry {
-    const snapshot = recordSnapshotRef(buf, at, header, this.#logPath);
+  #entry(buf: Buffer, at: number, offset: number, header: RecordHeader, file: string): LogEntry {
+    const snapshot = recordSnapshotRef(buf, at, header, file);
     return { type: header.type, version: header.version, position: offset, length: header.length, ...(snapshot && { snapshot }) };
   }
 
@@ -266,33 +314,64 @@ export class FileBackend implements Backend {
     const s = this.#state;
     const headTimestamp = this.#headTimestamp();
     let snapshotBytes = 0;
-    for (const snap of s.snapshots) {
+    for (const ref of this.#liveSnapshots()) {
       try {
-        snapshotBytes += fs.statSync(path.join(this.#dir, snap.ref)).size;
+        snapshotBytes += fs.statSync(path.join(this.#dir, ref)).size;
       } catch {
         // A missing blob is reported by verify and restore; status only counts bytes.
       }
     }
+    const generations = this.#generations().map((g) => ({
+      baseVersion: g.state.firstEntry?.snapshot ? g.state.firstVersion : 0,
+      firstVersion: g.state.firstVersion,
+      lastVersion: g.state.head,
+      ...(this.#firstTimestamp(g) !== undefined && { firstTimestamp: this.#firstTimestamp(g)! }),
+    }));
+    const oldest = this.#generations().find((g) => g.state.records > 0);
     return {
       version: s.head,
       prevVersion: s.prevVersion,
       baseVersion: s.baseVersion,
-      firstVersion: s.firstVersion,
+      firstVersion: oldest?.state.firstVersion ?? 0,
       records: s.records,
-      bytes: this.#end + snapshotBytes,
+      bytes: this.#retained.reduce((n, g) => n + g.end, this.#end) + snapshotBytes,
       snapshotBytes,
+      generations,
       ...(headTimestamp !== undefined && { headTimestamp }),
       ...(this.#torn && { tornTail: this.#torn }),
     };
   }
 
+  /** Every generation held, oldest first: the retained logs, then the live one. */
+  #generations(): RetainedLog[] {
+    return [...this.#retained, { seq: this.#seq, path: this.#logPath, state: this.#state, end: this.#end }];
+  }
+
+  /** Blob names that a live record of any generation points to. */
+  #liveSnapshots(): Set<string> {
+    return new Set(this.#generations().flatMap((g) => g.state.snapshots.map((x) => x.ref)));
+  }
+
+  /** When a generation's first change was made: read from its record once (the key may be needed). */
+  #firstTimestamp(g: RetainedLog): number | undefined {
+    if (g.firstTimestamp !== undefined || !g.state.firstEntry) return g.firstTimestamp;
+    g.firstTimestamp = this.#timestampAt(g.path, g.state.firstEntry);
+    const kept = this.#retained.find((r) => r.seq === g.seq);
+    if (kept) kept.firstTimestamp = g.firstTimestamp;
+    return g.firstTimestamp;
+  }
+
   /** The head change's timestamp: read from its record once, then remembered. */
   #headTimestamp(): number | undefined {
     const s = this.#state;
-    if (s.headTimestamp !== undefined || !s.headEntry) return s.headTimestamp;
-    const e = s.headEntry;
+    if (s.headTimestamp === undefined && s.headEntry) s.headTimestamp = this.#timestampAt(this.#logPath, s.headEntry);
+    return s.headTimestamp;
+  }
+
+  /** The timestamp of the record `e` of `file`, or undefined when it is sealed and the key is missing. */
+  #timestampAt(file: string, e: LogEntry): number | undefined {
     const buf = Buffer.allocUnsafe(e.length);
-    const fd = fs.openSync(this.#logPath, "r");
+    const fd = fs.openSync(file, "r");
     try {
       readAll(fd, buf, e.position);
     } finally {
@@ -301,20 +380,19 @@ export class FileBackend implements Backend {
     const probe = probeRecord(buf, 0);
     if (probe.kind !== "ok") return undefined;
     try {
-      s.headTimestamp = decodeRecord(buf, 0, probe, this.#logPath, this.#codec.keyring).timestamp;
+      return decodeRecord(buf, 0, probe, file, this.#codec.keyring).timestamp;
     } catch {
-      return undefined; // an encrypted head without its key: status shows what it can
+      return undefined; // an encrypted record without its key: status shows what it can
     }
-    return s.headTimestamp;
   }
 
   streamChanges(range: ChangeRange = {}): AsyncIterable<StoredChange> {
     this.#checkOpen();
-    const state = this.#state;
-    if (state.head === 0) return { [Symbol.asyncIterator]: () => ({ next: async () => DONE }) };
-    const { to, start } = state.plan(range);
-    const limit = this.#end;
-    const logPath = this.#logPath;
+    if (this.#state.head === 0) return { [Symbol.asyncIterator]: () => ({ next: async () => DONE }) };
+    const g = this.#generationFor(range);
+    const { to, start } = g.state.plan(range);
+    const limit = g.end;
+    const logPath = g.path;
     return {
       [Symbol.asyncIterator]: () =>
         new LogChangeStream(
@@ -334,6 +412,22 @@ export class FileBackend implements Backend {
           this.#codec.keyring,
         ),
     };
+  }
+
+  /**
+   * The generation that holds `range`: the newest whose versions cover it. The live one serves
+   * anything from its base on; a retained one serves older versions.
+   */
+  #generationFor(range: ChangeRange): RetainedLog {
+    const to = range.to ?? this.#state.head;
+    const lo = Math.min(range.from ?? to, to);
+    const hi = Math.max(range.from ?? to, to);
+    const gens = this.#generations();
+    for (let i = gens.length - 1; i >= 0; i--) {
+      const g = gens[i]!;
+      if (g.state.records > 0 && g.state.firstVersion <= lo && g.state.head >= hi) return g;
+    }
+    throw rangeError(this.#dir, gens, lo, hi);
   }
 
   #storedSnapshot(ref: SnapshotRef, version: number) {
@@ -612,19 +706,23 @@ export class FileBackend implements Backend {
     } finally {
       fs.closeSync(out);
     }
+    // The log about to be superseded is listed as retained first, so that a crash right after
+    // the switch keeps it; pruning by the retention policy comes after.
+    const superseded: RetainedLog = { seq: this.#seq, path: this.#logPath, state: this.#state, end: this.#end };
+    this.#writeManifest([...this.#retained.map((g) => g.seq), superseded.seq]);
     fs.renameSync(tmp, next);
     try {
       fsyncDir(this.#dir);
-      // The new log is live from here on; the old one is garbage.
+      // The new log is live from here on.
       const fd = fs.openSync(next, "r+");
       fs.closeSync(oldFd);
-      const oldPath = this.#logPath;
       this.#fd = fd;
       this.#seq = seq;
       this.#logPath = next;
       this.#state = state;
       this.#end = content.length;
-      fs.rmSync(oldPath, { force: true });
+      this.#retained.push(superseded);
+      this.#prune();
     } catch (err) {
       this.#broken = new BackendError(DRIVER_NAME, "compact", next, "switching to the new log failed", {
         cause: err,
@@ -641,10 +739,25 @@ export class FileBackend implements Backend {
     for (let at = 0; at < content.length; ) {
       const probe = probeRecord(content, at);
       if (probe.kind !== "ok") throw new CorruptError(location, `new log does not parse: ${probe.kind}`, { offset: at });
-      state.apply(this.#entry(content, at, at, probe));
+      state.apply(this.#entry(content, at, at, probe, location));
       at += probe.length;
     }
     return state;
+  }
+
+  /** Drops the retained logs the retention policy no longer asks for. */
+  #prune(): void {
+    const gens = this.#generations();
+    const keep = retainedGenerations(
+      gens.map((g) => ({ id: g.seq, baseTimestamp: this.#firstTimestamp(g) })),
+      this.#retention,
+      Date.now(),
+    );
+    const dropped = this.#retained.filter((g) => !keep.has(g.seq));
+    if (dropped.length === 0) return;
+    this.#retained = this.#retained.filter((g) => keep.has(g.seq));
+    this.#writeManifest(this.#retained.map((g) => g.seq));
+    for (const g of dropped) fs.rmSync(g.path, { force: true });
   }
 
   #removeUnreferencedSnapshots(): void {
@@ -652,7 +765,7 @@ export class FileBackend implements Backend {
       this.#cleanupDeferred = true;
       return;
     }
-    const live = new Set(this.#state.snapshots.map((s) => s.ref));
+    const live = this.#liveSnapshots();
     for (const n of fs.readdirSync(this.#dir)) {
       if (SNAP_RE.test(n) && !live.has(n)) fs.rmSync(path.join(this.#dir, n), { force: true });
     }
@@ -673,6 +786,9 @@ export class FileBackend implements Backend {
       this.#state = new LogState(next);
       this.#end = 0;
       fs.rmSync(oldPath, { force: true });
+      for (const g of this.#retained) fs.rmSync(g.path, { force: true });
+      this.#retained = [];
+      this.#writeManifest([]);
       this.#removeUnreferencedSnapshots();
     });
   }
@@ -1024,4 +1140,19 @@ class FileLock {
       // already gone
     }
   }
+}
+
+/** E_RANGE for versions no single generation holds, naming what is held. */
+function rangeError(where: string, gens: readonly RetainedLog[], lo: number, hi: number): TidemarkError {
+  const first = gens.find((g) => g.state.records > 0)?.state.firstVersion ?? 0;
+  const head = gens.at(-1)!.state.head;
+  if (lo >= first && hi <= head && lo <= hi) {
+    return new TidemarkError("E_RANGE", `versions ${lo}..${hi} of ${where} lie in two generations (a compaction between them)`, {
+      hint: "ask for the versions of one generation at a time (tidemark status lists them)",
+    });
+  }
+  const v = lo < first ? lo : hi;
+  return new TidemarkError("E_RANGE", `version ${v} is not held by ${where}: it holds ${first}..${head}`, {
+    hint: `pick a version from ${first} to ${head}`,
+  });
 }

@@ -9,7 +9,8 @@
  * Layout (docs/format.md has the details):
  *   <prefix>/tidemark.json                     identity, written once
  *   <prefix>/lease.json                        the writer's lease (conditional PUTs)
- *   <prefix>/base.tdmk                         the current base: a change record pointing to a snapshot
+ *   <prefix>/bases/<version>-<seq>.tdmk        bases: change records pointing to snapshots; the newest is live
+ *   <prefix>/generations.json                  the older bases (and first changes) that retention keeps
  *   <prefix>/changes/<version>-<seq>.<c|s|r>   one object per change (c), change with snapshot (s) or rewind (r)
  *   <prefix>/snapshots/<version>-<id>.tms      snapshot blobs
  *
@@ -51,7 +52,8 @@ import {
 } from "../src/change-codec.js";
 import { BackendError, CorruptError, TidemarkError, UsageError } from "../src/errors.js";
 import { LogState, type LogEntry } from "../src/log-state.js";
-import { becomesEncrypted, codecFor, initialSettings, type BackupSettings } from "../src/backup-settings.js";
+import { codecFor, initialSettings, retentionFor, updatedSettings, type BackupSettings } from "../src/backup-settings.js";
+import { retainedGenerations, type RetentionPolicy } from "../src/retention.js";
 import { PLAIN, type Codec } from "../src/envelope.js";
 import { silentLogger, type Logger } from "../src/logger.js";
 import { Mutex } from "../src/mutex.js";
@@ -61,6 +63,7 @@ import { Lease, type LeaseRecord, type LeaseStore } from "./s3-lease.js";
 const DRIVER_NAME = "s3";
 const IDENTITY = { format: "tidemark-s3", formatVersion: 1 };
 const CHANGE_KEY_RE = /^changes\/(\d{20})-(\d{13})\.([csr])$/;
+const BASE_KEY_RE = /^bases\/(\d{20})-(\d{13})\.tdmk$/;
 const SNAPSHOT_KEY_RE = /^snapshots\/\d{20}-[0-9a-f]{8}\.tms$/;
 /** Parts of a snapshot upload, and how many upload at once (memory: PART_SIZE x QUEUE). */
 const PART_SIZE = 8 << 20;
@@ -136,8 +139,16 @@ export class S3Backend implements Backend {
   readonly #onRetry: BackendOptions["onRetry"];
   readonly #mutex = new Mutex();
   #client: S3Client | null = null;
+  /** Retained bases, oldest first (keys bases/…). */
+  #bases: S3Entry[] = [];
+  /** Whether the history from before the oldest base (the first changes) is retained. */
+  #initial = true;
+  /** Change and rewind objects held, in key order. */
+  #changes: S3Entry[] = [];
+  /** The live generation: its entries (the newest base, then the changes after it) and state. */
   #entries: S3Entry[] = [];
   #state!: LogState;
+  #retention: RetentionPolicy = {};
   #snapshotSizes = new Map<string, number>();
   #seq = 0;
   #lease: Lease | null = null;
@@ -149,6 +160,8 @@ export class S3Backend implements Backend {
   #codec: Codec = PLAIN;
   /** An identity update to write once the lease is ours (the backup became encrypted). */
   #pendingIdentity: object | null = null;
+  /** Timestamps read from records, by key. */
+  readonly #timestamps = new Map<string, number>();
   /** Keys that are no longer part of the log, waiting to be deleted. */
   #garbage = new Set<string>();
 
@@ -266,59 +279,112 @@ export class S3Backend implements Backend {
       throw new CorruptError(`${this.location}/tidemark.json`, `backup format version ${String(id.formatVersion)} is not supported`, {}, { hint: "upgrade tidemark" });
     }
     this.#codec = codecFor(id, this.#options, this.location);
-    if (becomesEncrypted(id, this.#codec, this.#mode)) this.#pendingIdentity = { ...id, encrypted: true };
+    this.#retention = retentionFor(id, this.#options);
+    this.#pendingIdentity = updatedSettings(id, this.#codec, this.#options);
   }
 
-  /** Reads the base and lists the changes, rebuilding the log state. */
+  /**
+   * Lists the bucket once and rebuilds the log: the retained bases (generations.json names the
+   * older ones; the newest base is always live), the change objects, and the live state. What
+   * no retained generation needs is garbage, left by a cleanup that was cut short.
+   */
   async #load(): Promise<void> {
-    const state = new LogState(this.location);
-    const entries: S3Entry[] = [];
     this.#snapshotSizes.clear();
-    let base: number = 0;
-    const baseBytes = await this.#getBytes("base.tdmk");
-    if (baseBytes) {
-      const rec = this.#decode(baseBytes, "base.tdmk");
-      if (!rec.snapshot) throw new CorruptError(`${this.location}/base.tdmk`, "the base record has no snapshot", { version: rec.version });
-      base = rec.version;
-      const entry: S3Entry = { type: RecordType.Change, version: rec.version, snapshot: rec.snapshot.ref, position: 0, length: baseBytes.length, key: "base.tdmk", size: baseBytes.length };
-      state.apply(entry);
-      entries.push(entry);
-    }
     const objects = await this.#list("", Infinity);
+    const manifest = await this.#readManifest();
+    const bases: S3Entry[] = [];
+    const changes: S3Entry[] = [];
     let maxSeq = 0;
     for (const o of objects) {
-      const snap = SNAPSHOT_KEY_RE.test(o.key);
-      if (snap) this.#snapshotSizes.set(o.key.slice("snapshots/".length), o.size);
+      if (SNAPSHOT_KEY_RE.test(o.key)) this.#snapshotSizes.set(o.key.slice("snapshots/".length), o.size);
+      const base = BASE_KEY_RE.exec(o.key);
+      if (base) {
+        maxSeq = Math.max(maxSeq, Number(base[2]));
+        const snapshot = await this.#fetchSnapshotRef(o.key, Number(base[1]));
+        if (!snapshot) throw new CorruptError(`${this.location}/${o.key}`, "a base record without a snapshot", { version: Number(base[1]) });
+        bases.push({ type: RecordType.Change, version: Number(base[1]), snapshot, position: 0, length: o.size, key: o.key, size: o.size });
+        continue;
+      }
       const m = CHANGE_KEY_RE.exec(o.key);
       if (!m) continue;
       const version = Number(m[1]);
       maxSeq = Math.max(maxSeq, Number(m[2]));
-      if (version <= base) {
-        this.#garbage.add(o.key); // superseded by the base: a compaction's cleanup was cut short
-        continue;
-      }
       const kind = m[3];
-      const position = entries.length;
-      if (kind === "r") {
-        const entry: S3Entry = { type: RecordType.Rewind, version, position, length: o.size, key: o.key, size: o.size };
-        const prev = entries.at(-1);
-        // The rewound change's object is deleted after its marker is written.
-        if (prev && prev.type === RecordType.Change && prev.version === version) state.apply(entry);
-        else state.markRewound(entry);
-        entries.push(entry);
-        continue;
-      }
       const snapshot = kind === "s" ? await this.#fetchSnapshotRef(o.key, version) : undefined;
-      const entry: S3Entry = { type: RecordType.Change, version, ...(snapshot && { snapshot }), position, length: o.size, key: o.key, size: o.size };
-      state.apply(entry);
-      entries.push(entry);
+      changes.push({ type: kind === "r" ? RecordType.Rewind : RecordType.Change, version, ...(snapshot && { snapshot }), position: 0, length: o.size, key: o.key, size: o.size });
     }
-    this.#entries = entries;
-    this.#state = state;
     // A plain counter, not a clock: keys must not tell when changes were made.
     this.#seq = maxSeq + 1;
-    const live = new Set(state.snapshots.map((s) => `snapshots/${s.ref}`));
-    for (const name of this.#snapshotSizes.keys()) if (!live.has(`snapshots/${name}`)) this.#garbage.add(`snapshots/${name}`);
+    const newest = bases.at(-1);
+    this.#bases = bases.filter((b) => b === newest || manifest.retained.has(b.key));
+    this.#initial = bases.length === 0 || manifest.initial;
+    const oldest = this.#initial ? 0 : this.#bases[0]!.version;
+    this.#changes = changes.filter((c) => c.version > oldest);
+    for (const b of bases) if (!this.#bases.includes(b)) this.#garbage.add(b.key);
+    for (const c of changes) if (c.version <= oldest) this.#garbage.add(c.key);
+    this.#setLive();
+    const live = this.#liveSnapshots();
+    for (const name of this.#snapshotSizes.keys()) if (!live.has(name)) this.#garbage.add(`snapshots/${name}`);
+  }
+
+  /** Rebuilds the live generation from the newest base and the changes after it. */
+  #setLive(): void {
+    const g = this.#generation(this.#bases.at(-1) ?? null);
+    this.#entries = g.entries;
+    this.#state = g.state;
+  }
+
+  /** The entries and state of the generation that starts at `base` (null: the first changes). */
+  #generation(base: S3Entry | null): { entries: S3Entry[]; state: LogState } {
+    const state = new LogState(this.location);
+    const entries: S3Entry[] = [];
+    const add = (e: S3Entry) => {
+      const moved = { ...e, position: entries.length };
+      const prev = entries.at(-1);
+      // A rewind marker whose change object is already deleted marks the head as rewound once.
+      if (moved.type === RecordType.Rewind && !(prev && prev.type === RecordType.Change && prev.version === moved.version)) state.markRewound(moved);
+      else state.apply(moved);
+      entries.push(moved);
+    };
+    if (base) add(base);
+    for (const c of this.#changes) if (!base || c.version > base.version) add(c);
+    return { entries, state };
+  }
+
+  /** Every retained generation, oldest first: its base (null for the first changes), entries and state. */
+  #generations(): { base: S3Entry | null; entries: S3Entry[]; state: LogState }[] {
+    const newest = this.#bases.at(-1) ?? null;
+    const starts: (S3Entry | null)[] = [...this.#bases];
+    if (this.#initial && newest !== null && this.#changes.length > 0 && this.#changes[0]!.version <= this.#bases[0]!.version) starts.unshift(null);
+    if (newest === null) starts.push(null);
+    return starts.map((base) => (base === newest ? { base, entries: this.#entries, state: this.#state } : { base, ...this.#generation(base) }));
+  }
+
+  /** Blob names that any retained generation points to. */
+  #liveSnapshots(): Set<string> {
+    return new Set(this.#generations().flatMap((g) => g.state.snapshots.map((x) => x.ref)));
+  }
+
+  /** generations.json: the older bases that retention keeps, and whether the first changes are kept. */
+  async #readManifest(): Promise<{ retained: Set<string>; initial: boolean }> {
+    const text = await this.#getText("generations.json");
+    if (text === undefined) return { retained: new Set(), initial: false };
+    try {
+      const m = JSON.parse(text) as { retained?: unknown; initial?: unknown };
+      if (Array.isArray(m.retained) && m.retained.every((k) => typeof k === "string") && typeof m.initial === "boolean") {
+        return { retained: new Set(m.retained as string[]), initial: m.initial };
+      }
+    } catch {
+      // reported below
+    }
+    throw new CorruptError(`${this.location}/generations.json`, "the list of retained generations does not parse", {}, {
+      hint: "restore it from a copy, or delete it to keep only the newest base",
+    });
+  }
+
+  async #writeManifest(retained: readonly string[], initial: boolean): Promise<void> {
+    const body = JSON.stringify({ retained, initial });
+    await this.#send("put", "generations.json", () => new PutObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key("generations.json"), Body: body }));
   }
 
   /** Lists keys that start with `under` (relative to the prefix), sorted, up to `max`. */
@@ -413,54 +479,76 @@ export class S3Backend implements Backend {
   async status(): Promise<BackendStatus> {
     const s = this.#state;
     let snapshotBytes = 0;
-    for (const snap of s.snapshots) snapshotBytes += this.#snapshotSizes.get(snap.ref) ?? 0;
-    const logBytes = this.#entries.reduce((n, e) => n + e.size, 0);
+    for (const ref of this.#liveSnapshots()) snapshotBytes += this.#snapshotSizes.get(ref) ?? 0;
+    const logBytes = [...this.#bases, ...this.#changes].reduce((n, e) => n + e.size, 0);
     const headTimestamp = s.head === 0 ? undefined : (s.headTimestamp ?? (await this.#headTimestamp()));
+    const generations = [];
+    for (const g of this.#generations()) {
+      if (g.state.records === 0) continue;
+      const first = (g.base ?? g.state.firstEntry) as S3Entry | null;
+      const firstTimestamp = first ? await this.#timestampOf(first) : undefined;
+      generations.push({
+        baseVersion: g.base?.version ?? (g.state.firstEntry?.snapshot ? g.state.firstVersion : 0),
+        firstVersion: g.state.firstVersion,
+        lastVersion: g.state.head,
+        ...(firstTimestamp !== undefined && { firstTimestamp }),
+      });
+    }
     return {
       version: s.head,
       prevVersion: s.prevVersion,
       baseVersion: s.baseVersion,
-      firstVersion: s.firstVersion,
+      firstVersion: generations[0]?.firstVersion ?? 0,
       records: s.records,
       bytes: logBytes + snapshotBytes,
       snapshotBytes,
+      generations,
       ...(headTimestamp !== undefined && { headTimestamp }),
     };
   }
 
-  /** The head change's timestamp, read from its object (the listing does not carry it). */
-  async #headTimestamp(): Promise<number | undefined> {
-    const head = this.#entries.findLast((e, i) => this.#isLive(i) && e.version === this.#state.head)!;
+  /** The timestamp of one entry's record, remembered; undefined when it is sealed and the key is missing. */
+  async #timestampOf(e: S3Entry): Promise<number | undefined> {
+    const cached = this.#timestamps.get(e.key) ?? e.timestamp;
+    if (cached !== undefined) return cached;
     try {
-      const ts = (await this.#fetchRecord(head.key, head.version)).timestamp;
-      this.#state.headTimestamp = ts;
+      const ts = (await this.#fetchRecord(e.key, e.version)).timestamp;
+      this.#timestamps.set(e.key, ts);
       return ts;
     } catch (err) {
-      if (err instanceof TidemarkError && err.code === "E_KEY") return undefined; // status shows what it can without the key
+      if (err instanceof TidemarkError && err.code === "E_KEY") return undefined;
       throw err;
     }
+  }
+
+  /** The head change's timestamp, read from its object (the listing does not carry it). */
+  async #headTimestamp(): Promise<number | undefined> {
+    const head = this.#state.headEntry as S3Entry | null;
+    if (!head) return undefined;
+    const ts = await this.#timestampOf(head);
+    if (ts !== undefined) this.#state.headTimestamp = ts;
+    return ts;
   }
 
   streamChanges(range: ChangeRange = {}): AsyncIterable<StoredChange> {
     this.#checkOpen();
     if (this.#state.head === 0) return { [Symbol.asyncIterator]: async function* () {} };
-    const { to, start } = this.#state.plan(range);
+    // The newest generation whose versions start at or before the range: on S3 every retained
+    // generation runs up to the head, because the change objects after a base are shared.
+    const to = range.to ?? this.#state.head;
+    const lo = Math.min(range.from ?? to, to);
+    const gens = this.#generations().filter((x) => x.state.records > 0);
+    const g = gens.findLast((x) => x.state.firstVersion <= lo) ?? gens[0]!;
+    const { start } = g.state.plan(range);
     // The live entries to read, from the plan's start: rewound changes and markers are skipped
     // here, from the listing alone, so they are never even fetched.
     const wanted: S3Entry[] = [];
-    for (let i = start; i < this.#entries.length; i++) {
-      if (!this.#isLive(i)) continue;
-      wanted.push(this.#entries[i]!);
-      if (this.#entries[i]!.version === to) break;
+    for (let i = start; i < g.entries.length; i++) {
+      if (!isLive(g.entries, i)) continue;
+      wanted.push(g.entries[i]!);
+      if (g.entries[i]!.version === to) break;
     }
     return { [Symbol.asyncIterator]: () => this.#stream(wanted) };
-  }
-
-  /** Whether entry `i` is a change that no rewind marker cancels. */
-  #isLive(i: number): boolean {
-    const e = this.#entries[i]!;
-    const next = this.#entries[i + 1];
-    return e.type === RecordType.Change && !(next?.type === RecordType.Rewind && next.version === e.version);
   }
 
   /** Fetches `wanted` in order, keeping PREFETCH requests ahead. */
@@ -589,6 +677,7 @@ export class S3Backend implements Backend {
     };
     this.#state.apply(entry);
     this.#entries.push(entry);
+    this.#changes.push(entry);
   }
 
   /** Streams a snapshot up as a multipart upload; returns its reference. */
@@ -638,42 +727,49 @@ export class S3Backend implements Backend {
       await this.#mutex.run(async () => {
         this.#checkWritable();
         const rec = encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: baseRef }, this.#codec);
-        // The switch: one PUT replaces the base. Before it, the old base and every change still
-        // stand; after it, changes up to the base are ignored by every reader.
-        await this.#send("put", "base.tdmk", () => new PutObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key("base.tdmk"), Body: rec }));
-        this.#rebase(base.version, baseRef, rec.length);
+        const rel = `bases/${String(base.version).padStart(20, "0")}-${String(this.#seq++).padStart(13, "0")}.tdmk`;
+        // The generation being superseded is listed as retained before the switch, so that a
+        // crash right after it keeps it; pruning by the retention policy comes after.
+        await this.#writeManifest(this.#bases.map((b) => b.key), this.#initial);
+        // The switch: one PUT adds the newest base. Before it, the old base and its changes
+        // stand; after it, readers start from the new base.
+        // https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html
+        await this.#send("put", rel, () => new PutObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key(rel), Body: rec }));
+        this.#timestamps.set(rel, base.timestamp);
+        this.#bases.push({ type: RecordType.Change, version: base.version, snapshot: baseRef.ref, position: 0, length: rec.length, key: rel, size: rec.length });
+        this.#setLive();
+        await this.#prune();
       });
       await this.#collectGarbage();
     } catch (err) {
-      if (ref && !this.#state.snapshots.some((x) => x.ref === ref!.ref)) await this.#deleteKeys([`snapshots/${ref.ref}`]).catch(() => {});
+      if (ref && !this.#liveSnapshots().has(ref.ref)) await this.#deleteKeys([`snapshots/${ref.ref}`]).catch(() => {});
       throw err instanceof TidemarkError ? err : new BackendError(DRIVER_NAME, "compact", this.location, (err as Error).message, { cause: err });
     } finally {
       this.#compacting = false;
     }
   }
 
-  /** Rebuilds the in-memory log after a new base: the base, then the entries after it. */
-  #rebase(version: number, ref: SnapshotRef, size: number): void {
-    const state = new LogState(this.location);
-    const baseEntry: S3Entry = { type: RecordType.Change, version, snapshot: ref.ref, position: 0, length: size, key: "base.tdmk", size };
-    state.apply(baseEntry);
-    const entries: S3Entry[] = [baseEntry];
-    for (const e of this.#entries) {
-      if (e.key === "base.tdmk") continue;
-      if (e.version <= version) {
-        this.#garbage.add(e.key);
-        continue;
-      }
-      const moved = { ...e, position: entries.length };
-      const prev = entries.at(-1)!;
-      if (moved.type === RecordType.Rewind && !(prev.type === RecordType.Change && prev.version === moved.version)) state.markRewound(moved);
-      else state.apply(moved);
-      entries.push(moved);
+  /** Drops the generations the retention policy no longer asks for, and marks their objects garbage. */
+  async #prune(): Promise<void> {
+    const gens = this.#generations();
+    const infos = [];
+    for (const g of gens) {
+      const first = (g.base ?? g.state.firstEntry) as S3Entry | null;
+      infos.push({ id: g.base?.key ?? "initial", baseTimestamp: first ? await this.#timestampOf(first) : undefined });
     }
-    const live = new Set(state.snapshots.map((x) => x.ref));
-    for (const old of this.#state.snapshots) if (!live.has(old.ref)) this.#garbage.add(`snapshots/${old.ref}`);
-    this.#entries = entries;
-    this.#state = state;
+    const keep = retainedGenerations(infos, this.#retention, Date.now());
+    const before = this.#liveSnapshots();
+    const initial = this.#initial && keep.has("initial");
+    const bases = this.#bases.filter((b) => keep.has(b.key));
+    await this.#writeManifest(bases.slice(0, -1).map((b) => b.key), initial);
+    for (const b of this.#bases) if (!keep.has(b.key)) this.#garbage.add(b.key);
+    this.#bases = bases;
+    this.#initial = initial;
+    const oldest = initial ? 0 : bases[0]!.version;
+    for (const c of this.#changes) if (c.version <= oldest) this.#garbage.add(c.key);
+    this.#changes = this.#changes.filter((c) => c.version > oldest);
+    const after = this.#liveSnapshots();
+    for (const ref of before) if (!after.has(ref)) this.#garbage.add(`snapshots/${ref}`);
   }
 
   /** Deletes superseded objects, unless an in-process reader may still need them. */
@@ -712,8 +808,10 @@ export class S3Backend implements Backend {
       const all = await this.#list("", Infinity);
       await this.#deleteKeys(all.map((o) => o.key).filter((k) => k !== "tidemark.json" && k !== "lease.json"));
       this.#garbage.clear();
-      this.#entries = [];
-      this.#state = new LogState(this.location);
+      this.#bases = [];
+      this.#changes = [];
+      this.#initial = true;
+      this.#setLive();
       this.#snapshotSizes.clear();
     });
   }
@@ -843,4 +941,11 @@ function describeFailure(op: string, where: string, e: S3Failure, loc: S3Locatio
   // The SDK's messages carry no secrets, but may carry request ids; keep them short.
   const detail = `${what}${e.message && e.message !== e.name ? `: ${e.message.split("\n")[0]!.slice(0, 200)}` : ""}`;
   return new BackendError(DRIVER_NAME, op, where, detail, { cause: e, ...(hint && { hint }) });
+}
+
+/** Whether entry `i` is a change that no rewind marker cancels. */
+function isLive(entries: readonly S3Entry[], i: number): boolean {
+  const e = entries[i]!;
+  const next = entries[i + 1];
+  return e.type === RecordType.Change && !(next?.type === RecordType.Rewind && next.version === e.version);
 }

@@ -10,6 +10,7 @@ import type { SnapshotSource, Statement, StoredChange } from "./change.js";
 import type { CompressionName } from "./envelope.js";
 import type { Keyring } from "./keyring.js";
 import type { Logger } from "./logger.js";
+import type { RetentionPolicy } from "./retention.js";
 
 /** Where the backup stands, as far as the version rules are concerned. */
 export interface BackendHead {
@@ -26,7 +27,7 @@ export interface BackendHead {
 export interface BackendStatus extends BackendHead {
   /** Version of the newest base snapshot; 0 when the live log starts from an empty database. */
   readonly baseVersion: number;
-  /** The oldest version a restore can target; 0 when the backup is empty. */
+  /** The oldest version a restore can target, in any generation held; 0 when the backup is empty. */
   readonly firstVersion: number;
   /** Change records in the live log, base snapshot included, rewound changes excluded. */
   readonly records: number;
@@ -36,8 +37,24 @@ export interface BackendStatus extends BackendHead {
   readonly snapshotBytes: number;
   /** When the head change was made (ms since the epoch); absent when the backup is empty. */
   readonly headTimestamp?: number;
+  /**
+   * The generations held, oldest first, the live one last: each is a base and the changes
+   * after it. Older ones are kept by the retention policy, for restores of older versions.
+   */
+  readonly generations: readonly GenerationStatus[];
   /** Set when the log ends in a torn (partial or damaged) record that is being ignored. */
   readonly tornTail?: { readonly location: string; readonly offset: number; readonly bytes: number };
+}
+
+/** One generation of a backup, as status reports it. */
+export interface GenerationStatus {
+  /** The base's version (0: the generation starts from an empty database). */
+  readonly baseVersion: number;
+  /** The oldest and newest versions it can restore. */
+  readonly firstVersion: number;
+  readonly lastVersion: number;
+  /** When its first change was made, when known (it may be sealed without the key). */
+  readonly firstTimestamp?: number;
 }
 
 /** A change ready to store: validated by the version rules, timestamp filled in. */
@@ -151,6 +168,8 @@ export interface BackendOptions {
   readonly brotliQuality?: number;
   /** Encryption keys: the active one seals what is written; any may open what is read. */
   readonly keyring?: Keyring;
+  /** How much history compaction keeps; recorded as the backup's own setting when given. */
+  readonly retention?: RetentionPolicy;
 }
 
 /** A backend module's factory: `export const createBackend: BackendFactory`. */

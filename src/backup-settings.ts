@@ -6,6 +6,7 @@
 import type { BackendOptions } from "./backend.js";
 import { makeCodec, type Codec, type CompressionName } from "./envelope.js";
 import { TidemarkError } from "./errors.js";
+import type { RetentionPolicy } from "./retention.js";
 
 /** What an identity records. */
 export interface BackupSettings {
@@ -13,6 +14,8 @@ export interface BackupSettings {
   readonly brotliQuality?: number;
   /** True once anything was written with a key: every later writer needs one. */
   readonly encrypted?: boolean;
+  /** How much history compaction keeps. */
+  readonly retention?: RetentionPolicy;
 }
 
 /** The settings a new backup is created with, from the options it is created with. */
@@ -21,6 +24,7 @@ export function initialSettings(options: BackendOptions): BackupSettings {
     compression: options.compression ?? "none",
     ...(options.brotliQuality !== undefined && { brotliQuality: options.brotliQuality }),
     encrypted: options.keyring?.active !== null && options.keyring?.active !== undefined,
+    ...(options.retention && { retention: options.retention }),
   };
 }
 
@@ -42,7 +46,20 @@ export function codecFor(settings: BackupSettings, options: BackendOptions, loca
   });
 }
 
-/** Whether the identity must be updated to say the backup is now encrypted. */
-export function becomesEncrypted(settings: BackupSettings, codec: Codec, mode: BackendOptions["mode"]): boolean {
-  return mode !== "read" && !settings.encrypted && codec.keyring.active !== null;
+/** The retention a writer applies: the options' when given, else the backup's own (none). */
+export function retentionFor(settings: BackupSettings, options: BackendOptions): RetentionPolicy {
+  return options.retention ?? settings.retention ?? {};
+}
+
+/**
+ * The settings a writer must record, or null when they stand: the backup becomes encrypted the
+ * first time a key writes to it, and a retention given by a writer becomes the backup's own, so
+ * that a later writer without one does not prune what it asked to keep.
+ */
+export function updatedSettings<T extends BackupSettings>(settings: T, codec: Codec, options: BackendOptions): T | null {
+  if (options.mode === "read") return null;
+  const encrypt = !settings.encrypted && codec.keyring.active !== null;
+  const retain = options.retention !== undefined && JSON.stringify(options.retention) !== JSON.stringify(settings.retention ?? {});
+  if (!encrypt && !retain) return null;
+  return { ...settings, ...(encrypt && { encrypted: true }), ...(retain && { retention: options.retention }) };
 }

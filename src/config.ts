@@ -10,6 +10,7 @@ import { z } from "zod";
 import type { CompressionName } from "./envelope.js";
 import { ConfigError } from "./errors.js";
 import type { KeySource } from "./keyring.js";
+import type { RetentionPolicy } from "./retention.js";
 
 /** A database name: lowercase letters, digits, `_` and `-`; never used as a path unchecked. */
 export const DB_NAME_RE = /^[a-z0-9_-]{1,64}$/;
@@ -41,6 +42,8 @@ const databaseSchema = z.strictObject({
   create: z.boolean().default(true),
   rules: z.string().min(1).default("none"),
   compaction: compactionSchema.default({ everyChanges: 100_000, every: "6h", logRatio: 4 }),
+  retention: z.strictObject({ bases: z.number().int().min(0).optional(), for: duration.optional() }).optional(),
+  validationInterval: duration.optional(),
   compression: z.enum(["none", "gzip", "brotli"]).optional(),
   brotliQuality: z.number().int().min(0).max(11).optional(),
   encryption: z
@@ -95,6 +98,10 @@ export interface DatabaseConfig {
   /** A rule set name or a rules file path. */
   readonly rules: string;
   readonly compaction: CompactionPolicy;
+  /** How often to run verify with a test restore (ms); never when absent. */
+  readonly validationMs?: number;
+  /** How much history compaction keeps (the backup's own setting when absent). */
+  readonly retention?: RetentionPolicy;
   /** How new records and snapshots are compressed (the backup's own setting when absent). */
   readonly compression?: CompressionName;
   readonly brotliQuality?: number;
@@ -201,6 +208,13 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
       replicas: db.replicas.map((r) => resolveLocation(r, baseDir)),
       create: db.create,
       rules: db.rules in { none: 1, "core-lightning": 1 } ? db.rules : resolvePath(db.rules),
+      ...(db.retention && {
+        retention: {
+          ...(db.retention.bases !== undefined && { bases: db.retention.bases }),
+          ...(db.retention.for !== undefined && { maxAgeMs: parseDuration(db.retention.for) }),
+        },
+      }),
+      ...(db.validationInterval !== undefined && { validationMs: parseDuration(db.validationInterval) }),
       ...(db.compression !== undefined && { compression: db.compression }),
       ...(db.brotliQuality !== undefined && { brotliQuality: db.brotliQuality }),
       keys: (db.encryption?.keys ?? []).map((k) => ({

@@ -8,7 +8,7 @@ import type { ChangeInput } from "./change.js";
 import { compact, type CompactionStats } from "./compaction.js";
 import { compactionDue, nextCompactionAt, type CompactionState } from "./compaction-policy.js";
 import type { DatabaseConfig } from "./config.js";
-import { TidemarkError } from "./errors.js";
+import { TidemarkError, type ErrorCode } from "./errors.js";
 import { applyChange, type IngestResult } from "./ingest.js";
 import type { Logger } from "./logger.js";
 import type { Metrics } from "./metrics.js";
@@ -17,6 +17,7 @@ import { restore, type RestoreResult } from "./restore.js";
 import { ReplicaFeeder, type ReplicaStatus } from "./replica.js";
 import { Keyring } from "./keyring.js";
 import { loadRules, type Rule } from "./rewrite.js";
+import { verify, type VerifyProblem, type VerifyReport } from "./verify.js";
 
 /** How often the size-ratio trigger is checked when nothing else wakes the scheduler. */
 const RATIO_CHECK_MS = 60_000;
@@ -55,6 +56,8 @@ export interface DatabaseStatus extends BackendStatus {
   } | null;
   readonly errors: readonly RecentError[];
   readonly replicas: readonly ReplicaStatus[];
+  /** The last verify run, with its test restore. */
+  readonly lastVerify: { readonly at: string; readonly ok: boolean; readonly problems: readonly VerifyProblem[] } | null;
 }
 
 /** A database served by the daemon. */
@@ -74,6 +77,9 @@ export class ManagedDatabase {
   #timer: NodeJS.Timeout | null = null;
   #closing: Promise<void> | null = null;
   readonly #replicas: ReplicaFeeder[] = [];
+  #verification: Promise<VerifyReport> | null = null;
+  #verifyTimer: NodeJS.Timeout | null = null;
+  #lastVerify: DatabaseStatus["lastVerify"] = null;
   readonly #series: {
     readonly ackLatency: { observe(v: number): void };
     readonly appends: { inc(): void };
@@ -110,6 +116,7 @@ export class ManagedDatabase {
       groupCommit: deps.groupCommit ?? false,
       onRetry,
       keyring,
+      ...(config.retention && { retention: config.retention }),
       ...(config.compression && { compression: config.compression }),
       ...(config.brotliQuality !== undefined && { brotliQuality: config.brotliQuality }),
     };
@@ -138,6 +145,7 @@ export class ManagedDatabase {
     db.#changesSince = Math.max(0, status.records - 1);
     db.#updateGauges(status);
     db.#schedule();
+    db.#scheduleVerify();
     return db;
   }
 
@@ -300,9 +308,49 @@ export class ManagedDatabase {
       ...s,
       compacting: this.#compaction !== null,
       lastCompaction: this.#lastCompaction,
+      lastVerify: this.#lastVerify,
       replicas: await Promise.all(this.#replicas.map((r) => r.status())),
       errors: [...this.#errors],
     };
+  }
+
+  /**
+   * Runs verify with a test restore, records the outcome for status and metrics, and returns
+   * the report. Runs alone: a second call joins the first.
+   */
+  verifyNow(): Promise<VerifyReport> {
+    this.#checkOpen();
+    this.#verification ??= (async () => {
+      const log = this.#deps.log.child({ db: this.name, component: "verify" });
+      const started = performance.now();
+      const report = await verify(this.#backend, { restore: true, rules: this.#rules, ...(this.#deps.tmpDir && { tmpDir: this.#deps.tmpDir }) });
+      const m = this.#deps.metrics;
+      m.verifications.inc({ db: this.name, result: report.ok ? "ok" : "failed" });
+      m.verifyDuration.observe({ db: this.name }, (performance.now() - started) / 1000);
+      this.#lastVerify = { at: new Date().toISOString(), ok: report.ok, problems: report.problems };
+      if (report.ok) {
+        m.lastVerifyOk.set({ db: this.name }, Date.now() / 1000);
+        log.info({ records: report.records, restored: report.restored?.version }, "verify passed");
+      } else {
+        for (const p of report.problems) this.#record(new TidemarkError(p.code as ErrorCode, p.message));
+        log.error({ problems: report.problems }, "verify found problems");
+      }
+      return report;
+    })().finally(() => {
+      this.#verification = null;
+    });
+    return this.#verification;
+  }
+
+  #scheduleVerify(): void {
+    const every = this.config.validationMs;
+    if (every === undefined || this.#closing) return;
+    this.#verifyTimer = setTimeout(() => {
+      this.verifyNow()
+        .catch((err: unknown) => this.#deps.log.child({ db: this.name }).error({ err }, "verify could not run"))
+        .finally(() => this.#scheduleVerify());
+    }, every);
+    this.#verifyTimer.unref();
   }
 
   /** Restores the database into `file` (which must not exist), as of `version` or the head. */
@@ -318,9 +366,11 @@ export class ManagedDatabase {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       if (this.#timer) clearTimeout(this.#timer);
+      if (this.#verifyTimer) clearTimeout(this.#verifyTimer);
       await this.#queue.run(() => undefined);
       this.#abort.abort(new TidemarkError("E_UNAVAILABLE", `database ${this.name} is shutting down`));
       await this.#compaction?.catch(() => {});
+      await this.#verification?.catch(() => {});
       await Promise.all(this.#replicas.map((r) => r.close()));
       await this.#backend.close();
       this.#deps.metrics.removeDatabase(this.name, this.config.replicas);

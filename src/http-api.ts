@@ -7,6 +7,7 @@
  * | POST /v1/dbs/:db/snapshot?version=N   | a raw SQLite file, streamed, as a new base     |
  * | POST /v1/dbs/:db/rewind               | drop the last change                           |
  * | POST /v1/dbs/:db/compact              | compact now                                    |
+ * | POST /v1/dbs/:db/verify               | verify, with a test restore                    |
  * | GET  /v1/dbs, /v1/dbs/:db             | status                                         |
  * | GET  /v1/dbs/:db/backup[?version=N]   | a restored SQLite file, streamed               |
  * | GET  /healthz, /metrics               | health; Prometheus metrics                     |
@@ -124,6 +125,12 @@ async function route(ctx: ApiContext, db: ManagedDatabase, action: string | unde
       allow(req, "POST");
       sendJson(res, 200, await db.compactNow());
       return;
+    case "verify": {
+      allow(req, "POST");
+      const report = await db.verifyNow();
+      sendJson(res, report.ok ? 200 : 500, report);
+      return;
+    }
     case "backup":
       allow(req, "GET");
       return getBackup(ctx, db, url, res);

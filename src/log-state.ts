@@ -42,6 +42,8 @@ export class LogState {
   readonly snapshots: LiveSnapshot[] = [];
   /** The newest live change, while it can still be rewound. */
   last: LogEntry | null = null;
+  /** The oldest live change (null when empty). */
+  firstEntry: LogEntry | null = null;
   /** The live head change (null when empty), whether or not it can be rewound. */
   headEntry: LogEntry | null = null;
   #prevEntry: LogEntry | null = null;
@@ -83,7 +85,10 @@ export class LogState {
     this.headTimestamp = entry.timestamp;
     this.#prevEntry = this.headEntry;
     this.headEntry = entry;
-    if (this.records === 0) this.firstVersion = version;
+    if (this.records === 0) {
+      this.firstVersion = version;
+      this.firstEntry = entry;
+    }
     this.records++;
     if (entry.snapshot) this.snapshots.push({ version, position: entry.position, ref: entry.snapshot });
     this.last = entry;
@@ -111,7 +116,10 @@ export class LogState {
     this.headEntry = this.#prevEntry;
     this.#prevEntry = null;
     this.records--;
-    if (this.records === 0) this.firstVersion = 0;
+    if (this.records === 0) {
+      this.firstVersion = 0;
+      this.firstEntry = null;
+    }
     if (last.snapshot) this.snapshots.pop();
     this.last = null;
   }

@@ -60,6 +60,28 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly verifications = new Counter({
+    name: "tidemark_verify_total",
+    help: "Verify runs (with a test restore), by result (ok, failed).",
+    labelNames: ["db", "result"] as const,
+    registers: [this.registry],
+  });
+
+  readonly verifyDuration = new Histogram({
+    name: "tidemark_verify_duration_seconds",
+    help: "How long verify runs take, test restore included.",
+    labelNames: ["db"] as const,
+    buckets: [0.1, 0.5, 1, 5, 15, 60, 300, 1800],
+    registers: [this.registry],
+  });
+
+  readonly lastVerifyOk = new Gauge({
+    name: "tidemark_verify_last_success_timestamp_seconds",
+    help: "When verify last passed (Unix time).",
+    labelNames: ["db"] as const,
+    registers: [this.registry],
+  });
+
   readonly replicaLagVersions = new Gauge({
     name: "tidemark_replica_lag_versions",
     help: "Versions a replica is behind its primary.",
@@ -99,7 +121,8 @@ export class Metrics {
       this.replicaLagSeconds.remove({ db, replica });
     }
     for (const op of ["get", "put", "list", "delete", "upload snapshot"]) this.backendRetries.remove({ db, op });
-    for (const m of [this.ackLatency, this.bytesWritten, this.headVersion, this.backupBytes, this.compactionDuration]) m.remove({ db });
+    for (const m of [this.ackLatency, this.bytesWritten, this.headVersion, this.backupBytes, this.compactionDuration, this.verifyDuration, this.lastVerifyOk]) m.remove({ db });
+    for (const result of ["ok", "failed"]) this.verifications.remove({ db, result });
     for (const action of ["append", "rewind-then-append", "new-base"]) this.changes.remove({ db, action });
     for (const result of ["ok", "skipped", "error"]) this.compactions.remove({ db, result });
     for (const code of Object.keys(ERROR_CODES)) this.errors.remove({ db, code });

@@ -9,6 +9,7 @@ import path from "node:path";
 import { randomBytes } from "node:crypto";
 import type { Backend } from "./backend.js";
 import { InputError, TidemarkError } from "./errors.js";
+import { versionAt } from "./point-in-time.js";
 import { replayInto } from "./replay.js";
 import { Rewriter, type Rule } from "./rewrite.js";
 import { fsyncDir, fsyncFile, removeDatabaseFiles } from "./fs-util.js";
@@ -18,6 +19,8 @@ import { isProcessAlive } from "./pid.js";
 export interface RestoreOptions {
   /** Restore as of this version; defaults to the head. */
   readonly version?: number;
+  /** Restore as of this moment (ms since the epoch) instead: the last change made by then. */
+  readonly time?: number;
   /** Rewrite rules applied to every statement. */
   readonly rules?: readonly Rule[];
   /** Replace an existing `dest` (and its -wal, -shm and -journal files). */
@@ -52,9 +55,10 @@ export async function restore(backend: Backend, dest: string, options: RestoreOp
   removeStaleTemps(target);
   const tmp = path.join(path.dirname(target), `.${path.basename(target)}.tidemark-${process.pid}-${randomBytes(4).toString("hex")}.tmp`);
   const rewriter = new Rewriter(options.rules ?? []);
+  const version = options.time !== undefined ? await versionAt(backend, options.time) : options.version;
   try {
     const replayed = await replayInto(backend, tmp, {
-      ...(options.version !== undefined && { to: options.version }),
+      ...(version !== undefined && { to: version }),
       rewriter,
       ...(options.onProgress && { onProgress: options.onProgress }),
     });

@@ -1,9 +1,16 @@
 /**
- * Verify: reads every record and snapshot of a backup and checks checksums, version
- * contiguity and that each snapshot is a SQLite file. It never writes to the backup.
+ * Verify: reads every record and snapshot of a backup (every generation retention keeps) and
+ * checks checksums, version contiguity, decryptability, and that each snapshot is a SQLite
+ * file. With `restore`, it also rebuilds the head into a temp file, runs integrity_check, and
+ * compares the version. It never writes to the backup.
  */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import type { Backend, BackendStatus } from "./backend.js";
 import { TidemarkError } from "./errors.js";
+import { restore } from "./restore.js";
+import type { Rule } from "./rewrite.js";
 
 const SQLITE_HEADER = Buffer.from("SQLite format 3\0", "latin1");
 
@@ -24,6 +31,8 @@ export interface VerifyReport {
   readonly snapshots: number;
   /** SQLite bytes read from snapshots. */
   readonly snapshotBytes: number;
+  /** With `restore`: the version the test restore reached, and how long it took. */
+  readonly restored?: { readonly version: number; readonly durationMs: number };
   readonly problems: VerifyProblem[];
 }
 
@@ -31,6 +40,12 @@ export interface VerifyReport {
 export interface VerifyOptions {
   /** Called after each change with versions done and versions in all. */
   readonly onProgress?: (done: number, total: number) => void;
+  /** Also restore the head into a temp file and check it with integrity_check. */
+  readonly restore?: boolean;
+  /** Rewrite rules for that restore. */
+  readonly rules?: readonly Rule[];
+  /** Where the temp file goes; the OS temp directory by default. */
+  readonly tmpDir?: string;
 }
 
 /** Checks every record and snapshot of `backend`. Damage is reported, not thrown. */
@@ -42,33 +57,51 @@ export async function verify(backend: Backend, options: VerifyOptions = {}): Pro
   let snapshotBytes = 0;
   if (status.version === 0) return { ok: true, status, records, snapshots, snapshotBytes, problems };
 
-  let prev = 0;
-  try {
-    for await (const change of backend.streamChanges({ from: status.firstVersion, to: status.version })) {
-      const v = change.version;
-      const follows = change.snapshot ? v > prev : v === prev + 1;
-      if (!follows) {
-        problems.push({ code: "E_CORRUPT", version: v, message: `version ${v} does not follow version ${prev}` });
-      }
-      prev = v;
-      records++;
-      if (change.snapshot) {
-        snapshots++;
-        try {
-          snapshotBytes += await readSnapshot(change.snapshot.open(), v);
-        } catch (err) {
-          problems.push(problemOf(err, v));
+  // Each generation held (older bases kept by retention, then the live one) is read whole.
+  const total = status.generations.reduce((n, g) => n + g.lastVersion - g.firstVersion + 1, 0);
+  let done = 0;
+  for (const g of status.generations) {
+    let prev = 0;
+    try {
+      for await (const change of backend.streamChanges({ from: g.firstVersion, to: g.lastVersion })) {
+        const v = change.version;
+        const follows = change.snapshot ? v > prev : v === prev + 1;
+        if (!follows) problems.push({ code: "E_CORRUPT", version: v, message: `version ${v} does not follow version ${prev}` });
+        prev = v;
+        records++;
+        if (change.snapshot) {
+          snapshots++;
+          try {
+            snapshotBytes += await readSnapshot(change.snapshot.open(), v);
+          } catch (err) {
+            problems.push(problemOf(err, v));
+          }
         }
+        options.onProgress?.(++done, total);
       }
-      options.onProgress?.(v - status.firstVersion + 1, status.version - status.firstVersion + 1);
+      if (prev !== g.lastVersion) {
+        problems.push({ code: "E_CORRUPT", version: prev, message: `the generation from version ${g.firstVersion} ends at ${prev}, not at ${g.lastVersion}` });
+      }
+    } catch (err) {
+      problems.push(problemOf(err));
     }
-    if (prev !== status.version) {
-      problems.push({ code: "E_CORRUPT", version: prev, message: `the log ends at version ${prev}, not at the head ${status.version}` });
-    }
-  } catch (err) {
-    problems.push(problemOf(err));
   }
-  return { ok: problems.length === 0, status, records, snapshots, snapshotBytes, problems };
+  let restored: VerifyReport["restored"];
+  if (options.restore && problems.length === 0) {
+    const dir = fs.mkdtempSync(path.join(options.tmpDir ?? os.tmpdir(), "tidemark-verify-"));
+    try {
+      const r = await restore(backend, path.join(dir, "verify.db"), { version: status.version, ...(options.rules && { rules: options.rules }) });
+      restored = { version: r.version, durationMs: r.durationMs };
+      if (r.version !== status.version) {
+        problems.push({ code: "E_RESTORE", version: r.version, message: `the test restore reached version ${r.version}, not the head ${status.version}` });
+      }
+    } catch (err) {
+      problems.push(problemOf(err));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  return { ok: problems.length === 0, status, records, snapshots, snapshotBytes, ...(restored && { restored }), problems };
 }
 
 /** Reads a snapshot through its checksums; returns its size. */

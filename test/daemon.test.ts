@@ -159,6 +159,15 @@ describe("daemon HTTP API on the Unix socket", () => {
     await waitFor(() => fs.readdirSync(tmp).length === 0, 5000);
   });
 
+  it("verifies on request, with a test restore", async () => {
+    const r = await request(d.socket, "POST", "/v1/dbs/main/verify");
+    expect(r.status).toBe(200);
+    expect(r.json()).toMatchObject({ ok: true, restored: { version: 12 }, problems: [] });
+    const s = (await request(d.socket, "GET", "/v1/dbs/main")).json();
+    expect(s.lastVerify).toMatchObject({ ok: true, problems: [] });
+    expect(fs.readdirSync(tmp)).toEqual([]);
+  });
+
   it("exports Prometheus metrics with the tidemark_ prefix", async () => {
     const r = await request(d.socket, "GET", "/metrics");
     expect(r.status).toBe(200);
@@ -168,6 +177,7 @@ describe("daemon HTTP API on the Unix socket", () => {
     expect(text).toMatch(/^tidemark_compactions_total\{db="main",result="ok"\} 1$/m);
     expect(text).toMatch(/^tidemark_errors_total\{db="main",code="E_GAP"\} 1$/m);
     expect(text).toMatch(/^tidemark_bytes_written_total\{db="main"\} \d+/m);
+    expect(text).toMatch(/^tidemark_verify_total\{db="main",result="ok"\} 1$/m);
     const names = [...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!);
     expect(names.length).toBeGreaterThan(10);
     expect(names.filter((n) => !n.startsWith("tidemark_"))).toEqual([]);
@@ -300,6 +310,20 @@ describe("daemon spool limits", () => {
       await waitFor(() => fs.readdirSync(path.join(dir, "spool/rejected")).length === 2, 10_000, d.logs);
       const reason = fs.readdirSync(path.join(dir, "spool/rejected")).find((n) => n.endsWith(".reason"))!;
       expect(fs.readFileSync(path.join(dir, "spool/rejected", reason), "utf8")).toMatch(/^E_TOO_LARGE: the file is \d+ bytes, over the 1024-byte limit/);
+    } finally {
+      await d.stop();
+    }
+  });
+});
+
+describe("daemon validation interval", () => {
+  it("runs verify with a test restore on schedule", async () => {
+    const dir = tmpDir();
+    const d = await startDaemon(dir, { databases: [{ name: "db", backend: "data", validationInterval: "1s" }] });
+    try {
+      await request(d.socket, "POST", "/v1/dbs/db/changes", change(1, "CREATE TABLE t (x)"));
+      await waitFor(async () => (await request(d.socket, "GET", "/v1/dbs/db")).json().lastVerify?.ok === true, 10_000, d.logs);
+      await waitFor(() => d.logs().includes('"msg":"verify passed"'), 5_000, d.logs);
     } finally {
       await d.stop();
     }

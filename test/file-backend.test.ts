@@ -253,9 +253,11 @@ describe("file backend: lock and layout", () => {
     await b.compact({ version: 5, timestamp: 5, snapshot: (async function* () { yield Buffer.from("five again"); })() });
     await b.close();
     const names = fs.readdirSync(dir).sort();
-    expect(names).toHaveLength(3);
-    expect(names[0]).toBe("log-0000000003.tml");
-    expect(names[1]).toMatch(/^snap-00000000000000000005-[0-9a-f]{8}\.tms$/);
-    expect(names[2]).toBe("tidemark.json");
+    expect(names).toHaveLength(4);
+    expect(names[0]).toBe("generations.json");
+    expect(JSON.parse(fs.readFileSync(path.join(dir, "generations.json"), "utf8"))).toEqual({ retained: [] });
+    expect(names[1]).toBe("log-0000000003.tml");
+    expect(names[2]).toMatch(/^snap-00000000000000000005-[0-9a-f]{8}\.tms$/);
+    expect(names[3]).toBe("tidemark.json");
   });
 });

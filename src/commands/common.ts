@@ -4,6 +4,7 @@
 import { InvalidArgumentError, Option, type Command } from "commander";
 import type { Backend, BackendOptions, OpenMode } from "../backend.js";
 import type { CompressionName } from "../envelope.js";
+import { parseDuration } from "../config.js";
 import { Keyring, parseKeySpec, type KeySource } from "../keyring.js";
 import { openBackend } from "../backend-registry.js";
 import { terminalLogger } from "../logger.js";
@@ -103,4 +104,45 @@ function parseQuality(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n > 11) throw new InvalidArgumentError("expected an integer from 0 to 11.");
   return n;
+}
+
+/** The retention flags, as commander parses them. */
+export interface RetentionFlags {
+  keepBases?: number;
+  keepFor?: number;
+}
+
+/** Adds --keep-bases and --keep-for to a command that compacts (or creates) a backup. */
+export function addRetentionOptions(cmd: Command): Command {
+  return cmd
+    .option("--keep-bases <n>", "keep this many older bases (with their changes) for restores of older versions; becomes the backup's setting", parseCount)
+    .option("--keep-for <duration>", "keep what restores to any moment of this long ago need (30s, 15m, 6h, 7d); becomes the backup's setting", parseDurationFlag);
+}
+
+/** Backend options from the retention flags (none when neither was given: the backup's own setting applies). */
+export function retentionOptions(flags: RetentionFlags): Omit<BackendOptions, "mode"> {
+  if (flags.keepBases === undefined && flags.keepFor === undefined) return {};
+  return {
+    retention: {
+      ...(flags.keepBases !== undefined && { bases: flags.keepBases }),
+      ...(flags.keepFor !== undefined && { maxAgeMs: flags.keepFor }),
+    },
+  };
+}
+
+function parseCount(value: string): number {
+  if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a whole number.");
+  return Number(value);
+}
+
+function parseDurationFlag(value: string): number {
+  if (!/^\d+(\.\d+)?\s*(ms|s|m|h|d)$/.test(value)) throw new InvalidArgumentError("expected a duration like 30s, 15m, 6h or 7d.");
+  return parseDuration(value);
+}
+
+/** Parses --time: an ISO-8601 moment. */
+export function parseTime(value: string): number {
+  const ms = Date.parse(value);
+  if (!/^\d{4}-\d{2}-\d{2}/.test(value) || Number.isNaN(ms)) throw new InvalidArgumentError("expected an ISO-8601 time, like 2026-11-22T03:00:00Z.");
+  return ms;
 }

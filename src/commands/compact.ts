@@ -5,7 +5,7 @@ import type { Command } from "commander";
 import { compact } from "../compaction.js";
 import { createProgress } from "../progress.js";
 import { loadRules } from "../rewrite.js";
-import { addCodecOptions, codecOptions, formatBytes, formatMs, formatRewrites, printJson, withBackend, type CodecFlags } from "./common.js";
+import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, formatMs, formatRewrites, printJson, retentionOptions, withBackend, type CodecFlags, type RetentionFlags } from "./common.js";
 
 /** Registers the command. */
 export function registerCompact(program: Command): void {
@@ -23,8 +23,9 @@ export function registerCompact(program: Command): void {
     .option("-q, --quiet", "no progress bar and no summary")
     .option("--json", "print the statistics as JSON");
   addCodecOptions(cmd, true);
+  addRetentionOptions(cmd);
   cmd
-    .action(async (location: string, opts: { rules?: string; tmpDir?: string; quiet?: boolean; json?: boolean } & CodecFlags) => {
+    .action(async (location: string, opts: { rules?: string; tmpDir?: string; quiet?: boolean; json?: boolean } & CodecFlags & RetentionFlags) => {
       const rules = loadRules(opts.rules ?? "none");
       await withBackend(location, "write", async (backend) => {
         const progress = createProgress("compact", "versions", opts.quiet || opts.json);
@@ -47,6 +48,6 @@ export function registerCompact(program: Command): void {
         );
         const rewrites = formatRewrites(stats.rewrites);
         if (rewrites) process.stdout.write(`${rewrites}\n`);
-      }, codecOptions(opts));
+      }, { ...codecOptions(opts), ...retentionOptions(opts) });
     });
 }

@@ -8,9 +8,9 @@ import { UsageError } from "../errors.js";
 import { applyChange } from "../ingest.js";
 import { terminalLogger } from "../logger.js";
 import { snapshotSqlite } from "../sqlite-snapshot.js";
-import { addCodecOptions, codecOptions, formatBytes, parseVersion, type CodecFlags } from "./common.js";
+import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, parseVersion, retentionOptions, type CodecFlags, type RetentionFlags } from "./common.js";
 
-interface InitOptions extends CodecFlags {
+interface InitOptions extends CodecFlags, RetentionFlags {
   fromDb?: string;
   version?: number;
 }
@@ -29,6 +29,7 @@ export function registerInit(program: Command): void {
     .option("--version <n>", "the host's data version of that snapshot (required with --from-db)", parseVersion)
     .addHelpText("after", "\nExamples:\n  tidemark init ./backup\n  tidemark init ./backup --from-db app.db --version 42");
   addCodecOptions(cmd, true);
+  addRetentionOptions(cmd);
   cmd
     .action(async (location: string, opts: InitOptions) => {
       if (opts.fromDb !== undefined && opts.version === undefined) {
@@ -41,7 +42,7 @@ export function registerInit(program: Command): void {
       }
       const snapshot = opts.fromDb ? await snapshotSqlite(opts.fromDb, `--from-db ${opts.fromDb}`) : undefined;
       try {
-        const backend = await openBackend(location, { ...codecOptions(opts), mode: "create", log: terminalLogger() });
+        const backend = await openBackend(location, { ...codecOptions(opts), ...retentionOptions(opts), mode: "create", log: terminalLogger() });
         try {
           if (snapshot && opts.version !== undefined) {
             await applyChange(backend, { version: opts.version, snapshot: fs.createReadStream(snapshot.file) });

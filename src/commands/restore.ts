@@ -5,10 +5,12 @@ import type { Command } from "commander";
 import { createProgress } from "../progress.js";
 import { restore } from "../restore.js";
 import { loadRules } from "../rewrite.js";
-import { addCodecOptions, codecOptions, formatBytes, formatMs, formatRewrites, parseVersion, printJson, withBackend, type CodecFlags } from "./common.js";
+import { UsageError } from "../errors.js";
+import { addCodecOptions, codecOptions, parseTime, formatBytes, formatMs, formatRewrites, parseVersion, printJson, withBackend, type CodecFlags } from "./common.js";
 
 interface RestoreCliOptions extends CodecFlags {
   version?: number;
+  time?: number;
   rules?: string;
   force?: boolean;
   quiet?: boolean;
@@ -28,17 +30,19 @@ export function registerRestore(program: Command): void {
     .argument("<backend>", "the backup: a directory path, file:PATH, or a backend URL")
     .argument("<dest>", "the SQLite file to create")
     .option("--version <n>", "restore as of version N instead of the head", parseVersion)
+    .option("--time <iso-8601>", "restore as of a moment: the last change made by then (tidemark status lists the times held)", parseTime)
     .option("--rules <set|file>", 'rewrite rules: "core-lightning", "none", or a JSON file of [{name, pattern, replacement}]', "none")
     .option("--force", "replace <dest> if it exists (with its -wal, -shm and -journal files)")
     .option("-q, --quiet", "no progress bar and no summary")
     .option("--json", "print the result as JSON")
     .addHelpText(
       "after",
-      "\nExamples:\n  tidemark restore ./backup restored.db\n  tidemark restore ./backup node.sqlite3 --rules core-lightning --version 1200",
+      "\nExamples:\n  tidemark restore ./backup restored.db\n  tidemark restore ./backup node.sqlite3 --rules core-lightning --version 1200\n  tidemark restore ./backup yesterday.db --time 2026-11-21T09:00:00Z",
     );
   addCodecOptions(cmd, false);
   cmd
     .action(async (location: string, dest: string, opts: RestoreCliOptions) => {
+      if (opts.version !== undefined && opts.time !== undefined) throw new UsageError("give --version or --time, not both");
       const rules = loadRules(opts.rules ?? "none");
       await withBackend(location, "read", async (backend) => {
         const progress = createProgress("restore", "versions", opts.quiet || opts.json);
@@ -46,6 +50,7 @@ export function registerRestore(program: Command): void {
         try {
           result = await restore(backend, dest, {
             ...(opts.version !== undefined && { version: opts.version }),
+            ...(opts.time !== undefined && { time: opts.time }),
             rules,
             force: opts.force ?? false,
             onProgress: progress.update,

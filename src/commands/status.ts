@@ -70,13 +70,21 @@ async function daemonStatus(socket: string, opts: StatusOptions): Promise<void> 
 function describe(title: string, s: BackendStatus): [string, string][] {
   const lines: [string, string][] = [
     ["backup", title],
-    ["head", s.version === 0 ? "0 (empty)" : `${s.version}${s.headTimestamp ? ` (${new Date(s.headTimestamp).toISOString()})` : ""}`],
+    ["head", s.version === 0 ? "0 (empty)" : String(s.version)],
     ["rewind to", s.prevVersion === null ? "not possible (the last operation was a rewind, or empty)" : String(s.prevVersion)],
     ["base", s.baseVersion === 0 ? "empty database (no snapshot)" : `snapshot at version ${s.baseVersion}`],
-    ["restorable", s.version === 0 ? "nothing yet" : `versions ${s.firstVersion}..${s.version}`],
+    ["restorable", s.version === 0 ? "nothing yet" : restorable(s)],
     ["records", String(s.records)],
     ["bytes", formatBytes(s.bytes)],
   ];
+  if (s.generations.length > 1) {
+    const list = s.generations.map((g, i) => {
+      const base = g.baseVersion === 0 ? "no base" : `base ${g.baseVersion}`;
+      const when = g.firstTimestamp === undefined ? "" : `, from ${iso(g.firstTimestamp)}`;
+      return `${base}: ${g.firstVersion}..${g.lastVersion}${when}${i === s.generations.length - 1 ? " (live)" : ""}`;
+    });
+    lines.push(["generations", list.join("; ")]);
+  }
   if (s.tornTail) {
     lines.push(["torn tail", `${s.tornTail.bytes} bytes at offset ${s.tornTail.offset} of ${s.tornTail.location}, ignored (dropped by the next writer)`]);
   }
@@ -84,5 +92,16 @@ function describe(title: string, s: BackendStatus): [string, string][] {
 }
 
 function print(lines: [string, string][]): void {
-  for (const [k, v] of lines) process.stdout.write(`${k.padEnd(11)}${v}\n`);
+  for (const [k, v] of lines) process.stdout.write(`${k.padEnd(12)}${v}\n`);
+}
+
+/** The restore points: the range of versions, and of times when they are known. */
+function restorable(s: BackendStatus): string {
+  const from = s.generations[0]?.firstTimestamp;
+  const times = from !== undefined && s.headTimestamp !== undefined ? `, ${iso(from)} .. ${iso(s.headTimestamp)}` : " (times sealed: give the key to see them)";
+  return `versions ${s.firstVersion}..${s.version}${times}`;
+}
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
 }

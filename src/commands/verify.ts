@@ -5,7 +5,8 @@ import type { Command } from "commander";
 import { TidemarkError } from "../errors.js";
 import { createProgress } from "../progress.js";
 import { verify } from "../verify.js";
-import { addCodecOptions, codecOptions, formatBytes, printJson, withBackend, type CodecFlags } from "./common.js";
+import { loadRules } from "../rewrite.js";
+import { addCodecOptions, codecOptions, formatBytes, formatMs, printJson, withBackend, type CodecFlags } from "./common.js";
 
 /** Registers the command. */
 export function registerVerify(program: Command): void {
@@ -13,21 +14,31 @@ export function registerVerify(program: Command): void {
     .command("verify")
     .summary("check every record and snapshot")
     .description(
-      "Read every record and snapshot of the backup: checksums, version contiguity, and that every\n" +
-        "snapshot is a SQLite file. Read-only. Exits 1 with a precise report if anything is wrong; a torn\n" +
-        "tail (a write cut short by a crash) is reported but is not a fault.",
+      "Read every record and snapshot of the backup, in every generation it holds: checksums, version\n" +
+        "contiguity, decryption, and that every snapshot is a SQLite file. With --restore, also rebuild\n" +
+        "the head into a temp file and check it with PRAGMA integrity_check. Read-only. Exits 1 with a\n" +
+        "precise report if anything is wrong; a torn tail (a write cut short by a crash) is reported\n" +
+        "but is not a fault.",
     )
     .argument("<backend>", "the backup: a directory path, file:PATH, or a backend URL")
+    .option("--restore", "also restore the head into a temp file, run PRAGMA integrity_check and compare the version")
+    .option("--rules <set|file>", 'rewrite rules for that restore: "core-lightning", "none", or a JSON file', "none")
+    .option("--tmp-dir <dir>", "where the temp database goes (default: the OS temp directory)")
     .option("-q, --quiet", "no progress bar; print only problems")
     .option("--json", "print the report as JSON");
   addCodecOptions(cmd, false);
   cmd
-    .action(async (location: string, opts: { quiet?: boolean; json?: boolean } & CodecFlags) => {
+    .action(async (location: string, opts: { quiet?: boolean; json?: boolean; restore?: boolean; rules?: string; tmpDir?: string } & CodecFlags) => {
       await withBackend(location, "read", async (backend) => {
         const progress = createProgress("verify", "versions", opts.quiet || opts.json);
         let report;
         try {
-          report = await verify(backend, { onProgress: progress.update });
+          report = await verify(backend, {
+            onProgress: progress.update,
+            restore: opts.restore ?? false,
+            rules: loadRules(opts.rules ?? "none"),
+            ...(opts.tmpDir && { tmpDir: opts.tmpDir }),
+          });
         } finally {
           progress.stop();
         }
@@ -40,6 +51,7 @@ export function registerVerify(program: Command): void {
             process.stdout.write(
               `${report.ok ? "ok" : "FAILED"}: ${report.records} records (versions ${s.firstVersion}..${s.version}), ` +
                 `${report.snapshots} snapshots (${formatBytes(report.snapshotBytes)}) checked` +
+                `${report.restored ? `; restored version ${report.restored.version}, integrity_check ok, in ${formatMs(report.restored.durationMs)}` : ""}` +
                 `${s.tornTail ? `; torn tail of ${s.tornTail.bytes} bytes at offset ${s.tornTail.offset} ignored` : ""}\n`,
             );
           }

@@ -361,6 +361,50 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
       });
     });
 
+    it("retention keeps older bases, so that older versions still restore", async () => {
+      const location = await harness.newLocation();
+      const b = await open(location, "create");
+      try {
+        await seed(b, 20);
+        await b.compact({ version: 19, timestamp: 19, snapshot: snapshotOf(Buffer.from("base-19")) });
+        for (let v = 21; v <= 30; v++) await applyChange(b, { version: v, transaction: tx(v) });
+        await b.compact({ version: 29, timestamp: 29, snapshot: snapshotOf(Buffer.from("base-29")) });
+      } finally {
+        await b.close();
+      }
+      // Without retention, only the live generation is left.
+      const none = await open(location, "read");
+      expect(await none.status()).toMatchObject({ firstVersion: 29, generations: [expect.objectContaining({ baseVersion: 29, firstVersion: 29, lastVersion: 30 })] });
+      await none.close();
+
+      const kept = await harness.newLocation();
+      const k = await openBackend(kept, { ...harness.options, mode: "create", retention: { bases: 1 } });
+      try {
+        await seed(k, 20);
+        await k.compact({ version: 19, timestamp: 19, snapshot: snapshotOf(Buffer.from("base-19")) });
+        for (let v = 21; v <= 30; v++) await applyChange(k, { version: v, transaction: tx(v) });
+        await k.compact({ version: 29, timestamp: 29, snapshot: snapshotOf(Buffer.from("base-29")) });
+      } finally {
+        await k.close();
+      }
+      // A later writer that says nothing about retention keeps the backup's own setting.
+      const w = await open(kept, "write");
+      try {
+        const s = await w.status();
+        expect(s.firstVersion).toBe(19);
+        expect(s.generations.map((g) => g.baseVersion)).toEqual([19, 29]);
+        const older = await collect(w, { to: 22 });
+        expect(older.map((c) => c.version)).toEqual([19, 20, 21, 22]);
+        expect(older[0]!.snapshot!.toString()).toBe("base-19");
+        const newer = await collect(w, { to: 30 });
+        expect(newer[0]!.snapshot!.toString()).toBe("base-29");
+        const err = await expectCode(collect(w, { to: 5 }), "E_RANGE");
+        expect(err.message).toContain("19..30");
+      } finally {
+        await w.close();
+      }
+    });
+
     it.runIf(harness.exclusiveWriter)("a second writer is refused and told who holds the lock", async () => {
       await withNew(async (_b, location) => {
         const err = await expectCode(open(location, "write"), "E_LOCKED");
