@@ -16,6 +16,8 @@ export interface BackupSettings {
   readonly encrypted?: boolean;
   /** How much history compaction keeps. */
   readonly retention?: RetentionPolicy;
+  /** Key id → the fingerprint of the key that wrote under that id (see Keyring.fingerprint). */
+  readonly keys?: Readonly<Record<string, string>>;
 }
 
 /** The settings a new backup is created with, from the options it is created with. */
@@ -25,12 +27,14 @@ export function initialSettings(options: BackendOptions): BackupSettings {
     ...(options.brotliQuality !== undefined && { brotliQuality: options.brotliQuality }),
     encrypted: options.keyring?.active !== null && options.keyring?.active !== undefined,
     ...(options.retention && { retention: options.retention }),
+    ...(options.keyring?.active && { keys: { [options.keyring.active.id]: options.keyring.fingerprint(options.keyring.active.id)! } }),
   };
 }
 
 /**
  * The codec a backend uses: the options' compression, else the backup's; the options' keys.
- * A writer of an encrypted backup must have an active key.
+ * A writer of an encrypted backup must have an active key, and every key given must be the one
+ * the backup knows under its id, so that a wrong key is refused before it writes anything.
  */
 export function codecFor(settings: BackupSettings, options: BackendOptions, location: string): Codec {
   const writer = options.mode !== "read";
@@ -38,6 +42,15 @@ export function codecFor(settings: BackupSettings, options: BackendOptions, loca
     throw new TidemarkError("E_KEY", `${location} is encrypted: writing to it needs a key`, {
       hint: "pass the current key with --key ID=file:PATH (or env:NAME), or set encryption.keys in the daemon config",
     });
+  }
+  for (const id of options.keyring?.ids ?? []) {
+    const known = settings.keys?.[id];
+    const given = options.keyring!.fingerprint(id);
+    if (known !== undefined && known !== given) {
+      throw new TidemarkError("E_KEY", `key id ${id} is not the key ${location} was written with under that id (fingerprint ${given}, the backup expects ${known})`, {
+        hint: `check the file or variable that key id ${id} comes from; a new key needs a new id`,
+      });
+    }
   }
   return makeCodec({
     ...((options.compression ?? settings.compression) !== undefined && { compression: (options.compression ?? settings.compression)! }),
@@ -53,13 +66,21 @@ export function retentionFor(settings: BackupSettings, options: BackendOptions):
 
 /**
  * The settings a writer must record, or null when they stand: the backup becomes encrypted the
- * first time a key writes to it, and a retention given by a writer becomes the backup's own, so
- * that a later writer without one does not prune what it asked to keep.
+ * first time a key writes to it, the fingerprint of each key that writes is kept under its id,
+ * and a retention given by a writer becomes the backup's own, so that a later writer without
+ * one does not prune what it asked to keep.
  */
 export function updatedSettings<T extends BackupSettings>(settings: T, codec: Codec, options: BackendOptions): T | null {
   if (options.mode === "read") return null;
-  const encrypt = !settings.encrypted && codec.keyring.active !== null;
+  const active = codec.keyring.active;
+  const encrypt = !settings.encrypted && active !== null;
+  const newKey = active !== null && settings.keys?.[active.id] === undefined;
   const retain = options.retention !== undefined && JSON.stringify(options.retention) !== JSON.stringify(settings.retention ?? {});
-  if (!encrypt && !retain) return null;
-  return { ...settings, ...(encrypt && { encrypted: true }), ...(retain && { retention: options.retention }) };
+  if (!encrypt && !newKey && !retain) return null;
+  return {
+    ...settings,
+    ...(encrypt && { encrypted: true }),
+    ...(newKey && { keys: { ...settings.keys, [active.id]: codec.keyring.fingerprint(active.id)! } }),
+    ...(retain && { retention: options.retention }),
+  };
 }

@@ -8,7 +8,7 @@
  * A key source is written `ID=file:PATH` or `ID=env:NAME`; the key itself is 32 bytes, given
  * as 64 hex digits, as base64, or as the 32 raw bytes of a file (`openssl rand -hex 32`).
  */
-import { createHash } from "node:crypto";
+import { createHmac } from "node:crypto";
 import fs from "node:fs";
 import { ConfigError, TidemarkError } from "./errors.js";
 
@@ -75,10 +75,19 @@ export class Keyring {
     return key;
   }
 
-  /** A short, one-way fingerprint of a key, safe to log: the first 8 hex digits of its SHA-256. */
+  /** The ids of every key held. */
+  get ids(): number[] {
+    return [...this.#keys.keys()];
+  }
+
+  /**
+   * A one-way fingerprint of a key, safe to log and to store in a backup's identity: the first
+   * 16 hex digits of HMAC-SHA256(key, "tidemark key check"). It tells a wrong key from the right
+   * one before anything is written with it, and tells nothing about the key or the data.
+   */
   fingerprint(id: number): string | undefined {
     const key = this.#keys.get(id);
-    return key && createHash("sha256").update(key).digest("hex").slice(0, 8);
+    return key && createHmac("sha256", key).update("tidemark key check").digest("hex").slice(0, 16);
   }
 }
 

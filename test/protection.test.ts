@@ -126,11 +126,32 @@ describe("client-side encryption", () => {
     await without.close();
   });
 
-  it("a wrong key is a clear error, never garbage", async () => {
+  it("a wrong key is a clear error, never garbage, and never writes", async () => {
     const dir = tmpDir();
     const backup = path.join(dir, "backup");
     await (await fill(backup, { keyring: keyring({ id: 7, file: writeKey(dir, "right", 7) }) }, 1, 5)).close();
-    const wrong = await openBackend(backup, { mode: "read", keyring: keyring({ id: 7, file: writeKey(dir, "wrong", 8), decryptOnly: true }) });
+    const wrongKey = writeKey(dir, "wrong", 8);
+    const log = path.join(backup, "log-0000000001.tml");
+    const before = fs.readFileSync(log);
+
+    // The backup knows the fingerprint of the key that wrote under id 7: a wrong one is refused
+    // at open, by readers and (which matters more) by writers, before a byte is written with it.
+    for (const mode of ["read", "write"] as const) {
+      const err = await codeOf(openBackend(backup, { mode, keyring: keyring({ id: 7, file: wrongKey, decryptOnly: mode === "read" }) }));
+      expect(err.code).toBe("E_KEY");
+      expect(err.message).toMatch(/^key id 7 is not the key .* was written with under that id \(fingerprint [0-9a-f]{16}, the backup expects [0-9a-f]{16}\)$/);
+    }
+    const r = await runCli(["ingest", backup, "--key", `7=file:${wrongKey}`], { input: '{"version":6,"transaction":["SELECT 1"]}\n' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/key id 7 is not the key/);
+    expect(r.stderr).not.toContain(fs.readFileSync(wrongKey, "utf8"));
+    expect(fs.readFileSync(log).equals(before)).toBe(true);
+
+    // Were the identity to lack the fingerprint, decryption itself still refuses: no garbage.
+    const identity = JSON.parse(fs.readFileSync(path.join(backup, "tidemark.json"), "utf8"));
+    delete identity.keys;
+    fs.writeFileSync(path.join(backup, "tidemark.json"), JSON.stringify(identity));
+    const wrong = await openBackend(backup, { mode: "read", keyring: keyring({ id: 7, file: wrongKey, decryptOnly: true }) });
     const err = await codeOf(restore(wrong, path.join(dir, "out.db")));
     expect(err.code).toBe("E_KEY");
     expect(err.message).toMatch(/key id 7 does not decrypt it .*the wrong key was given for that id/);
