@@ -42,6 +42,7 @@ export class Daemon {
   static async start(config: Config, log: Logger): Promise<Daemon> {
     const d = new Daemon(config, log);
     try {
+      if (config.tmpDir) fs.mkdirSync(config.tmpDir, { recursive: true, mode: 0o700 });
       await Promise.all(config.databases.map((db) => d.#open(db)));
       const handler = createApiHandler(d.#api());
       d.#servers.push(await listenOnSocket(config.socket, handler));
@@ -76,6 +77,11 @@ export class Daemon {
   get tcpPort(): number | undefined {
     const addr = this.#servers[1]?.address();
     return addr && typeof addr === "object" ? addr.port : undefined;
+  }
+
+  /** The databases being served (those that failed to open are in `failures`). */
+  get databaseNames(): string[] {
+    return [...this.#dbs.keys()];
   }
 
   /** Databases that failed to open, with why. */

@@ -391,3 +391,41 @@ describe("daemon drain", () => {
     expect(restored.length - acked.length).toBeLessThanOrEqual(1);
   });
 });
+
+describe("daemon with a database whose key is missing or wrong", () => {
+  it("serves the other databases; the broken one answers 503 naming the key, and nothing is written to it", async () => {
+    const dir = tmpDir();
+    const right = path.join(dir, "right.key");
+    const wrong = path.join(dir, "wrong.key");
+    fs.writeFileSync(right, "11".repeat(32));
+    fs.writeFileSync(wrong, "22".repeat(32));
+    const sealed = path.join(dir, "data/sealed");
+    expect((await runCli(["init", sealed, "--key", `3=file:${right}`])).code).toBe(0);
+    expect((await runCli(["ingest", sealed, "--key", `3=file:${right}`], { input: `${change(1, "CREATE TABLE t (x)")}\n` })).code).toBe(0);
+    const before = fs.readdirSync(sealed).map((n) => [n, fs.readFileSync(path.join(sealed, n))] as const);
+
+    const d = await startDaemon(dir, {
+      databases: [
+        { name: "plain", backend: "data/plain" },
+        { name: "nokey", backend: "data/nokey", encryption: { keys: [{ id: 1, source: "env:TIDEMARK_TEST_UNSET_KEY" }] } },
+        { name: "sealed", backend: "data/sealed", encryption: { keys: [{ id: 3, source: "file:wrong.key" }] } },
+      ],
+    });
+    try {
+      expect((await request(d.socket, "POST", "/v1/dbs/plain/changes", change(1, "CREATE TABLE t (x)"))).status).toBe(200);
+      const nokey = await request(d.socket, "POST", "/v1/dbs/nokey/changes", change(1, "CREATE TABLE t (x)"));
+      expect(nokey.status).toBe(503);
+      expect(nokey.json().error).toMatch(/database nokey failed to open: .*environment variable TIDEMARK_TEST_UNSET_KEY is not set/);
+      const sealedReply = await request(d.socket, "POST", "/v1/dbs/sealed/changes", change(2, "INSERT INTO t VALUES (2)"));
+      expect(sealedReply.status).toBe(503);
+      expect(sealedReply.json().error).toMatch(/key id 3 is not the key .* was written with under that id/);
+      expect(d.logs()).not.toContain("22".repeat(32));
+      // The failed open let go of the backup: the CLI can use it while the daemon runs.
+      expect(fs.existsSync(path.join(sealed, "LOCK"))).toBe(false);
+      expect((await request(d.socket, "POST", "/v1/dbs/plain/changes", change(2, "INSERT INTO t VALUES (2)"))).status).toBe(200);
+    } finally {
+      expect(await d.stop()).toBe(0);
+    }
+    for (const [name, bytes] of before) expect(fs.readFileSync(path.join(sealed, name)).equals(bytes), name).toBe(true);
+  });
+});

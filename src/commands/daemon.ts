@@ -6,7 +6,9 @@ import type { Command } from "commander";
 import { defaultConfig, loadConfigFile, type Config } from "../config.js";
 import { Daemon } from "../daemon.js";
 import { formatError } from "../errors.js";
+import { Keyring } from "../keyring.js";
 import { daemonLogger } from "../logger.js";
+import { notifySystemd } from "../sd-notify.js";
 
 /** How long after a config file event the reload happens. */
 const RELOAD_DEBOUNCE_MS = 200;
@@ -23,15 +25,31 @@ export function registerDaemon(program: Command): void {
         "on the socket ./tidemark.sock, with the spool ./tidemark-spool.\n\n" +
         "Signals: SIGHUP (or saving the config file) reloads the configuration; SIGTERM or SIGINT\n" +
         "drains (requests in flight finish) and exits 0; a second one exits at once.\n" +
-        "Logs are JSON lines on stdout.",
+        "Logs are JSON lines on stdout. Under systemd (Type=notify) it reports READY=1 once every\n" +
+        "database is open and the socket answers, through systemd-notify(1); see systemd/.",
     )
     .option("-c, --config <file>", "configuration file, YAML or JSON (see docs/daemon.md)")
-    .addHelpText("after", "\nExamples:\n  tidemark daemon\n  tidemark daemon --config /etc/tidemark/tidemark.yaml")
-    .action(async (opts: { config?: string }) => {
+    .option("--check", "validate the configuration and read its keys, print it resolved as JSON (API key redacted), and exit")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  tidemark daemon\n  tidemark daemon --config /etc/tidemark/tidemark.yaml\n  tidemark daemon --config /etc/tidemark/tidemark.yaml --check",
+    )
+    .action(async (opts: { config?: string; check?: boolean }) => {
       const load = (): Config => (opts.config ? loadConfigFile(opts.config) : defaultConfig());
       const config = load();
+      if (opts.check) {
+        for (const db of config.databases) Keyring.load(db.keys, `databases.${db.name}.encryption.keys`);
+        const shown = config.tcp ? { ...config, tcp: { ...config.tcp, apiKey: "(redacted)" } } : config;
+        process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
+        return;
+      }
       const log = daemonLogger(config.log.level);
       const daemon = await Daemon.start(config, log);
+      const status = () => {
+        const failed = daemon.failures.size;
+        return `serving ${daemon.databaseNames.length} database(s)${failed ? `, ${failed} failed to open` : ""}`;
+      };
+      await notifySystemd({ READY: "1", STATUS: status() }, log);
 
       const reload = (why: string) => {
         let next: Config;
@@ -42,7 +60,10 @@ export function registerDaemon(program: Command): void {
           return;
         }
         log.info({ reason: why }, "reloading configuration");
-        daemon.reload(next).catch((err: unknown) => log.error({ err }, "reload failed"));
+        daemon
+          .reload(next)
+          .then(() => notifySystemd({ STATUS: status() }, log))
+          .catch((err: unknown) => log.error({ err }, "reload failed"));
       };
       process.on("SIGHUP", () => reload("SIGHUP"));
       // chokidar drops a second change within 50 ms of the first; reloading a moment after the
@@ -69,6 +90,7 @@ export function registerDaemon(program: Command): void {
       });
       if (debounce) clearTimeout(debounce);
       await watcher?.close();
+      await notifySystemd({ STOPPING: "1", STATUS: "draining" }, log);
       await daemon.stop();
     });
 }
