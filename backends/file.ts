@@ -46,7 +46,7 @@ import {
 } from "../src/change-codec.js";
 import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
 import { LogState, type LogEntry } from "../src/log-state.js";
-import { codecFor, initialSettings, retentionFor, updatedSettings, type BackupSettings } from "../src/backup-settings.js";
+import { codecFor, initialSettings, retentionFor, shownSettings, updatedSettings, type BackupSettings } from "../src/backup-settings.js";
 import { retainedGenerations, type RetentionPolicy } from "../src/retention.js";
 import { PLAIN, type Codec } from "../src/envelope.js";
 import type { Keyring } from "../src/keyring.js";
@@ -122,6 +122,7 @@ export class FileBackend implements Backend {
   #retention: RetentionPolicy = {};
   /** Older logs that the retention policy keeps, oldest first; read-only. */
   #retained: RetainedLog[] = [];
+  #settings: BackendStatus["settings"];
   /** addChange calls waiting on a snapshot upload; synchronous writes must not overlap them. */
   #asyncWrites = 0;
   /** Readers in this process that may still open snapshot blobs. */
@@ -207,6 +208,7 @@ export class FileBackend implements Backend {
     this.#retention = retentionFor(identity, this.#options);
     const updated = updatedSettings(identity, this.#codec, this.#options);
     if (updated) this.#writeIdentity(updated);
+    this.#settings = shownSettings(updated ?? identity);
   }
 
   async #openLog(): Promise<void> {
@@ -339,6 +341,7 @@ export class FileBackend implements Backend {
       generations,
       ...(headTimestamp !== undefined && { headTimestamp }),
       ...(this.#torn && { tornTail: this.#torn }),
+      ...(this.#settings && { settings: this.#settings }),
     };
   }
 

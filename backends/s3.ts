@@ -52,7 +52,7 @@ import {
 } from "../src/change-codec.js";
 import { BackendError, CorruptError, TidemarkError, UsageError } from "../src/errors.js";
 import { LogState, type LogEntry } from "../src/log-state.js";
-import { codecFor, initialSettings, retentionFor, updatedSettings, type BackupSettings } from "../src/backup-settings.js";
+import { codecFor, initialSettings, retentionFor, shownSettings, updatedSettings, type BackupSettings } from "../src/backup-settings.js";
 import { retainedGenerations, type RetentionPolicy } from "../src/retention.js";
 import { PLAIN, type Codec } from "../src/envelope.js";
 import { silentLogger, type Logger } from "../src/logger.js";
@@ -159,7 +159,8 @@ export class S3Backend implements Backend {
   readonly #options: BackendOptions;
   #codec: Codec = PLAIN;
   /** An identity update to write once the lease is ours (the backup became encrypted). */
-  #pendingIdentity: object | null = null;
+  #pendingIdentity: (BackupSettings & object) | null = null;
+  #settings: BackendStatus["settings"];
   /** Timestamps read from records, by key. */
   readonly #timestamps = new Map<string, number>();
   /** Keys that are no longer part of the log, waiting to be deleted. */
@@ -281,6 +282,7 @@ export class S3Backend implements Backend {
     this.#codec = codecFor(id, this.#options, this.location);
     this.#retention = retentionFor(id, this.#options);
     this.#pendingIdentity = updatedSettings(id, this.#codec, this.#options);
+    this.#settings = shownSettings(this.#pendingIdentity ?? id);
   }
 
   /**
@@ -504,6 +506,7 @@ export class S3Backend implements Backend {
       snapshotBytes,
       generations,
       ...(headTimestamp !== undefined && { headTimestamp }),
+      ...(this.#settings && { settings: this.#settings }),
     };
   }
 

@@ -9,9 +9,12 @@
  *
  *   daemon           see bench/daemon.ts: ack over the socket, group commit, compaction stall
  *   s3               see bench/s3.ts: S3 ack latency, restore from S3, replica lag
+ *   protection       see bench/protection.ts: ack latency, restore throughput and bytes stored
+ *                    with gzip, brotli, AES-256-GCM and brotli + AES-256-GCM, each vs none
  *
  * Environment: BENCH_DIR (default: a temp dir), BENCH_CHANGES (default 100000),
- * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 5000), BENCH_ONLY (core,daemon,s3).
+ * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 5000),
+ * BENCH_PROTECTION_CHANGES (default 50000), BENCH_ONLY (core,daemon,s3,protection; default all).
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -27,6 +30,7 @@ import { applyChange } from "../src/ingest.js";
 import { restore } from "../src/restore.js";
 import { writeAll } from "../src/fs-util.js";
 import { benchDaemon } from "./daemon.js";
+import { benchProtection } from "./protection.js";
 import { benchS3 } from "./s3.js";
 import { ms, percentile, printTable, type Row } from "./table.js";
 
@@ -198,7 +202,7 @@ async function benchRestoreRss(): Promise<void> {
 
 try {
   process.stderr.write(`bench: ${os.cpus().length} cores, node ${process.version}, dir ${ROOT}\n`);
-  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3").split(","));
+  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection").split(","));
   if (only.has("core")) {
     await benchAckLatency();
     await benchRestoreAndCompaction();
@@ -206,6 +210,9 @@ try {
   }
   if (only.has("daemon")) await benchDaemon(path.join(ROOT, "daemon"), rows, CHANGES);
   if (only.has("s3")) await benchS3(path.join(ROOT, "s3"), rows, Number(process.env.BENCH_S3_CHANGES ?? 5000));
+  if (only.has("protection")) {
+    await benchProtection(path.join(ROOT, "protection"), rows, Number(process.env.BENCH_PROTECTION_CHANGES ?? 50_000));
+  }
   printTable(rows);
 } finally {
   fs.rmSync(ROOT, { recursive: true, force: true });

@@ -11,6 +11,7 @@ import type { CompressionName } from "./envelope.js";
 import type { Keyring } from "./keyring.js";
 import type { Logger } from "./logger.js";
 import type { RetentionPolicy } from "./retention.js";
+import type { BackupSettings } from "./backup-settings.js";
 
 /** Where the backup stands, as far as the version rules are concerned. */
 export interface BackendHead {
@@ -44,6 +45,8 @@ export interface BackendStatus extends BackendHead {
   readonly generations: readonly GenerationStatus[];
   /** Set when the log ends in a torn (partial or damaged) record that is being ignored. */
   readonly tornTail?: { readonly location: string; readonly offset: number; readonly bytes: number };
+  /** The backup's own settings (compression, encryption, retention), when the backend keeps them. */
+  readonly settings?: Omit<BackupSettings, "keys">;
 }
 
 /** One generation of a backup, as status reports it. */

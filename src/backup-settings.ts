@@ -20,6 +20,16 @@ export interface BackupSettings {
   readonly keys?: Readonly<Record<string, string>>;
 }
 
+/** The settings `status` shows (what a copy carries over): everything but the key fingerprints. */
+export function shownSettings(settings: BackupSettings): Omit<BackupSettings, "keys"> {
+  return {
+    ...(settings.compression !== undefined && { compression: settings.compression }),
+    ...(settings.brotliQuality !== undefined && { brotliQuality: settings.brotliQuality }),
+    encrypted: settings.encrypted === true,
+    ...(settings.retention !== undefined && { retention: settings.retention }),
+  };
+}
+
 /** The settings a new backup is created with, from the options it is created with. */
 export function initialSettings(options: BackendOptions): BackupSettings {
   return {

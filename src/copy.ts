@@ -5,7 +5,8 @@
  * the copy holds exactly the live history: its base, then every change up to the head.
  * Rewound changes are not copied, and a head that cannot be rewound stays so.
  */
-import type { Backend } from "./backend.js";
+import type { Backend, BackendStatus } from "./backend.js";
+import type { StoredChange } from "./change.js";
 import { TidemarkError } from "./errors.js";
 import { applyChange } from "./ingest.js";
 
@@ -26,7 +27,10 @@ export interface CopyResult {
   readonly durationMs: number;
 }
 
-/** Copies `src` into `dst`. */
+/**
+ * Copies `src` into `dst`. A copy that fails empties `dst` again, so that a partial history is
+ * never mistaken for a backup.
+ */
 export async function copyBackup(src: Backend, dst: Backend, options: CopyOptions = {}): Promise<CopyResult> {
   const started = performance.now();
   const from = await src.status();
@@ -38,10 +42,40 @@ export async function copyBackup(src: Backend, dst: Backend, options: CopyOption
     }
     await dst.reset();
   }
+  try {
+    return await copyInto(src, dst, from, started, options);
+  } catch (err) {
+    if (dst.head().version === 0) throw err;
+    let note = `the copy at ${dst.location} was emptied again`;
+    await dst.reset().catch((cleanup: unknown) => {
+      note = `emptying the partial copy at ${dst.location} failed too (${(cleanup as Error).message}); run copy --force before using it`;
+    });
+    if (err instanceof TidemarkError) err.message = `${err.message} (${note})`;
+    throw err;
+  }
+}
+
+async function copyInto(src: Backend, dst: Backend, from: BackendStatus, started: number, options: CopyOptions): Promise<CopyResult> {
   let changes = 0;
   let snapshots = 0;
-  if (from.version > 0) {
-    for await (const change of src.streamChanges({ from: from.firstVersion, to: from.version })) {
+  const total = from.version === 0 ? 0 : from.version - from.firstVersion + 1;
+  let done = 0;
+  // Each generation in turn, oldest first. The first is copied change by change; each later
+  // one starts with its base, which the copy installs by compacting at the same version (so
+  // the copy's older generation is retained as the source's was), and goes on with the changes
+  // the copy does not hold yet.
+  for (const [i, g] of from.generations.entries()) {
+    if (g.lastVersion === 0) continue;
+    for await (const change of src.streamChanges({ from: g.firstVersion, to: g.lastVersion })) {
+      if (i > 0 && change.snapshot && change.version === g.baseVersion && dst.head().version >= change.version) {
+        await settle(dst, change.version);
+        await dst.compact({ version: change.version, timestamp: change.timestamp, snapshot: change.snapshot.open() });
+        snapshots++;
+        continue;
+      }
+      const head = dst.head().version;
+      // Held already, from the previous generation's copy of the same change.
+      if (change.version < head || (change.version === head && (await sameAsHead(dst, change)))) continue;
       await applyChange(dst, {
         version: change.version,
         timestamp: change.timestamp,
@@ -50,15 +84,11 @@ export async function copyBackup(src: Backend, dst: Backend, options: CopyOption
       });
       changes++;
       if (change.snapshot) snapshots++;
-      options.onProgress?.(change.version - from.firstVersion + 1, from.version - from.firstVersion + 1);
-    }
-    if (from.prevVersion === null) {
-      // The source's head was already rewound once; so must the copy's be. An empty change is
-      // appended and rewound: rewound changes are never replayed.
-      await applyChange(dst, { version: from.version + 1, timestamp: Date.now(), transaction: [] });
-      await dst.rewind();
+      done = Math.max(done, change.version - from.firstVersion + 1);
+      options.onProgress?.(done, total);
     }
   }
+  if (from.version > 0 && from.prevVersion === null && dst.head().prevVersion !== null) await settle(dst, from.version);
   const to = dst.head();
   if (to.version !== from.version || to.prevVersion !== from.prevVersion) {
     throw new TidemarkError("E_BACKEND", `the copy ended at head ${to.version} (rewind to ${to.prevVersion}), not ${from.version} (${from.prevVersion})`, {
@@ -66,4 +96,25 @@ export async function copyBackup(src: Backend, dst: Backend, options: CopyOption
     });
   }
   return { version: to.version, changes, snapshots, durationMs: performance.now() - started };
+}
+
+/**
+ * Makes `version`, the copy's head, impossible to rewind, as it is in the source: the source's
+ * head was rewound once already, or it is a base compacted right after a rewind. An empty
+ * change is appended and rewound: rewound changes are never replayed.
+ */
+async function settle(dst: Backend, version: number): Promise<void> {
+  const head = dst.head();
+  if (head.version !== version || head.prevVersion === null) return;
+  await applyChange(dst, { version: version + 1, timestamp: Date.now(), transaction: [] });
+  await dst.rewind();
+}
+
+/** Whether `change` is the very change the copy holds as its head. */
+async function sameAsHead(dst: Backend, change: StoredChange): Promise<boolean> {
+  for await (const held of dst.streamChanges({ from: change.version, to: change.version })) {
+    if (held.version !== change.version) continue;
+    return held.timestamp === change.timestamp && !held.snapshot && !change.snapshot && JSON.stringify(held.transaction) === JSON.stringify(change.transaction);
+  }
+  return false;
 }

@@ -5,6 +5,7 @@ import type { Command } from "commander";
 import { openOrCreateBackend } from "../backend-registry.js";
 import { copyBackup } from "../copy.js";
 import { terminalLogger } from "../logger.js";
+import { TidemarkError } from "../errors.js";
 import { createProgress } from "../progress.js";
 import { addCodecOptions, codecOptions, formatMs, printJson, withBackend, type CodecFlags } from "./common.js";
 
@@ -17,7 +18,9 @@ export function registerCopy(program: Command): void {
       "Copy a backup between any two backends (a directory, s3://…), verifying every checksum on the way.\n" +
         "The destination is created if missing; one that already holds changes is refused unless --force,\n" +
         "which empties it first. The source is only read: stop its writer first for an exact copy of the\n" +
-        "head, or the copy fails and says so.",
+        "head, or the copy fails and says so. A copy that fails leaves the destination empty.\n\n" +
+        "The copy keeps the source's compression and retention unless flags say otherwise. An encrypted\n" +
+        "source is copied encrypted: pass the key to write with (--key) and any older ones (--decrypt-key).",
     )
     .argument("<src>", "the backup to copy")
     .argument("<dst>", "where the copy goes")
@@ -29,7 +32,20 @@ export function registerCopy(program: Command): void {
   cmd
     .action(async (src: string, dst: string, opts: { force?: boolean; quiet?: boolean; json?: boolean } & CodecFlags) => {
       await withBackend(src, "read", async (from) => {
-        const { backend: to } = await openOrCreateBackend(dst, { ...codecOptions(opts), log: terminalLogger() });
+        const options = codecOptions(opts);
+        const settings = (await from.status()).settings;
+        if (settings?.encrypted && !options.keyring?.active) {
+          throw new TidemarkError("E_KEY", `${from.location} is encrypted, and a copy is never written in the clear: it needs a key to write with`, {
+            hint: "pass --key ID=file:PATH (the source's current key, or a new one with a new id) and --decrypt-key for older ones",
+          });
+        }
+        const { backend: to } = await openOrCreateBackend(dst, {
+          ...options,
+          ...(options.compression === undefined && settings?.compression !== undefined && { compression: settings.compression }),
+          ...(options.brotliQuality === undefined && settings?.brotliQuality !== undefined && { brotliQuality: settings.brotliQuality }),
+          ...(settings?.retention !== undefined && { retention: settings.retention }),
+          log: terminalLogger(),
+        });
         try {
           const progress = createProgress("copy", "versions", opts.quiet || opts.json);
           let result;

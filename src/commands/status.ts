@@ -6,7 +6,7 @@ import type { BackendStatus } from "../backend.js";
 import { connect } from "../client.js";
 import type { DatabaseStatus } from "../database.js";
 import { UsageError } from "../errors.js";
-import { addCodecOptions, codecOptions, formatBytes, printJson, withBackend, type CodecFlags } from "./common.js";
+import { addCodecOptions, codecOptions, formatBytes, formatDuration, printJson, withBackend, type CodecFlags } from "./common.js";
 
 interface StatusOptions extends CodecFlags {
   json?: boolean;
@@ -85,10 +85,22 @@ function describe(title: string, s: BackendStatus): [string, string][] {
     });
     lines.push(["generations", list.join("; ")]);
   }
+  if (s.settings) lines.push(["settings", describeSettings(s.settings)]);
   if (s.tornTail) {
     lines.push(["torn tail", `${s.tornTail.bytes} bytes at offset ${s.tornTail.offset} of ${s.tornTail.location}, ignored (dropped by the next writer)`]);
   }
   return lines;
+}
+
+function describeSettings(settings: NonNullable<BackendStatus["settings"]>): string {
+  const { compression = "none", brotliQuality, encrypted, retention } = settings;
+  const parts = [`compression ${compression}${compression === "brotli" ? ` (quality ${brotliQuality ?? 1})` : ""}`, encrypted ? "encrypted" : "not encrypted"];
+  const keep = [
+    ...(retention?.bases ? [`${retention.bases} older base(s)`] : []),
+    ...(retention?.maxAgeMs ? [`${formatDuration(retention.maxAgeMs)} of history`] : []),
+  ];
+  parts.push(keep.length ? `keeps ${keep.join(" and ")}` : "keeps the live generation only");
+  return parts.join(", ");
 }
 
 function print(lines: [string, string][]): void {
