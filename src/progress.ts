@@ -1,5 +1,5 @@
 /**
- * Progress bars for long commands (restore, compact, verify), drawn with cli-progress on a
+ * Progress bars for long commands (restore, compact, verify, copy), drawn with cli-progress on a
  * terminal and silent anywhere else or with --quiet.
  */
 import cliProgress from "cli-progress";

@@ -1,8 +1,9 @@
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
-import { runCli } from "./helpers/cli.js";
+import { CLI, runCli } from "./helpers/cli.js";
 import { tmpDir } from "./helpers/tmp.js";
 
 const COMMANDS = ["init", "ingest", "status", "restore", "compact", "rewind", "verify"];
@@ -249,5 +250,41 @@ describe("cli: bad input to compact", () => {
     expect(rules.code).toBe(1);
     expect(rules.stderr).toMatch(/rule \[0\]\.pattern/);
     expect((await runCli(["status", backup, "--json"])).stdout).toBe(before);
+  });
+});
+
+describe("cli: progress bars", () => {
+  it("restore, compact, verify and copy draw a bar with rate and ETA on a terminal, and nothing otherwise", async () => {
+    const dir = tmpDir();
+    const b = path.join(dir, "backup");
+    await runCli(["init", b]);
+    const input = ['{"version":1,"transaction":["CREATE TABLE t (x)"]}'];
+    for (let v = 2; v <= 3000; v++) input.push(JSON.stringify({ version: v, transaction: [`INSERT INTO t VALUES (${v})`] }));
+    expect((await runCli(["ingest", b], { input: `${input.join("\n")}\n` })).code).toBe(0);
+    const commands: [string, string[]][] = [
+      ["restore", ["restore", b, path.join(dir, "r.db")]],
+      ["verify", ["verify", b]],
+      ["copy", ["copy", b, path.join(dir, "copy")]],
+      ["compact", ["compact", b]],
+    ];
+    for (const [label, args] of commands) {
+      // util-linux script(1) runs the command on a pseudo-terminal, as an operator's shell would.
+      const cmd = [process.execPath, CLI, ...args].map((a) => `'${a}'`).join(" ");
+      const onTty = execFileSync("script", ["-qec", cmd, "/dev/null"], { encoding: "utf8" });
+      expect(onTty, label).toMatch(new RegExp(`${label} \\[.*\\] \\d+% \\| \\d+/\\d+ versions \\| \\d+/s \\| ETA \\d+s`));
+      fs.rmSync(path.join(dir, "r.db"), { force: true });
+      fs.rmSync(path.join(dir, "copy"), { recursive: true, force: true });
+
+      const quiet = execFileSync("script", ["-qec", `${cmd} --quiet`, "/dev/null"], { encoding: "utf8" });
+      expect(quiet, label).not.toMatch(/ETA/);
+      fs.rmSync(path.join(dir, "r.db"), { force: true });
+      fs.rmSync(path.join(dir, "copy"), { recursive: true, force: true });
+
+      const piped = await runCli(args);
+      expect(piped.code, piped.stderr).toBe(0);
+      expect(piped.stderr + piped.stdout, label).not.toMatch(/ETA|\[\u2588|\u001b\[/);
+      fs.rmSync(path.join(dir, "r.db"), { force: true });
+      fs.rmSync(path.join(dir, "copy"), { recursive: true, force: true });
+    }
   });
 });
