@@ -7,7 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
-import type { CompressionName } from "./envelope.js";
+import { COMPRESSION_NAMES, type CompressionName } from "./envelope.js";
 import { ConfigError } from "./errors.js";
 import type { KeySource } from "./keyring.js";
 import type { RetentionPolicy } from "./retention.js";
@@ -44,7 +44,7 @@ const databaseSchema = z.strictObject({
   compaction: compactionSchema.default({ everyChanges: 100_000, every: "6h", logRatio: 4 }),
   retention: z.strictObject({ bases: z.number().int().min(0).optional(), for: duration.optional() }).optional(),
   validationInterval: duration.optional(),
-  compression: z.enum(["none", "gzip", "brotli"]).optional(),
+  compression: z.enum(COMPRESSION_NAMES).optional(),
   brotliQuality: z.number().int().min(0).max(11).optional(),
   encryption: z
     .strictObject({

@@ -1,16 +1,48 @@
 /**
- * How a payload is protected at rest: compressed (gzip, or brotli at an explicit quality), then
- * encrypted with AES-256-GCM. Records and snapshot frames both go through here, so a backup can
- * mix codecs freely: each stored piece says how it was sealed.
+ * How a payload is protected at rest: compressed (gzip, brotli at an explicit quality, or zstd),
+ * then encrypted with AES-256-GCM. Records and snapshot frames both go through here, so a backup
+ * can mix codecs freely: each stored piece says how it was sealed.
  */
 import { createCipheriv, createDecipheriv } from "node:crypto";
+import { createRequire } from "node:module";
 import zlib from "node:zlib";
 import { TidemarkError } from "./errors.js";
 import { Keyring } from "./keyring.js";
 
 /** The compression byte stored with every record and snapshot. */
-export const Compression = { none: 0, gzip: 1, brotli: 2 } as const;
+export const Compression = { none: 0, gzip: 1, brotli: 2, zstd: 3 } as const;
 export type CompressionName = keyof typeof Compression;
+/** The names, for option and config validation. */
+export const COMPRESSION_NAMES = Object.keys(Compression) as [CompressionName, ...CompressionName[]];
+
+/** zstd's level: its own default, the balance of speed and size it is tuned for. */
+export const ZSTD_LEVEL = 3;
+
+interface Zstd {
+  compress(data: Buffer, params?: { compressionLevel?: number }): Buffer;
+  decompress(data: Buffer): Buffer;
+}
+let zstdModule: Zstd | null | undefined;
+
+/**
+ * The zstd binding (the optional dependency zstd-napi, compiled at install; Node 20's zlib has
+ * no zstd). Throws E_CONFIG, with what to do, when it did not install.
+ */
+function zstd(): Zstd {
+  if (zstdModule === undefined) {
+    try {
+      zstdModule = createRequire(import.meta.url)("zstd-napi") as Zstd;
+    } catch {
+      zstdModule = null;
+    }
+  }
+  if (zstdModule === null) {
+    throw new TidemarkError("E_CONFIG", "zstd is not available: the optional package zstd-napi is not installed (it compiles from source at install)", {
+      hint: "reinstall with a C++ toolchain present (npm ci), or use --compression brotli or gzip; records already written with zstd need it to be read",
+    });
+  }
+  return zstdModule;
+}
 
 /** Bytes of a GCM nonce and tag. */
 export const IV_BYTES = 12;
@@ -37,6 +69,7 @@ export function makeCodec(options: { compression?: CompressionName; brotliQualit
 /** Compresses with the codec's algorithm (which must not be "none"), whatever the result's size. */
 export function compressWith(plain: Buffer, codec: Codec): Buffer {
   if (codec.compression === "gzip") return zlib.gzipSync(plain);
+  if (codec.compression === "zstd") return zstd().compress(plain, { compressionLevel: ZSTD_LEVEL });
   return zlib.brotliCompressSync(plain, {
     params: {
       [zlib.constants.BROTLI_PARAM_QUALITY]: codec.brotliQuality,
@@ -54,6 +87,7 @@ export function compress(plain: Buffer, codec: Codec): { algo: number; bytes: Bu
 
 /** Decompresses; damage raises what `fail` makes of it. */
 export function decompress(bytes: Buffer, algo: number, fail: (what: string) => never): Buffer {
+  const binding = algo === Compression.zstd ? zstd() : null;
   try {
     switch (algo) {
       case Compression.none:
@@ -62,6 +96,8 @@ export function decompress(bytes: Buffer, algo: number, fail: (what: string) => 
         return zlib.gunzipSync(bytes);
       case Compression.brotli:
         return zlib.brotliDecompressSync(bytes);
+      case Compression.zstd:
+        return binding!.decompress(bytes);
     }
   } catch (err) {
     return fail(`cannot decompress (${(err as Error).message})`);

@@ -59,24 +59,31 @@ async function codeOf(p: Promise<unknown>): Promise<TidemarkError> {
 }
 
 describe("compression", () => {
-  it("gzip and brotli shrink what is stored, and a backup of mixed codecs restores", async () => {
+  it("gzip, brotli and zstd shrink what is stored, and a backup of mixed codecs restores", async () => {
     const dir = tmpDir();
     const sizes: Record<string, number> = {};
-    for (const compression of ["none", "gzip", "brotli"] as const) {
+    for (const compression of ["none", "gzip", "brotli", "zstd"] as const) {
       const b = await fill(path.join(dir, compression), { compression }, 1, 40);
       sizes[compression] = (await b.status()).bytes;
       await b.close();
     }
     expect(sizes.gzip).toBeLessThan(sizes.none! * 0.6);
     expect(sizes.brotli).toBeLessThan(sizes.none! * 0.6);
+    expect(sizes.zstd).toBeLessThan(sizes.none! * 0.6);
 
     // One backup written with each codec in turn, then compacted and restored.
     const mixed = path.join(dir, "mixed");
     await (await fill(mixed, { compression: "none" }, 1, 10)).close();
     await (await fill(mixed, { compression: "gzip" }, 11, 20, "write")).close();
-    const b = await fill(mixed, { compression: "brotli", brotliQuality: 5 }, 21, 30, "write");
+    await (await fill(mixed, { compression: "zstd" }, 21, 30, "write")).close();
+    const b = await fill(mixed, { compression: "brotli", brotliQuality: 5 }, 31, 40, "write");
     await restore(b, path.join(dir, "mixed.db"));
-    expect(rows(path.join(dir, "mixed.db"))).toHaveLength(29);
+    expect(rows(path.join(dir, "mixed.db"))).toHaveLength(39);
+    // Each record says how it was sealed: byte 7 of its header.
+    const log = fs.readFileSync(path.join(mixed, "log-0000000001.tml"));
+    const algos = new Set<number>();
+    for (let i = log.indexOf("TDMK"); i >= 0; i = log.indexOf("TDMK", i + 1)) algos.add(log[i + 7]!);
+    expect([...algos].sort()).toEqual([0, 1, 2, 3]);
     await b.close();
   });
 

@@ -3,7 +3,7 @@
  */
 import { InvalidArgumentError, Option, type Command } from "commander";
 import type { Backend, BackendOptions, OpenMode } from "../backend.js";
-import type { CompressionName } from "../envelope.js";
+import { COMPRESSION_NAMES, type CompressionName } from "../envelope.js";
 import { parseDuration } from "../config.js";
 import { Keyring, parseKeySpec, type KeySource } from "../keyring.js";
 import { openBackend } from "../backend-registry.js";
@@ -88,7 +88,7 @@ export function addCodecOptions(cmd: Command, writes: boolean): Command {
     .option("--decrypt-key <id=source>", "an older key, only to read what it encrypted; repeatable (or $TIDEMARK_DECRYPT_KEYS)", (v: string, all: string[] = []) => [...all, v]);
   if (writes) {
     cmd
-      .addOption(new Option("--compression <codec>", "compress new records and snapshots (default: the backup's setting)").choices(["none", "gzip", "brotli"]))
+      .addOption(new Option("--compression <codec>", "compress new records and snapshots (default: the backup's setting)").choices(COMPRESSION_NAMES))
       .option("--brotli-quality <n>", "brotli quality 0..11 (default 1; 11 is about 1 MB/s)", parseQuality);
   }
   return cmd;
