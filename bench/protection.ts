@@ -8,20 +8,23 @@
  *                         every variant, in an order rotated round by round, so none of them
  *                         always runs first (or last) on a warmer cache.
  *   restore               restore() changes/s, each variant vs none, over the same changes; each
- *                         backup is restored 3 times in rotated order and the median counts
+ *                         backup is restored 5 times in rotated order and the median counts
  *   bytes stored          what status() reports the backup occupies, each variant vs none
  *
  * Each is measured on two change shapes:
  *
- *   ledger    the one-statement INSERT of bench/run.ts (a record body of about 110 bytes)
- *   payment   a six-statement transaction of about 2 KB of SQL, shaped like what a Lightning
+ *   ledger    the one-statement INSERT of bench/run.ts (a record of about 130 bytes). Too
+ *             small for compression to pay: the codec tries, then stores the plain bytes, so
+ *             this shape shows what trying costs.
+ *   payment   a six-statement transaction of about 2.4 KB of SQL, shaped like what a Lightning
  *             node writes when a payment completes: hex hashes and keys, a bolt11 string, a
  *             JSON event, three HTLC rows. Hashes and keys come from a PRNG seeded with the
- *             version, so they compress as real ones do (hardly) and every run stores the same
- *             bytes. Compression has more to work on here, and costs more.
+ *             version, so they compress as real ones written in hex do (to about half) and
+ *             every run stores the same bytes. Compression has more to work on here.
  *
  * Restore and bytes stored use `changes` changes of each shape (BENCH_PROTECTION_CHANGES);
- * ack latency uses 4,000 rounds per shape on separate backups.
+ * ack latency uses 4,000 rounds per shape (after 100 uncounted) on separate backups. On
+ * stderr: the cost of sealing one record without the write, and the fill and restore times.
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -40,7 +43,7 @@ const ACK_ROUNDS = 4000;
 /** Rounds run first and not counted: the first appends also create files and warm the JIT. */
 const ACK_WARMUP = 100;
 /** Restores per backup; the median counts. */
-const RESTORE_ROUNDS = 3;
+const RESTORE_ROUNDS = 5;
 
 interface Variant {
   name: string;
@@ -51,6 +54,7 @@ const VARIANTS: readonly Variant[] = [
   { name: "none", options: () => ({ compression: "none" }) },
   { name: "gzip", options: () => ({ compression: "gzip" }) },
   { name: "brotli q1", options: () => ({ compression: "brotli", brotliQuality: 1 }) },
+  { name: "zstd 3", options: () => ({ compression: "zstd" }) },
   { name: "AES-256-GCM", options: (keyring) => ({ compression: "none", keyring }) },
   { name: "brotli q1 + AES-256-GCM", options: (keyring) => ({ compression: "brotli", brotliQuality: 1, keyring }) },
 ];
@@ -143,11 +147,15 @@ const T0 = 1_767_225_600_000;
 
 // ------------------------------------------------------------ helpers
 
-/** Opens one new backup per variant under `dir`, with the shape's schema as version 1. */
-async function openAll(dir: string, keyring: Keyring, shape: Shape): Promise<Backend[]> {
+/**
+ * Opens one new backup per variant under `dir`, with the shape's schema as version 1.
+ * `groupCommit` only moves the write and fdatasync to the thread pool (the stored bytes are
+ * the same); the fill for the restores uses it to write the variants at once.
+ */
+async function openAll(dir: string, keyring: Keyring, shape: Shape, groupCommit = false): Promise<Backend[]> {
   const out: Backend[] = [];
   for (const variant of VARIANTS) {
-    const b = await openBackend(path.join(dir, slug(variant.name)), { mode: "create", ...variant.options(keyring) });
+    const b = await openBackend(path.join(dir, slug(variant.name)), { mode: "create", groupCommit, ...variant.options(keyring) });
     await applyChange(b, { version: 1, timestamp: T0, transaction: shape.create });
     out.push(b);
   }
@@ -207,13 +215,15 @@ async function restoreAndBytes(root: string, keyring: Keyring, rows: Row[], chan
   const byteRows: Row[] = [];
   for (const shape of SHAPES) {
     const dir = path.join(root, `restore-${shape.name}`);
-    const backends = await openAll(dir, keyring, shape);
-    // Filling is not measured; every variant receives the very same changes.
-    for (let v = 2; v <= changes; v++) {
-      const timestamp = T0 + v;
-      const transaction = shape.transaction(v, timestamp);
-      for (const b of backends) await applyChange(b, { version: v, timestamp, transaction });
-    }
+    const backends = await openAll(dir, keyring, shape, true);
+    // Filling is not measured; every variant receives the very same changes, all at once.
+    const fillMs = await timed(async () => {
+      for (let v = 2; v <= changes; v++) {
+        const timestamp = T0 + v;
+        const transaction = shape.transaction(v, timestamp);
+        await Promise.all(backends.map((b) => applyChange(b, { version: v, timestamp, transaction })));
+      }
+    });
 
     const times: number[][] = VARIANTS.map(() => []);
     const statements = VARIANTS.map(() => -1);
@@ -235,6 +245,9 @@ async function restoreAndBytes(root: string, keyring: Keyring, rows: Row[], chan
       await b.close();
     }
     fs.rmSync(dir, { recursive: true, force: true });
+    process.stderr.write(
+      `protection detail, restore ${shape.name}: fill ${ms(fillMs)}; median restore ${VARIANTS.map((x, i) => `${x.name} ${ms(median(times[i]!))}`).join(", ")}\n`,
+    );
 
     const rate = (t: number) => `${Math.round(changes / (t / 1000)).toLocaleString("en-US")} changes/s`;
     const baseMs = median(times[0]!);
@@ -265,20 +278,27 @@ async function restoreAndBytes(root: string, keyring: Keyring, rows: Row[], chan
 
 // ------------------------------------------------------------ sealing alone, for the detail line
 
-/** What sealing one record costs without the write: µs per encodeChangeRecord, and its size. */
+/**
+ * What sealing one record costs without the write: µs per encodeChangeRecord (the median of 20
+ * rounds, the variants in rotated order each round), and the record's size.
+ */
 function sealingDetail(keyring: Keyring): string {
   const lines: string[] = [];
+  const codecs = VARIANTS.map((variant) => makeCodec(variant.options(keyring)));
   for (const shape of SHAPES) {
-    const changes = Array.from({ length: 2000 }, (_, k) => ({ version: k + 2, timestamp: T0 + k + 2, transaction: shape.transaction(k + 2, T0 + k + 2) }));
-    const cells = VARIANTS.map((variant) => {
-      const codec = makeCodec(variant.options(keyring));
-      for (const c of changes.slice(0, 200)) encodeChangeRecord(c, codec); // warm up
-      let size = 0;
-      const t0 = performance.now();
-      for (const c of changes) size += encodeChangeRecord(c, codec).length;
-      const us = ((performance.now() - t0) * 1000) / changes.length;
-      return `${variant.name} ${us.toFixed(1)} µs ${Math.round(size / changes.length)} B`;
-    });
+    const changes = Array.from({ length: 500 }, (_, k) => ({ version: k + 2, timestamp: T0 + k + 2, transaction: shape.transaction(k + 2, T0 + k + 2) }));
+    const perRound: number[][] = VARIANTS.map(() => []);
+    const sizes = VARIANTS.map(() => 0);
+    for (let r = 0; r < 22; r++) {
+      for (const i of rotated(r)) {
+        let size = 0;
+        const t0 = performance.now();
+        for (const c of changes) size += encodeChangeRecord(c, codecs[i]!).length;
+        if (r >= 2) perRound[i]!.push(((performance.now() - t0) * 1000) / changes.length); // 2 rounds of warm-up
+        sizes[i] = size / changes.length;
+      }
+    }
+    const cells = VARIANTS.map((variant, i) => `${variant.name} ${median(perRound[i]!).toFixed(1)} µs ${Math.round(sizes[i]!)} B`);
     lines.push(`protection detail, encode one ${shape.name} record: ${cells.join("; ")}\n`);
   }
   return lines.join("");
