@@ -67,7 +67,10 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
     durationMs: performance.now() - started,
   });
   if (head.version === 0) return skip("the backup is empty");
-  if (base <= before.firstVersion) return skip("nothing precedes the last change but the base");
+  // The live generation's start: older generations kept by retention do not count, or each
+  // compaction would install the same base again.
+  const liveFirst = before.generations.at(-1)?.firstVersion ?? before.firstVersion;
+  if (base <= liveFirst) return skip("nothing precedes the last change but the base");
 
   const dir = fs.mkdtempSync(path.join(options.tmpDir ?? os.tmpdir(), "tidemark-compact-"));
   try {

@@ -6,7 +6,8 @@
  * Rewound changes are not copied, and a head that cannot be rewound stays so.
  */
 import type { Backend, BackendStatus } from "./backend.js";
-import type { StoredChange } from "./change.js";
+import type { Statement, StoredChange } from "./change.js";
+import { statementsToWire } from "./change-json.js";
 import { TidemarkError } from "./errors.js";
 import { applyChange } from "./ingest.js";
 
@@ -114,7 +115,12 @@ async function settle(dst: Backend, version: number): Promise<void> {
 async function sameAsHead(dst: Backend, change: StoredChange): Promise<boolean> {
   for await (const held of dst.streamChanges({ from: change.version, to: change.version })) {
     if (held.version !== change.version) continue;
-    return held.timestamp === change.timestamp && !held.snapshot && !change.snapshot && JSON.stringify(held.transaction) === JSON.stringify(change.transaction);
+    return held.timestamp === change.timestamp && !held.snapshot && !change.snapshot && sameStatements(held.transaction, change.transaction);
   }
   return false;
+}
+
+/** Compares two transactions through their JSON wire form, which spells bigints and blobs out. */
+function sameStatements(a: readonly Statement[] | undefined, b: readonly Statement[] | undefined): boolean {
+  return JSON.stringify(a && statementsToWire(a)) === JSON.stringify(b && statementsToWire(b));
 }

@@ -83,7 +83,9 @@ export class ReplicaFeeder {
   async status(): Promise<ReplicaStatus> {
     const primary = await this.#primary.status();
     const behind = this.#version < 0 ? primary.version : Math.max(0, primary.version - this.#version);
-    const seconds = behind === 0 ? 0 : Math.max(0, ((primary.headTimestamp ?? 0) - (this.#timestamp ?? 0)) / 1000);
+    // A replica that holds nothing yet is behind by everything the primary holds.
+    const since = this.#timestamp ?? primary.generations[0]?.firstTimestamp ?? primary.headTimestamp ?? 0;
+    const seconds = behind === 0 ? 0 : Math.max(0, ((primary.headTimestamp ?? 0) - since) / 1000);
     return {
       location: this.location,
       version: this.#version,
@@ -158,8 +160,10 @@ export class ReplicaFeeder {
     }
 
     if (mine.version < primary.version) {
-      // Too far behind for the primary's log: start again from its base.
-      const from = mine.version < primary.firstVersion ? primary.firstVersion : mine.version + 1;
+      // Behind the primary's live generation (it compacted since): start again from its live
+      // base. Older generations the primary retains stay there; a replica follows the live one.
+      const liveFirst = primary.generations.at(-1)?.firstVersion ?? primary.firstVersion;
+      const from = mine.version < liveFirst ? liveFirst : mine.version + 1;
       for await (const change of this.#primary.streamChanges({ from, to: primary.version })) {
         if (this.#closed) return;
         // The stream starts at the newest base at or before `from`, which the replica may hold already.

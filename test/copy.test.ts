@@ -93,6 +93,32 @@ describe("tidemark copy", () => {
     expect(oldKey.stderr).toMatch(/key id 2, which was not given/);
   });
 
+  it("copies bigint and blob parameters exactly, across a generation boundary", async () => {
+    const dir = tmpDir();
+    const src = path.join(dir, "src");
+    const withParams = (v: number) =>
+      JSON.stringify({
+        version: v,
+        timestamp: new Date(T0 + v * minute).toISOString(),
+        transaction:
+          v === 1
+            ? ["CREATE TABLE p (v INTEGER, big INTEGER, raw BLOB)"]
+            : [{ sql: "INSERT INTO p VALUES (?, ?, ?)", params: [v, { $bigint: String(2n ** 62n + BigInt(v)) }, { $blob: Buffer.from([v, 0, 255]).toString("base64") }] }],
+      });
+    const some = (from: number, to: number) => `${Array.from({ length: to - from + 1 }, (_, i) => withParams(from + i)).join("\n")}\n`;
+    await cli(["init", src, "--keep-bases", "2"]);
+    await cli(["ingest", src], some(1, 10));
+    await cli(["compact", src, "-q"]);
+    await cli(["ingest", src], some(11, 12));
+    const dst = path.join(dir, "dst");
+    expect(JSON.parse(await cli(["copy", src, dst, "--json"]))).toMatchObject({ version: 12 });
+    for (const v of [10, 12]) {
+      await cli(["restore", src, path.join(dir, `src-${v}.db`), "--version", String(v), "-q"]);
+      await cli(["restore", dst, path.join(dir, `dst-${v}.db`), "--version", String(v), "-q"]);
+      expectSameDb(path.join(dir, `dst-${v}.db`), path.join(dir, `src-${v}.db`));
+    }
+  });
+
   it("refuses to copy an encrypted backup without a key to write with, and creates nothing", async () => {
     const dir = tmpDir();
     const key = path.join(dir, "key");

@@ -85,6 +85,19 @@ describe("point-in-time restore", () => {
     const json = JSON.parse(await cli(["status", b, "--json"]));
     expect(json.generations).toHaveLength(2);
   });
+
+  it("a second compaction with nothing new is skipped, not a second copy of the same base", async () => {
+    const dir = tmpDir();
+    const b = path.join(dir, "backup");
+    await cli(["init", b, "--keep-bases", "3"]);
+    await cli(["ingest", b], changes(1, 10));
+    await cli(["compact", b, "-q"]);
+    const again = await runCli(["compact", b, "--json"]);
+    expect(again.code).toBe(0);
+    expect(JSON.parse(again.stdout).skipped).toMatch(/nothing precedes the last change but the base/);
+    const s = JSON.parse(await cli(["status", b, "--json"]));
+    expect(s.generations.map((g: { baseVersion: number }) => g.baseVersion)).toEqual([0, 9]);
+  });
 });
 
 describe("retention", () => {

@@ -107,4 +107,33 @@ describe("replicas", () => {
       expect(await d.stop()).toBe(0);
     }
   });
+
+  it("a new replica of a backup that retains older generations starts from the live base", async () => {
+    const dir = tmpDir();
+    const primary = path.join(dir, "primary");
+    const cli = async (args: string[], input?: string) => {
+      const r = await runCli(args, input === undefined ? {} : { input });
+      expect(r.code, `${args.join(" ")}: ${r.stderr}`).toBe(0);
+    };
+    const lines = (from: number, to: number) =>
+      `${Array.from({ length: to - from + 1 }, (_, i) => change(from + i, from + i === 1 ? "CREATE TABLE t (x TEXT)" : `INSERT INTO t VALUES ('row ${from + i}')`)).join("\n")}\n`;
+    await cli(["init", primary, "--keep-bases", "3"]);
+    await cli(["ingest", primary], lines(1, 20));
+    await cli(["compact", primary, "-q"]);
+    await cli(["ingest", primary], lines(21, 30));
+    await cli(["compact", primary, "-q"]);
+    const d = await startDaemon(dir, { databases: [{ name: "db", backend: "primary", replicas: ["replica"] }] });
+    try {
+      await inSync(d);
+      await post(d, 31, "INSERT INTO t VALUES ('row 31')");
+      await inSync(d);
+      const status = (await request(d.socket, "GET", "/v1/dbs/db")).json();
+      expect(status.replicas).toEqual([{ location: path.join(dir, "replica"), version: 31, lagVersions: 0, lagSeconds: 0 }]);
+    } finally {
+      expect(await d.stop()).toBe(0);
+    }
+    const replica = JSON.parse((await runCli(["status", path.join(dir, "replica"), "--json"])).stdout);
+    expect(replica).toMatchObject({ version: 31, baseVersion: 29, firstVersion: 29 });
+    await expectSameRestores(dir, [primary, path.join(dir, "replica")], "live");
+  });
 });
