@@ -66,4 +66,9 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A reader that stops early (`tidemark status … | head -3`) is not an error: stop quietly.
+process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+  if (err.code !== "EPIPE") throw err;
+  process.exit(process.exitCode ?? 0);
+});
 process.exitCode = await main(process.argv);

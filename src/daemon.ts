@@ -64,7 +64,7 @@ export class Daemon {
         socket: config.socket,
         ...(config.tcp && { tcp: `${config.tcp.host}:${d.tcpPort}` }),
         ...(config.spool && { spool: config.spool }),
-        databases: config.databases.map((db) => db.name),
+        databases: [...d.#dbs.keys()],
         failed: [...d.#failed.keys()],
         config: config.source,
       },
@@ -100,10 +100,13 @@ export class Daemon {
       });
       this.#dbs.set(config.name, db);
       this.#failed.delete(config.name);
+      this.#metrics.databaseUp.set({ db: config.name }, 1);
     } catch (err) {
       const error =
         err instanceof TidemarkError ? err : new TidemarkError("E_INTERNAL", (err as Error).message ?? String(err), { cause: err });
       this.#failed.set(config.name, { config, error });
+      this.#metrics.databaseUp.set({ db: config.name }, 0);
+      this.#metrics.errors.inc({ db: config.name, code: error.code });
       this.#log.error({ db: config.name, err: error, code: error.code }, "database failed to open; requests to it get 503 until a reload");
     }
   }
@@ -158,7 +161,8 @@ export class Daemon {
     for (const [name, cfg] of current) {
       const want = wanted.get(name);
       if (want && JSON.stringify(want) === JSON.stringify(cfg) && !this.#failed.has(name)) continue;
-      this.#failed.delete(name);
+      // A database that failed to open has series of its own (up 0, its error) to forget.
+      if (this.#failed.delete(name)) this.#metrics.removeDatabase(name);
       const db = this.#dbs.get(name);
       this.#dbs.delete(name);
       if (db) closing.push(db.close());

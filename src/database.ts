@@ -21,6 +21,8 @@ import { verify, type VerifyProblem, type VerifyReport } from "./verify.js";
 
 /** How often the size-ratio trigger is checked when nothing else wakes the scheduler. */
 const RATIO_CHECK_MS = 60_000;
+/** How soon after the open the first scheduled verify runs (or sooner, when the interval is shorter). */
+const FIRST_VERIFY_MS = 5 * 60_000;
 /** Errors kept for status. */
 const ERRORS_KEPT = 10;
 
@@ -70,6 +72,8 @@ export class ManagedDatabase {
   readonly #queue = new Mutex();
   readonly #abort = new AbortController();
   readonly #errors: RecentError[] = [];
+  /** Failures counted already, so that the API layer does not count them twice. */
+  readonly #recorded = new WeakSet<object>();
   #changesSince = 0;
   #lastAt = Date.now();
   #lastCompaction: DatabaseStatus["lastCompaction"] = null;
@@ -145,7 +149,7 @@ export class ManagedDatabase {
     db.#changesSince = Math.max(0, status.records - 1);
     db.#updateGauges(status);
     db.#schedule();
-    db.#scheduleVerify();
+    db.#scheduleVerify(true);
     return db;
   }
 
@@ -342,14 +346,18 @@ export class ManagedDatabase {
     return this.#verification;
   }
 
-  #scheduleVerify(): void {
+  /**
+   * Runs verify every `validationInterval`. The first run comes sooner, `FIRST_VERIFY_MS` after
+   * the open, so that a daemon restarted more often than the interval still verifies.
+   */
+  #scheduleVerify(first = false): void {
     const every = this.config.validationMs;
     if (every === undefined || this.#closing) return;
     this.#verifyTimer = setTimeout(() => {
       this.verifyNow()
         .catch((err: unknown) => this.#deps.log.child({ db: this.name }).error({ err }, "verify could not run"))
         .finally(() => this.#scheduleVerify());
-    }, every);
+    }, first ? Math.min(every, FIRST_VERIFY_MS) : every);
     this.#verifyTimer.unref();
   }
 
@@ -385,7 +393,16 @@ export class ManagedDatabase {
     }
   }
 
+  /**
+   * Counts a failure of a request about this database (a malformed body, say) that the
+   * database itself did not see; one it counted already is not counted again.
+   */
+  recordFailure(err: unknown): void {
+    if (!(typeof err === "object" && err !== null && this.#recorded.has(err))) this.#record(err);
+  }
+
   #record(err: unknown): void {
+    if (typeof err === "object" && err !== null) this.#recorded.add(err);
     const code = err instanceof TidemarkError ? err.code : "E_INTERNAL";
     this.#deps.metrics.errors.inc({ db: this.name, code });
     this.#errors.push({ at: new Date().toISOString(), code, message: (err as Error)?.message ?? String(err) });

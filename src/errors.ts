@@ -22,7 +22,7 @@ export const ERROR_CODES = {
   E_RANGE: "the requested version is not held by the backup",
   E_RESTORE: "replaying the backup into SQLite failed",
   E_BACKEND: "the storage backend failed an operation",
-  E_CLOSED: "the backend was used after close() or after a failed write",
+  E_CLOSED: "the backend was used after close(), or written through a read-only one",
   E_NOT_FOUND: "no database with that name is configured",
   E_AUTH: "the request has no API key, or the wrong one",
   E_TOO_LARGE: "the request body exceeds the configured limit",

@@ -99,6 +99,14 @@ async function handle(ctx: ApiContext, expectedKey: Buffer | undefined, req: Inc
   } catch (err) {
     // A refusal by the version rules tells the host where the backup stands.
     if (err instanceof TidemarkError && STATUS_BY_CODE[err.code] === 409) Object.assign(err, { head: db.head().version });
+    db.recordFailure(err);
+    if (err instanceof TidemarkError) {
+      const status = statusOf(err);
+      ctx.log[status < 500 ? "warn" : "error"](
+        { db: db.name, method: req.method, path: url.pathname, status, code: err.code, error: err.message },
+        status < 500 ? "request refused" : "request failed",
+      );
+    }
     throw err;
   }
 }
@@ -299,10 +307,15 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
+/** The HTTP status for an error: its own (405 for a wrong method), or its code's. */
+function statusOf(err: TidemarkError): number {
+  return (err as { status?: number }).status ?? STATUS_BY_CODE[err.code] ?? 500;
+}
+
 function sendError(ctx: ApiContext, res: ServerResponse, err: unknown): void {
   const known = err instanceof TidemarkError;
   if (!known) ctx.log.error({ err }, "request failed unexpectedly");
-  const status = (err as { status?: number }).status ?? (known ? (STATUS_BY_CODE[err.code] ?? 500) : 500);
+  const status = known ? statusOf(err) : 500;
   if (res.headersSent) {
     res.destroy();
     return;

@@ -103,6 +103,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly databaseUp = new Gauge({
+    name: "tidemark_database_up",
+    help: "1 while the database is served; 0 when it failed to open (see /healthz for why).",
+    labelNames: ["db"] as const,
+    registers: [this.registry],
+  });
+
   readonly errors = new Counter({
     name: "tidemark_errors_total",
     help: "Errors, by code (see docs/operations.md).",
@@ -121,7 +128,7 @@ export class Metrics {
       this.replicaLagSeconds.remove({ db, replica });
     }
     for (const op of ["get", "put", "list", "delete", "upload snapshot"]) this.backendRetries.remove({ db, op });
-    for (const m of [this.ackLatency, this.bytesWritten, this.headVersion, this.backupBytes, this.compactionDuration, this.verifyDuration, this.lastVerifyOk]) m.remove({ db });
+    for (const m of [this.ackLatency, this.bytesWritten, this.headVersion, this.backupBytes, this.compactionDuration, this.verifyDuration, this.lastVerifyOk, this.databaseUp]) m.remove({ db });
     for (const result of ["ok", "failed"]) this.verifications.remove({ db, result });
     for (const action of ["append", "rewind-then-append", "new-base"]) this.changes.remove({ db, action });
     for (const result of ["ok", "skipped", "error"]) this.compactions.remove({ db, result });

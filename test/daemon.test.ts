@@ -67,6 +67,15 @@ describe("daemon HTTP API on the Unix socket", () => {
     const stale = await request(d.socket, "POST", "/v1/dbs/main/changes", change(1, "INSERT INTO t VALUES (1)"));
     expect(stale.status).toBe(409);
     expect(stale.json()).toMatchObject({ code: "E_STALE", head: 2, hint: "restore the host database; do not continue" });
+    // Refusals are logged as warnings, naming the database and why.
+    const refusals = () => d.logs().split("\n").filter((l) => l.includes('"msg":"request refused"'));
+    await waitFor(() => refusals().length >= 2, 5_000, d.logs);
+    const refused = refusals().map((l) => JSON.parse(l));
+    expect(refused.map((l) => [l.level, l.db, l.status, l.code])).toEqual([
+      [40, "main", 409, "E_GAP"],
+      [40, "main", 409, "E_STALE"],
+    ]);
+    expect(refused[0].error).toMatch(/versions 3\.\.4 are missing/);
   });
 
   it.each([
@@ -176,6 +185,9 @@ describe("daemon HTTP API on the Unix socket", () => {
     expect(text).toMatch(/^tidemark_head_version\{db="main"\} 12$/m);
     expect(text).toMatch(/^tidemark_compactions_total\{db="main",result="ok"\} 1$/m);
     expect(text).toMatch(/^tidemark_errors_total\{db="main",code="E_GAP"\} 1$/m);
+    // Refused before the database saw them (a body that is not JSON) or by it: each counted once.
+    expect(text).toMatch(/^tidemark_errors_total\{db="main",code="E_INPUT"\} 6$/m);
+    expect(text).toMatch(/^tidemark_errors_total\{db="main",code="E_TOO_LARGE"\} 1$/m);
     expect(text).toMatch(/^tidemark_bytes_written_total\{db="main"\} \d+/m);
     expect(text).toMatch(/^tidemark_verify_total\{db="main",result="ok"\} 1$/m);
     const names = [...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!);
@@ -423,6 +435,15 @@ describe("daemon with a database whose key is missing or wrong", () => {
       // The failed open let go of the backup: the CLI can use it while the daemon runs.
       expect(fs.existsSync(path.join(sealed, "LOCK"))).toBe(false);
       expect((await request(d.socket, "POST", "/v1/dbs/plain/changes", change(2, "INSERT INTO t VALUES (2)"))).status).toBe(200);
+      // The failed ones have series an alert can watch.
+      const metrics = (await request(d.socket, "GET", "/metrics")).body.toString();
+      expect(metrics).toMatch(/^tidemark_database_up\{db="plain"\} 1$/m);
+      expect(metrics).toMatch(/^tidemark_database_up\{db="nokey"\} 0$/m);
+      expect(metrics).toMatch(/^tidemark_database_up\{db="sealed"\} 0$/m);
+      expect(metrics).toMatch(/^tidemark_errors_total\{db="nokey",code="E_CONFIG"\} 1$/m);
+      expect(metrics).toMatch(/^tidemark_errors_total\{db="sealed",code="E_KEY"\} 1$/m);
+      const ready = JSON.parse(d.logs().split("\n").find((l) => l.includes('"msg":"ready"'))!);
+      expect([ready.databases, [...ready.failed].sort()]).toEqual([["plain"], ["nokey", "sealed"]]);
     } finally {
       expect(await d.stop()).toBe(0);
     }

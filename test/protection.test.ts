@@ -131,6 +131,12 @@ describe("client-side encryption", () => {
     // Status needs no key: sizes and versions are all it shows of an encrypted backup.
     expect(await without.status()).toMatchObject({ version: 20, records: 20 });
     await without.close();
+    // verify without the key names the key as the problem, not damage.
+    const verify = await runCli(["verify", backup]);
+    expect(verify.code).toBe(1);
+    expect(verify.stdout).toMatch(/^FAULT E_KEY: .* encrypted with key id 1, which was not given$/m);
+    expect(verify.stderr).toMatch(/^Try: give every key the backup was written with/m);
+    expect(verify.stderr).not.toMatch(/replica/);
   });
 
   it("a wrong key is a clear error, never garbage, and never writes", async () => {

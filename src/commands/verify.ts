@@ -57,8 +57,12 @@ export function registerVerify(program: Command): void {
           }
         }
         if (!report.ok) {
-          throw new TidemarkError("E_CORRUPT", `verify found ${report.problems.length} problem(s) in ${backend.location}`, {
-            hint: "restore from a replica or an older copy; tidemark restore --version N can target a version before the damage",
+          // Only keys missing or wrong: nothing is known to be damaged; the hint says so.
+          const keysOnly = report.problems.every((p) => p.code === "E_KEY");
+          throw new TidemarkError(keysOnly ? "E_KEY" : "E_CORRUPT", `verify found ${report.problems.length} problem(s) in ${backend.location}`, {
+            hint: keysOnly
+              ? "give every key the backup was written with: --key ID=SOURCE for the current one, --decrypt-key ID=SOURCE for older ones"
+              : "restore from a replica or an older copy; tidemark restore --version N can target a version before the damage",
           });
         }
       }, codecOptions(opts));
