@@ -41,6 +41,16 @@ export function parseLocation(location: string): URL {
   }
 }
 
+/**
+ * Checks a location without opening it: that it parses, that its backend is installed, and
+ * (for s3://) that its parameters are valid. For `daemon --check`.
+ */
+export async function checkLocation(location: string): Promise<void> {
+  const url = parseLocation(location);
+  if (url.protocol === "s3:") (await import("../backends/s3.js")).parseS3Url(url);
+  else await loadFactory(url.protocol);
+}
+
 /** Opens the backend for `location`. */
 export async function openBackend(location: string, options: BackendOptions): Promise<Backend> {
   const url = parseLocation(location);

@@ -3,7 +3,7 @@
  * The `tidemark` command line. Exit codes: 0 success, 1 error, 2 usage error.
  */
 import { readFileSync } from "node:fs";
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, Help } from "commander";
 import { TidemarkError, formatError } from "./errors.js";
 import { registerCln } from "./commands/cln.js";
 import { registerCompact } from "./commands/compact.js";
@@ -28,7 +28,8 @@ export function buildProgram(): Command {
     .version(pkg.version, "-V, --version", "print the tidemark version")
     .enablePositionalOptions()
     .showHelpAfterError("(add --help for usage)")
-    .exitOverride();
+    .exitOverride()
+    .configureHelp({ boxWrap: reflow });
   registerInit(program);
   registerIngest(program);
   registerStatus(program);
@@ -46,6 +47,18 @@ export function buildProgram(): Command {
       "Exit codes: 0 success, 1 error, 2 usage error. Run tidemark <command> --help for details.",
   );
   return program;
+}
+
+/**
+ * Wraps help text to the terminal, paragraph by paragraph. The texts are written with line
+ * breaks for reading in the source: a paragraph's breaks are joined before it is wrapped, and a
+ * paragraph with indented lines (examples, formats) is left as written.
+ */
+function reflow(this: Help, text: string, width: number): string {
+  return text
+    .split("\n\n")
+    .map((p) => (/\n\s/.test(p) ? p : Help.prototype.boxWrap.call(this, p.replaceAll("\n", " "), width)))
+    .join("\n\n");
 }
 
 /** Runs the CLI with `argv` and returns the exit code. */

@@ -86,6 +86,22 @@ describe("systemd units", () => {
     expect(config.databases.map((d: { backend: string }) => d.backend)).toEqual(["/var/lib/tidemark/default"]);
   });
 
+  it.each([
+    ["a bad S3 URL", { backend: "s3://bucket/prefix?regoin=eu-west-1" }, /^Error: databases\[0\]\.backend: unknown parameter "regoin" in s3:\/\/bucket\/prefix$/m],
+    ["credentials in a replica URL", { backend: "data/a", replicas: ["s3://AKIA:secret@bucket/p"] }, /^Error: databases\[0\]\.replicas\[0\]: credentials do not go in the URL/m],
+    ["a backend nobody installed", { backend: "ftp://host/backup" }, /^Error: databases\[0\]\.backend: no backend for "ftp:" URLs/m],
+    ["a rules file that is not there", { backend: "data/a", rules: "/nonexistent/rules.json" }, /^Error: databases\[0\]\.rules: /m],
+  ])("--check refuses %s, naming the field, without opening anything", (_name, db, message) => {
+    const dir = tmpDir();
+    const file = path.join(dir, "tidemark.yaml");
+    fs.writeFileSync(file, JSON.stringify({ socket: "t.sock", databases: [{ name: "a", ...db }] }));
+    const r = spawnSync(process.execPath, [CLI, "daemon", "--config", file, "--check"], { encoding: "utf8" });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).not.toContain("secret");
+    expect(fs.readdirSync(dir)).toEqual(["tidemark.yaml"]);
+  });
+
   it.each(UNITS)(`%s passes systemd-analyze verify, and security rates it at most ${MAX_EXPOSURE}`, (name) => {
     if (!hasSystemdAnalyze) {
       console.warn("systemd-analyze is not installed: only the unit's content was checked (apt-get install systemd)");

@@ -5,9 +5,12 @@ import { watch } from "chokidar";
 import type { Command } from "commander";
 import { defaultConfig, loadConfigFile, type Config } from "../config.js";
 import { Daemon } from "../daemon.js";
-import { formatError } from "../errors.js";
+import { checkLocation } from "../backend-registry.js";
+import { makeCodec } from "../envelope.js";
+import { ConfigError, TidemarkError, formatError } from "../errors.js";
 import { Keyring } from "../keyring.js";
 import { daemonLogger } from "../logger.js";
+import { loadRules } from "../rewrite.js";
 import { notifySystemd } from "../sd-notify.js";
 
 /** How long after a config file event the reload happens. */
@@ -29,7 +32,7 @@ export function registerDaemon(program: Command): void {
         "database is open and the socket answers, through systemd-notify(1); see systemd/.",
     )
     .option("-c, --config <file>", "configuration file, YAML or JSON (see docs/daemon.md)")
-    .option("--check", "validate the configuration and read its keys, print it resolved as JSON (API key redacted), and exit")
+    .option("--check", "validate the configuration (keys read, locations parsed, rules loaded; no backup opened), print it resolved as JSON (API key redacted), and exit")
     .addHelpText(
       "after",
       "\nExamples:\n  tidemark daemon\n  tidemark daemon --config /etc/tidemark/tidemark.yaml\n  tidemark daemon --config /etc/tidemark/tidemark.yaml --check",
@@ -38,7 +41,7 @@ export function registerDaemon(program: Command): void {
       const load = (): Config => (opts.config ? loadConfigFile(opts.config) : defaultConfig());
       const config = load();
       if (opts.check) {
-        for (const db of config.databases) Keyring.load(db.keys, `databases.${db.name}.encryption.keys`);
+        await checkDatabases(config);
         const shown = config.tcp ? { ...config, tcp: { ...config.tcp, apiKey: "(redacted)" } } : config;
         process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
         return;
@@ -93,4 +96,28 @@ export function registerDaemon(program: Command): void {
       await notifySystemd({ STOPPING: "1", STATUS: "draining" }, log);
       await daemon.stop();
     });
+}
+
+/**
+ * What `--check` checks beyond the file's own validation, without opening any backup: every
+ * key can be read, every backend and replica location parses and its backend is installed,
+ * the compression is available, the rules load. The first problem is thrown, naming the field.
+ */
+async function checkDatabases(config: Config): Promise<void> {
+  for (const [i, db] of config.databases.entries()) {
+    const field = `databases[${i}]`;
+    const keyring = Keyring.load(db.keys, `${field}.encryption.keys`);
+    const at = async (name: string, check: () => unknown) => {
+      try {
+        await check();
+      } catch (err) {
+        if (err instanceof TidemarkError) throw new ConfigError(`${field}.${name}`, err.message, err.hint === undefined ? {} : { hint: err.hint });
+        throw err;
+      }
+    };
+    await at("backend", () => checkLocation(db.backend));
+    for (const [j, replica] of db.replicas.entries()) await at(`replicas[${j}]`, () => checkLocation(replica));
+    await at("compression", () => makeCodec({ ...(db.compression && { compression: db.compression }), ...(db.brotliQuality !== undefined && { brotliQuality: db.brotliQuality }), keyring }));
+    await at("rules", () => loadRules(db.rules));
+  }
 }
