@@ -27,6 +27,7 @@ import type {
   ChangeRange,
   ChangeToStore,
   CompactionBase,
+  Damage,
 } from "../src/backend.js";
 import type { StoredChange } from "../src/change.js";
 import {
@@ -111,6 +112,8 @@ export class FileBackend implements Backend {
   #end = 0;
   #state!: LogState;
   #torn: BackendStatus["tornTail"];
+  /** Read-only opens: damage in the live log, which the backup is read up to. */
+  #damage: Damage | undefined;
   #lock: FileLock | null = null;
   #closed = false;
   /** Set after a write fails in a way that leaves the file's state unknown. */
@@ -222,10 +225,11 @@ export class FileBackend implements Backend {
     if (seq === undefined) throw new CorruptError(this.#dir, "the backup has no log file (log-*.tml)");
     this.#seq = seq;
     this.#logPath = path.join(this.#dir, logName(seq));
-    const live = await this.#scanLog(this.#logPath);
+    const live = await this.#scanLog(this.#logPath, this.#mode === "read");
     this.#state = live.state;
     this.#end = live.end;
     this.#torn = live.torn;
+    this.#damage = live.damage;
     const kept = this.#readManifest();
     this.#retained = [];
     for (const old of logs.slice(0, -1)) {
@@ -236,6 +240,9 @@ export class FileBackend implements Backend {
     }
 
     if (this.#mode === "read") {
+      if (this.#damage) {
+        this.#log.warn({ ...this.#damage }, "the live log is damaged: reading it up to the damage only");
+      }
       if (this.#torn) {
         this.#log.warn(this.#torn, "ignoring a torn record at the end of the log (a write cut short by a crash)");
       }
@@ -259,20 +266,29 @@ export class FileBackend implements Backend {
     }
   }
 
-  /** Reads a log from the start and rebuilds its state. */
-  async #scanLog(file: string): Promise<{ state: LogState; end: number; torn: BackendStatus["tornTail"] }> {
+  /**
+   * Reads a log from the start and rebuilds its state. Damage (not a torn tail) throws, unless
+   * `salvage`: then the log ends before the damaged record, and `damage` says where it is.
+   */
+  async #scanLog(file: string, salvage = false): Promise<{ state: LogState; end: number; torn: BackendStatus["tornTail"]; damage?: Damage }> {
     const state = new LogState(file);
     const fh = await fsp.open(file, "r");
+    /** Where the record being read starts. */
+    let at = 0;
     try {
       const size = (await fh.stat()).size;
       const reader = new RecordReader(fh, 0, size, file);
       for (;;) {
+        at = reader.end;
         let step = reader.next();
         if (step instanceof Promise) step = await step;
         if (step === null) return { state, end: reader.end, torn: undefined };
         if (step.kind === "torn") return { state, end: reader.end, torn: { location: file, offset: step.offset, bytes: size - step.offset } };
         state.apply(this.#entry(step.buf, step.at, step.offset, step.header, file));
       }
+    } catch (err) {
+      if (!(salvage && err instanceof CorruptError)) throw err;
+      return { state, end: at, torn: undefined, damage: { location: file, offset: at, message: err.message, intactVersion: state.head } };
     } finally {
       await fh.close();
     }
@@ -341,6 +357,7 @@ export class FileBackend implements Backend {
       generations,
       ...(headTimestamp !== undefined && { headTimestamp }),
       ...(this.#torn && { tornTail: this.#torn }),
+      ...(this.#damage && { damage: this.#damage }),
       ...(this.#settings && { settings: this.#settings }),
     };
   }

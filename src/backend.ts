@@ -45,8 +45,26 @@ export interface BackendStatus extends BackendHead {
   readonly generations: readonly GenerationStatus[];
   /** Set when the log ends in a torn (partial or damaged) record that is being ignored. */
   readonly tornTail?: { readonly location: string; readonly offset: number; readonly bytes: number };
+  /**
+   * Set when a backup opened read-only has a damaged record with intact records after it (not
+   * a torn tail) in its live log: what precedes the damage can be read and restored, the head
+   * is the last change before it, and the changes after it are unreadable. A writer refuses to
+   * open such a backup.
+   */
+  readonly damage?: Damage;
   /** The backup's own settings (compression, encryption, retention), when the backend keeps them. */
   readonly settings?: Omit<BackupSettings, "keys">;
+}
+
+/** Where a backup is damaged. */
+export interface Damage {
+  /** The file or object key, and the byte offset of the damaged record. */
+  readonly location: string;
+  readonly offset?: number;
+  /** What is wrong, as the error that found it says. */
+  readonly message: string;
+  /** The last version before the damage: the newest that can still be restored. */
+  readonly intactVersion: number;
 }
 
 /** One generation of a backup, as status reports it. */

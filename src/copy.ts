@@ -10,6 +10,7 @@ import type { Statement, StoredChange } from "./change.js";
 import { statementsToWire } from "./change-json.js";
 import { TidemarkError } from "./errors.js";
 import { applyChange } from "./ingest.js";
+import { refuseDamagedHead } from "./point-in-time.js";
 
 /** Options for {@link copyBackup}. */
 export interface CopyOptions {
@@ -35,6 +36,7 @@ export interface CopyResult {
 export async function copyBackup(src: Backend, dst: Backend, options: CopyOptions = {}): Promise<CopyResult> {
   const started = performance.now();
   const from = await src.status();
+  refuseDamagedHead(from, "the head a copy would end at");
   if (dst.head().version !== 0) {
     if (!options.force) {
       throw new TidemarkError("E_EXISTS", `${dst.location} already holds changes (head ${dst.head().version}); copy never merges`, {

@@ -1,7 +1,7 @@
 /**
  * Point in time: which version a backup held at a moment, for `restore --time`.
  */
-import type { Backend } from "./backend.js";
+import type { Backend, BackendStatus } from "./backend.js";
 import { TidemarkError } from "./errors.js";
 
 /**
@@ -35,7 +35,22 @@ export async function versionAt(backend: Backend, time: number): Promise<number>
     if (change.timestamp > time) break;
     version = change.version;
   }
+  // The time may fall after the damage, in changes that cannot be read.
+  if (version === status.version) refuseDamagedHead(status, `the version as of ${iso(time)}`);
   return version;
+}
+
+/**
+ * Refuses to take the last readable change of a damaged backup for its head (or for the
+ * version as of a time after it): what came after the damage is unknown. Versions up to it
+ * restore with an explicit --version.
+ */
+export function refuseDamagedHead(status: BackendStatus, what: string): void {
+  const d = status.damage;
+  if (!d) return;
+  throw new TidemarkError("E_CORRUPT", `${d.message}; ${what} is unknown, because nothing after version ${d.intactVersion} can be read`, {
+    hint: `tidemark restore --version ${d.intactVersion} (or earlier) restores what precedes the damage; for the rest, use a replica or a copy`,
+  });
 }
 
 function iso(ms: number): string {

@@ -9,7 +9,7 @@ import path from "node:path";
 import { randomBytes } from "node:crypto";
 import type { Backend } from "./backend.js";
 import { InputError, TidemarkError } from "./errors.js";
-import { versionAt } from "./point-in-time.js";
+import { refuseDamagedHead, versionAt } from "./point-in-time.js";
 import { replayInto } from "./replay.js";
 import { Rewriter, type Rule } from "./rewrite.js";
 import { fsyncDir, fsyncFile, removeDatabaseFiles } from "./fs-util.js";
@@ -56,6 +56,7 @@ export async function restore(backend: Backend, dest: string, options: RestoreOp
   const tmp = path.join(path.dirname(target), `.${path.basename(target)}.tidemark-${process.pid}-${randomBytes(4).toString("hex")}.tmp`);
   const rewriter = new Rewriter(options.rules ?? []);
   const version = options.time !== undefined ? await versionAt(backend, options.time) : options.version;
+  if (version === undefined) refuseDamagedHead(await backend.status(), "its head");
   try {
     const replayed = await replayInto(backend, tmp, {
       ...(version !== undefined && { to: version }),

@@ -55,7 +55,11 @@ export async function verify(backend: Backend, options: VerifyOptions = {}): Pro
   let records = 0;
   let snapshots = 0;
   let snapshotBytes = 0;
-  if (status.version === 0) return { ok: true, status, records, snapshots, snapshotBytes, problems };
+  if (status.damage) {
+    const d = status.damage;
+    problems.push({ code: "E_CORRUPT", message: `${d.message} (readable up to version ${d.intactVersion}; nothing after it)` });
+  }
+  if (status.version === 0) return { ok: problems.length === 0, status, records, snapshots, snapshotBytes, problems };
 
   // Each generation held (older bases kept by retention, then the live one) is read whole.
   const total = status.generations.reduce((n, g) => n + g.lastVersion - g.firstVersion + 1, 0);

@@ -13,6 +13,7 @@ import { compact } from "../src/compaction.js";
 import { TidemarkError } from "../src/errors.js";
 import { applyChange } from "../src/ingest.js";
 import { restore } from "../src/restore.js";
+import { runCli } from "./helpers/cli.js";
 import { applyStatements, expectSameDb } from "./helpers/sqlite.js";
 import { tmpDir } from "./helpers/tmp.js";
 import { Rng, Workload } from "./helpers/workload.js";
@@ -85,5 +86,69 @@ describe("torn and corrupt backup files", () => {
     }
     expect(outcomes.recovered).toBeGreaterThan(5);
     expect(outcomes.errors).toBeGreaterThan(5);
+  });
+
+  it("damage inside the live log: readers get what precedes it, and nothing claims to be the head", async () => {
+    const dir = tmpDir();
+    const backup = path.join(dir, "backup");
+    const b = await openBackend(backup, { mode: "create", retention: { bases: 2 } });
+    const history: Statement[][] = [];
+    const work = new Workload(11);
+    for (let v = 1; v <= 30; v++) {
+      const st = work.transaction();
+      history.push(st);
+      await applyChange(b, { version: v, timestamp: Date.parse("2026-11-20T00:00:00Z") + v * 60_000, transaction: st });
+      if (v === 10) await compact(b); // an older generation (1..10) and a live one from base 9
+    }
+    await b.close();
+    const reference = (version: number) => {
+      const file = path.join(dir, `ref-${version}.db`);
+      const db = new Database(file);
+      for (let v = 1; v <= version; v++) applyStatements(db, history[v - 1]!);
+      db.close();
+      return file;
+    };
+    // Damage the body of version 20's record in the live log (the newest log file).
+    const live = path.join(backup, fs.readdirSync(backup).filter((n) => n.endsWith(".tml")).sort().at(-1)!);
+    const bytes = fs.readFileSync(live);
+    const offsets: number[] = [];
+    for (let i = bytes.indexOf("TDMK"); i >= 0; i = bytes.indexOf("TDMK", i + 1)) offsets.push(i);
+    const at = offsets[20 - 9]!; // the base (version 9) is the first record, then 10, 11, ...
+    bytes[at + 30]! ^= 0x55;
+    fs.writeFileSync(live, bytes);
+    const run = (args: string[]) => runCli(args);
+
+    const status = await run(["status", backup]);
+    expect(status.code).toBe(1);
+    expect(status.stdout).toMatch(/^head\s+unknown: damaged after version 19$/m);
+    expect(status.stdout).toMatch(new RegExp(`^DAMAGED\\s+.*${path.basename(live)}, offset ${at}, version 20: .*; restorable up to version 19 only$`, "m"));
+    expect(status.stderr).toMatch(/^Try: tidemark restore --version 19 \(or earlier\) restores what precedes the damage/m);
+
+    const verify = await run(["verify", backup]);
+    expect(verify.code).toBe(1);
+    expect(verify.stdout).toMatch(new RegExp(`^FAULT E_CORRUPT: .*${path.basename(live)}, offset ${at}, version 20: .*\\(readable up to version 19; nothing after it\\)$`, "m"));
+
+    const head = await run(["restore", backup, path.join(dir, "head.db")]);
+    expect(head.code).toBe(1);
+    expect(head.stderr).toMatch(/its head is unknown, because nothing after version 19 can be read/);
+    expect(fs.existsSync(path.join(dir, "head.db"))).toBe(false);
+    const late = await run(["restore", backup, path.join(dir, "late.db"), "--time", "2026-11-20T00:25:00Z"]);
+    expect(late.code).toBe(1);
+    expect(late.stderr).toMatch(/the version as of 2026-11-20T00:25:00.000Z is unknown/);
+    const copy = await run(["copy", backup, path.join(dir, "copy")]);
+    expect(copy.code).toBe(1);
+    expect(copy.stderr).toMatch(/the head a copy would end at is unknown/);
+
+    // What precedes the damage restores, in both generations; the backup is untouched.
+    for (const v of [5, 15, 19]) {
+      const out = path.join(dir, `v${v}.db`);
+      const r = await run(["restore", backup, out, "--version", String(v), "-q"]);
+      expect(r.code, r.stderr).toBe(0);
+      expectSameDb(out, reference(v));
+    }
+    const early = await run(["restore", backup, path.join(dir, "early.db"), "--time", "2026-11-20T00:12:30Z", "--json"]);
+    expect(early.code, early.stderr).toBe(0);
+    expect(JSON.parse(early.stdout).version).toBe(12);
+    expect(fs.readFileSync(live).equals(bytes)).toBe(true);
   });
 });

@@ -6,6 +6,7 @@ import type { BackendStatus } from "../backend.js";
 import { connect } from "../client.js";
 import type { DatabaseStatus } from "../database.js";
 import { UsageError } from "../errors.js";
+import { refuseDamagedHead } from "../point-in-time.js";
 import { addCodecOptions, codecOptions, formatBytes, formatDuration, printJson, withBackend, type CodecFlags } from "./common.js";
 
 interface StatusOptions extends CodecFlags {
@@ -40,8 +41,10 @@ export function registerStatus(program: Command): void {
       if (!location) throw new UsageError("missing the backend (or --socket)", { hint: "tidemark status ./backup" });
       await withBackend(location, "read", async (backend) => {
         const s = await backend.status();
-        if (opts.json) return printJson({ location: backend.location, ...s });
-        print(describe(`${backend.location} (${backend.kind})`, s));
+        if (opts.json) printJson({ location: backend.location, ...s });
+        else print(describe(`${backend.location} (${backend.kind})`, s));
+        // A damaged backup is shown, then reported as the error it is.
+        refuseDamagedHead(s, "its head");
       }, codecOptions(opts));
     });
 }
@@ -70,7 +73,7 @@ async function daemonStatus(socket: string, opts: StatusOptions): Promise<void> 
 function describe(title: string, s: BackendStatus): [string, string][] {
   const lines: [string, string][] = [
     ["backup", title],
-    ["head", s.version === 0 ? "0 (empty)" : String(s.version)],
+    ["head", s.damage ? `unknown: damaged after version ${s.damage.intactVersion}` : s.version === 0 ? "0 (empty)" : String(s.version)],
     ["rewind to", s.prevVersion === null ? "not possible (the last operation was a rewind, or empty)" : String(s.prevVersion)],
     ["base", s.baseVersion === 0 ? "empty database (no snapshot)" : `snapshot at version ${s.baseVersion}`],
     ["restorable", s.version === 0 ? "nothing yet" : restorable(s)],
@@ -86,6 +89,7 @@ function describe(title: string, s: BackendStatus): [string, string][] {
     lines.push(["generations", list.join("; ")]);
   }
   if (s.settings) lines.push(["settings", describeSettings(s.settings)]);
+  if (s.damage) lines.push(["DAMAGED", `${s.damage.message}; restorable up to version ${s.damage.intactVersion} only`]);
   if (s.tornTail) {
     lines.push(["torn tail", `${s.tornTail.bytes} bytes at offset ${s.tornTail.offset} of ${s.tornTail.location}, ignored (dropped by the next writer)`]);
   }
