@@ -67,9 +67,15 @@ async function copyInto(src: Backend, dst: Backend, from: BackendStatus, started
   // one starts with its base, which the copy installs by compacting at the same version (so
   // the copy's older generation is retained as the source's was), and goes on with the changes
   // the copy does not hold yet.
-  for (const [i, g] of from.generations.entries()) {
+  const gens = from.generations;
+  for (const [i, g] of gens.entries()) {
     if (g.lastVersion === 0) continue;
-    for await (const change of src.streamChanges({ from: g.firstVersion, to: g.lastVersion })) {
+    // An older generation is copied up to the change after the next base, as a file backup
+    // keeps it; the rest comes with the next generation. (On S3 every generation's changes
+    // run to the head, and would otherwise be copied into each.)
+    const next = gens[i + 1];
+    const to = next ? Math.min(g.lastVersion, next.baseVersion + 1) : g.lastVersion;
+    for await (const change of src.streamChanges({ from: g.firstVersion, to })) {
       if (i > 0 && change.snapshot && change.version === g.baseVersion && dst.head().version >= change.version) {
         await settle(dst, change.version);
         await dst.compact({ version: change.version, timestamp: change.timestamp, snapshot: change.snapshot.open() });

@@ -72,6 +72,8 @@ describe("tidemark copy", () => {
       expect({ version: st.version, prevVersion: st.prevVersion, firstVersion: st.firstVersion }).toEqual({ version: 35, prevVersion: 34, firstVersion: 1 });
       expect(st.settings).toEqual({ compression: "brotli", encrypted: true, retention: { bases: 5 } });
     }
+    // Back in a file backup, each generation reaches as far as the source's does: no more.
+    expect((await statusOf(back, ["--key", `2=file:${key2}`])).generations).toEqual(srcStatus.generations);
     // Every version, in every generation, restores the same from all three.
     for (const v of [1, 12, 20, 25, 30, 35]) {
       await cli(["restore", src, path.join(dir, `src-${v}.db`), "--version", String(v), "-q", ...k1]);
