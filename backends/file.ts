@@ -77,6 +77,8 @@ interface RetainedLog {
   readonly end: number;
   /** When its first change was made, once read. */
   firstTimestamp?: number;
+  /** Read-only opens: damage in this log, which it is read up to. */
+  readonly damage?: Damage;
 }
 
 
@@ -225,7 +227,9 @@ export class FileBackend implements Backend {
     if (seq === undefined) throw new CorruptError(this.#dir, "the backup has no log file (log-*.tml)");
     this.#seq = seq;
     this.#logPath = path.join(this.#dir, logName(seq));
-    const live = await this.#scanLog(this.#logPath, this.#mode === "read");
+    // Readers read a damaged log up to the damage (see #scanLog); a writer refuses it.
+    const salvage = this.#mode === "read";
+    const live = await this.#scanLog(this.#logPath, salvage);
     this.#state = live.state;
     this.#end = live.end;
     this.#torn = live.torn;
@@ -235,13 +239,27 @@ export class FileBackend implements Backend {
     for (const old of logs.slice(0, -1)) {
       if (!kept.has(old)) continue;
       const file = path.join(this.#dir, logName(old));
-      const g = await this.#scanLog(file);
-      this.#retained.push({ seq: old, path: file, state: g.state, end: g.end });
+      const g = await this.#scanLog(file, salvage);
+      this.#retained.push({ seq: old, path: file, state: g.state, end: g.end, ...(g.damage && { damage: g.damage }) });
+    }
+    // Nothing of the live log is readable: the newest older generation stands in for it, so
+    // that what it holds can still be restored.
+    const newest = this.#retained.at(-1);
+    if (this.#damage && this.#state.records === 0 && newest) {
+      this.#retained.pop();
+      this.#seq = newest.seq;
+      this.#logPath = newest.path;
+      this.#state = newest.state;
+      this.#end = newest.end;
+      this.#damage = { ...this.#damage, intactVersion: newest.state.head };
     }
 
     if (this.#mode === "read") {
       if (this.#damage) {
         this.#log.warn({ ...this.#damage }, "the live log is damaged: reading it up to the damage only");
+      }
+      for (const g of this.#retained) {
+        if (g.damage) this.#log.warn({ ...g.damage }, "an older generation is damaged: reading it up to the damage only");
       }
       if (this.#torn) {
         this.#log.warn(this.#torn, "ignoring a torn record at the end of the log (a write cut short by a crash)");
@@ -288,6 +306,11 @@ export class FileBackend implements Backend {
       }
     } catch (err) {
       if (!(salvage && err instanceof CorruptError)) throw err;
+      // The damaged record may have been the rewind of the head (or its redo): unless it is
+      // known to be the change after the head, the head is not trusted either.
+      if (state.last && err.version !== state.head + 1) {
+        state.apply({ type: RecordType.Rewind, version: state.head, position: at, length: 0 });
+      }
       return { state, end: at, torn: undefined, damage: { location: file, offset: at, message: err.message, intactVersion: state.head } };
     } finally {
       await fh.close();
@@ -344,6 +367,7 @@ export class FileBackend implements Backend {
       firstVersion: g.state.firstVersion,
       lastVersion: g.state.head,
       ...(this.#firstTimestamp(g) !== undefined && { firstTimestamp: this.#firstTimestamp(g)! }),
+      ...(g.damage && { damage: g.damage }),
     }));
     const oldest = this.#generations().find((g) => g.state.records > 0);
     return {
@@ -1166,6 +1190,12 @@ class FileLock {
 function rangeError(where: string, gens: readonly RetainedLog[], lo: number, hi: number): TidemarkError {
   const first = gens.find((g) => g.state.records > 0)?.state.firstVersion ?? 0;
   const head = gens.at(-1)!.state.head;
+  const damaged = gens.find((g, i) => g.damage && lo > g.damage.intactVersion && (gens[i + 1]?.state.firstVersion ?? Infinity) > lo);
+  if (damaged) {
+    return new TidemarkError("E_CORRUPT", `version ${lo} cannot be read: ${damaged.damage!.message}`, {
+      hint: `versions up to ${damaged.damage!.intactVersion} of that generation restore; so do the later generations (tidemark status lists them)`,
+    });
+  }
   if (lo >= first && hi <= head && lo <= hi) {
     return new TidemarkError("E_RANGE", `versions ${lo}..${hi} of ${where} lie in two generations (a compaction between them)`, {
       hint: "ask for the versions of one generation at a time (tidemark status lists them)",

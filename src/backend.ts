@@ -76,6 +76,8 @@ export interface GenerationStatus {
   readonly lastVersion: number;
   /** When its first change was made, when known (it may be sealed without the key). */
   readonly firstTimestamp?: number;
+  /** Set for an older generation that is damaged (read-only opens): it is read up to the damage. */
+  readonly damage?: Damage;
 }
 
 /** A change ready to store: validated by the version rules, timestamp filled in. */

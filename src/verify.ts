@@ -59,6 +59,9 @@ export async function verify(backend: Backend, options: VerifyOptions = {}): Pro
     const d = status.damage;
     problems.push({ code: "E_CORRUPT", message: `${d.message} (readable up to version ${d.intactVersion}; nothing after it)` });
   }
+  for (const g of status.generations) {
+    if (g.damage) problems.push({ code: "E_CORRUPT", message: `${g.damage.message} (the generation from version ${g.firstVersion} is readable up to version ${g.damage.intactVersion})` });
+  }
   if (status.version === 0) return { ok: problems.length === 0, status, records, snapshots, snapshotBytes, problems };
 
   // Each generation held (older bases kept by retention, then the live one) is read whole.

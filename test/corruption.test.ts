@@ -151,4 +151,99 @@ describe("torn and corrupt backup files", () => {
     expect(JSON.parse(early.stdout).version).toBe(12);
     expect(fs.readFileSync(live).equals(bytes)).toBe(true);
   });
+
+  describe("damage next to a rewind, at the start of the live log, in an older generation", () => {
+    const recordOffsets = (file: string) => {
+      const bytes = fs.readFileSync(file);
+      const out: number[] = [];
+      for (let i = bytes.indexOf("TDMK"); i >= 0; i = bytes.indexOf("TDMK", i + 1)) out.push(i);
+      return out;
+    };
+    const flip = (file: string, at: number) => {
+      const bytes = fs.readFileSync(file);
+      bytes[at]! ^= 0x55;
+      fs.writeFileSync(file, bytes);
+    };
+    const logs = (dir: string) => fs.readdirSync(dir).filter((n) => n.endsWith(".tml")).sort().map((n) => path.join(dir, n));
+    const rowsOf = (file: string) => {
+      const db = new Database(file, { readonly: true });
+      try {
+        return db.prepare("SELECT x FROM t ORDER BY x").pluck().all();
+      } finally {
+        db.close();
+      }
+    };
+    const insert = (x: number) => [`INSERT INTO t VALUES (${x})`];
+
+    it("a damaged record after a rewindable head does not vouch for that head", async () => {
+      const dir = tmpDir();
+      const backup = path.join(dir, "backup");
+      const b = await openBackend(backup, { mode: "create" });
+      await applyChange(b, { version: 1, transaction: ["CREATE TABLE t (x INTEGER)"] });
+      for (let v = 2; v <= 5; v++) await applyChange(b, { version: v, transaction: insert(v) });
+      await b.rewind(); // the host never committed 5 ...
+      for (const [v, x] of [[5, 500], [6, 600], [7, 700]] as const) await applyChange(b, { version: v, transaction: insert(x) });
+      await b.close();
+      // ... and the rewind record (the sixth record) is what gets damaged.
+      const [log] = logs(backup);
+      flip(log!, recordOffsets(log!)[5]! + 30);
+      const status = await runCli(["status", backup, "--json"]);
+      expect(status.code).toBe(1);
+      expect(JSON.parse(status.stdout)).toMatchObject({ version: 4, damage: { intactVersion: 4 } });
+      const old5 = await runCli(["restore", backup, path.join(dir, "v5.db"), "--version", "5"]);
+      expect(old5.code).toBe(1);
+      expect(fs.existsSync(path.join(dir, "v5.db"))).toBe(false);
+      const v4 = await runCli(["restore", backup, path.join(dir, "v4.db"), "--version", "4"]);
+      expect(v4.code, v4.stderr).toBe(0);
+      expect(rowsOf(path.join(dir, "v4.db"))).toEqual([2, 3, 4]);
+    });
+
+    it("damage at the start of the live log leaves the older generation readable", async () => {
+      const dir = tmpDir();
+      const backup = path.join(dir, "backup");
+      const b = await openBackend(backup, { mode: "create", retention: { bases: 1 } });
+      await applyChange(b, { version: 1, transaction: ["CREATE TABLE t (x INTEGER)"] });
+      for (let v = 2; v <= 8; v++) await applyChange(b, { version: v, transaction: insert(v) });
+      await compact(b); // older generation 1..8, live from base 7
+      for (let v = 9; v <= 10; v++) await applyChange(b, { version: v, transaction: insert(v) });
+      await b.close();
+      const live = logs(backup).at(-1)!;
+      flip(live, 30); // the live base record
+      const status = await runCli(["status", backup, "--json"]);
+      expect(status.code).toBe(1);
+      expect(JSON.parse(status.stdout)).toMatchObject({ version: 8, damage: { intactVersion: 8 } });
+      const v6 = await runCli(["restore", backup, path.join(dir, "v6.db"), "--version", "6"]);
+      expect(v6.code, v6.stderr).toBe(0);
+      expect(rowsOf(path.join(dir, "v6.db"))).toEqual([2, 3, 4, 5, 6]);
+      const verify = await runCli(["verify", backup]);
+      expect(verify.code).toBe(1);
+      expect(verify.stdout).toMatch(/^FAULT E_CORRUPT: .*readable up to version 8; nothing after it\)$/m);
+    });
+
+    it("damage in an older generation does not stop the head from restoring; verify reports it", async () => {
+      const dir = tmpDir();
+      const backup = path.join(dir, "backup");
+      const b = await openBackend(backup, { mode: "create", retention: { bases: 1 } });
+      await applyChange(b, { version: 1, transaction: ["CREATE TABLE t (x INTEGER)"] });
+      for (let v = 2; v <= 8; v++) await applyChange(b, { version: v, transaction: insert(v) });
+      await compact(b);
+      for (let v = 9; v <= 10; v++) await applyChange(b, { version: v, transaction: insert(v) });
+      await b.close();
+      const older = logs(backup)[0]!;
+      flip(older, recordOffsets(older)[3]! + 30); // version 4
+      const status = await runCli(["status", backup]);
+      expect(status.code, status.stderr).toBe(0);
+      expect(status.stdout).toMatch(/^generations\s+no base: 1\.\.3, from \S+ \(DAMAGED after version 3: .*version 4: .*\); base 7: 7\.\.10, from \S+ \(live\)$/m);
+      const lost = await runCli(["restore", backup, path.join(dir, "v5.db"), "--version", "5"]);
+      expect(lost.code).toBe(1);
+      expect(lost.stderr).toMatch(/^Error: version 5 cannot be read: .*version 4: /m);
+      expect(lost.stderr).toMatch(/^Try: versions up to 3 of that generation restore/m);
+      const head = await runCli(["restore", backup, path.join(dir, "head.db")]);
+      expect(head.code, head.stderr).toBe(0);
+      expect(rowsOf(path.join(dir, "head.db"))).toEqual([2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      const verify = await runCli(["verify", backup]);
+      expect(verify.code).toBe(1);
+      expect(verify.stdout).toMatch(/^FAULT E_CORRUPT: .*version 4: .*\(the generation from version 1 is readable up to version 3\)$/m);
+    });
+  });
 });

@@ -84,7 +84,8 @@ function describe(title: string, s: BackendStatus): [string, string][] {
     const list = s.generations.map((g, i) => {
       const base = g.baseVersion === 0 ? "no base" : `base ${g.baseVersion}`;
       const when = g.firstTimestamp === undefined ? "" : `, from ${iso(g.firstTimestamp)}`;
-      return `${base}: ${g.firstVersion}..${g.lastVersion}${when}${i === s.generations.length - 1 ? " (live)" : ""}`;
+      const damaged = g.damage ? ` (DAMAGED after version ${g.damage.intactVersion}: ${g.damage.message})` : "";
+      return `${base}: ${g.firstVersion}..${g.lastVersion}${when}${i === s.generations.length - 1 ? " (live)" : ""}${damaged}`;
     });
     lines.push(["generations", list.join("; ")]);
   }
