@@ -4,7 +4,7 @@
  * compresses the same way by default and none writes in the clear into an encrypted backup.
  */
 import type { BackendOptions } from "./backend.js";
-import { makeCodec, type Codec, type CompressionName } from "./envelope.js";
+import { makeCodec, requireCompression, type Codec, type CompressionName } from "./envelope.js";
 import { TidemarkError } from "./errors.js";
 import type { RetentionPolicy } from "./retention.js";
 
@@ -62,8 +62,12 @@ export function codecFor(settings: BackupSettings, options: BackendOptions, loca
       });
     }
   }
+  const compression = options.compression ?? settings.compression;
+  // A writer is refused at open, not at its first write; a reader needs zstd only for the
+  // records that use it.
+  if (writer && compression !== undefined) requireCompression(compression);
   return makeCodec({
-    ...((options.compression ?? settings.compression) !== undefined && { compression: (options.compression ?? settings.compression)! }),
+    ...(compression !== undefined && { compression }),
     ...((options.brotliQuality ?? settings.brotliQuality) !== undefined && { brotliQuality: (options.brotliQuality ?? settings.brotliQuality)! }),
     ...(options.keyring && { keyring: options.keyring }),
   });

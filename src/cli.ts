@@ -55,6 +55,8 @@ export function buildProgram(): Command {
  * paragraph with indented lines (examples, formats) is left as written.
  */
 function reflow(this: Help, text: string, width: number): string {
+  // Too narrow to wrap (commander's own rule): as written is the most readable.
+  if (width < this.minWidthToWrap) return text;
   return text
     .split("\n\n")
     .map((p) => (/\n\s/.test(p) ? p : Help.prototype.boxWrap.call(this, p.replaceAll("\n", " "), width)))
@@ -79,9 +81,10 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-// A reader that stops early (`tidemark status … | head -3`) is not an error: stop quietly.
+// A reader that stops early (`tidemark status … | head -3`) is not an error. What is left to
+// print is dropped, and the command finishes as it would have: an ingest still makes every
+// change durable, and locks are released as usual.
 process.stdout.on("error", (err: NodeJS.ErrnoException) => {
-  if (err.code !== "EPIPE") throw err;
-  process.exit(process.exitCode ?? 0);
+  if (err.code !== "EPIPE" && err.code !== "ERR_STREAM_DESTROYED") throw err;
 });
 process.exitCode = await main(process.argv);

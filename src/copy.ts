@@ -97,6 +97,10 @@ async function copyInto(src: Backend, dst: Backend, from: BackendStatus, started
       options.onProgress?.(done, total);
     }
   }
+  // An older generation reaches one change past the source's head when the source rewound
+  // that change after its last compaction: rewind it in the copy too.
+  const held = dst.head();
+  if (held.version === from.version + 1 && held.prevVersion === from.version) await dst.rewind();
   if (from.version > 0 && from.prevVersion === null && dst.head().prevVersion !== null) await settle(dst, from.version);
   const to = dst.head();
   if (to.version !== from.version || to.prevVersion !== from.prevVersion) {

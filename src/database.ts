@@ -74,6 +74,8 @@ export class ManagedDatabase {
   readonly #errors: RecentError[] = [];
   /** Failures counted already, so that the API layer does not count them twice. */
   readonly #recorded = new WeakSet<object>();
+  /** Closed, and its metrics removed: a late failure must not bring them back. */
+  #gone = false;
   #changesSince = 0;
   #lastAt = Date.now();
   #lastCompaction: DatabaseStatus["lastCompaction"] = null;
@@ -381,6 +383,7 @@ export class ManagedDatabase {
       await this.#verification?.catch(() => {});
       await Promise.all(this.#replicas.map((r) => r.close()));
       await this.#backend.close();
+      this.#gone = true;
       this.#deps.metrics.removeDatabase(this.name, this.config.replicas);
       this.#log.info({}, "closed");
     })();
@@ -402,6 +405,7 @@ export class ManagedDatabase {
   }
 
   #record(err: unknown): void {
+    if (this.#gone) return;
     if (typeof err === "object" && err !== null) this.#recorded.add(err);
     const code = err instanceof TidemarkError ? err.code : "E_INTERNAL";
     this.#deps.metrics.errors.inc({ db: this.name, code });

@@ -59,12 +59,15 @@ export interface Codec {
 /** No compression, no encryption. */
 export const PLAIN: Codec = Object.freeze({ compression: "none", brotliQuality: 1, keyring: Keyring.empty() });
 
+/** Throws E_CONFIG, with what to do, when `compression` needs a package that did not install. */
+export function requireCompression(compression: CompressionName): void {
+  if (compression === "zstd") zstd();
+}
+
 /** Builds a codec; the defaults are no compression, brotli quality 1, no keys. */
 export function makeCodec(options: { compression?: CompressionName; brotliQuality?: number; keyring?: Keyring } = {}): Codec {
   const quality = options.brotliQuality ?? 1;
   if (!Number.isInteger(quality) || quality < 0 || quality > 11) throw new TidemarkError("E_CONFIG", `brotli quality must be 0..11, got ${quality}`);
-  // Refused now, not at the first write, when zstd is asked for and not installed.
-  if (options.compression === "zstd") zstd();
   return Object.freeze({ compression: options.compression ?? "none", brotliQuality: quality, keyring: options.keyring ?? Keyring.empty() });
 }
 

@@ -83,8 +83,8 @@ export class ReplicaFeeder {
   async status(): Promise<ReplicaStatus> {
     const primary = await this.#primary.status();
     const behind = this.#version < 0 ? primary.version : Math.max(0, primary.version - this.#version);
-    // A replica that holds nothing yet is behind by everything the primary holds.
-    const since = this.#timestamp ?? primary.generations[0]?.firstTimestamp ?? primary.headTimestamp ?? 0;
+    // A replica that holds nothing yet is behind by the primary's live generation, all it will copy.
+    const since = this.#timestamp ?? primary.generations.at(-1)?.firstTimestamp ?? primary.headTimestamp ?? 0;
     const seconds = behind === 0 ? 0 : Math.max(0, ((primary.headTimestamp ?? 0) - since) / 1000);
     return {
       location: this.location,
@@ -160,10 +160,13 @@ export class ReplicaFeeder {
     }
 
     if (mine.version < primary.version) {
-      // Behind the primary's live generation (it compacted since): start again from its live
-      // base. Older generations the primary retains stay there; a replica follows the live one.
-      const liveFirst = primary.generations.at(-1)?.firstVersion ?? primary.firstVersion;
-      const from = mine.version < liveFirst ? liveFirst : mine.version + 1;
+      // Copy from right after the replica's head when one generation of the primary holds
+      // everything from there (the live one; on S3 also an older one, whose changes run to
+      // the head). Otherwise, and for an empty replica, from the primary's live base: a replica
+      // follows the live generation, and the older ones the primary retains stay there.
+      const next = mine.version + 1;
+      const inOne = mine.version > 0 && primary.generations.some((g) => g.firstVersion <= next && g.lastVersion >= primary.version);
+      const from = inOne ? next : (primary.generations.at(-1)?.firstVersion ?? primary.firstVersion);
       for await (const change of this.#primary.streamChanges({ from, to: primary.version })) {
         if (this.#closed) return;
         // The stream starts at the newest base at or before `from`, which the replica may hold already.

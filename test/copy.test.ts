@@ -121,6 +121,22 @@ describe("tidemark copy", () => {
     }
   });
 
+  it("copies a backup whose head was rewound right after a compaction", async () => {
+    const dir = tmpDir();
+    const src = path.join(dir, "src");
+    await cli(["init", src, "--keep-bases", "1"]);
+    await cli(["ingest", src], changes(1, 8));
+    await cli(["compact", src, "-q"]); // base 7; 8 kept separate, and in the older generation
+    await cli(["rewind", src]); // the host never committed 8
+    const dst = path.join(dir, "dst");
+    expect(JSON.parse(await cli(["copy", src, dst, "--json"]))).toMatchObject({ version: 7 });
+    const st = JSON.parse(await cli(["status", dst, "--json"]));
+    expect({ version: st.version, prevVersion: st.prevVersion }).toEqual({ version: 7, prevVersion: null });
+    await cli(["restore", src, path.join(dir, "src.db"), "-q"]);
+    await cli(["restore", dst, path.join(dir, "dst.db"), "-q"]);
+    expectSameDb(path.join(dir, "dst.db"), path.join(dir, "src.db"));
+  });
+
   it("refuses to copy an encrypted backup without a key to write with, and creates nothing", async () => {
     const dir = tmpDir();
     const key = path.join(dir, "key");

@@ -138,6 +138,7 @@ describe("torn and corrupt backup files", () => {
     const copy = await run(["copy", backup, path.join(dir, "copy")]);
     expect(copy.code).toBe(1);
     expect(copy.stderr).toMatch(/the head a copy would end at is unknown/);
+    expect(fs.existsSync(path.join(dir, "copy"))).toBe(false);
 
     // What precedes the damage restores, in both generations; the backup is untouched.
     for (const v of [5, 15, 19]) {

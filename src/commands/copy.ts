@@ -4,6 +4,7 @@
 import type { Command } from "commander";
 import { openOrCreateBackend } from "../backend-registry.js";
 import { copyBackup } from "../copy.js";
+import { refuseDamagedHead } from "../point-in-time.js";
 import { terminalLogger } from "../logger.js";
 import { TidemarkError } from "../errors.js";
 import { createProgress } from "../progress.js";
@@ -33,7 +34,10 @@ export function registerCopy(program: Command): void {
     .action(async (src: string, dst: string, opts: { force?: boolean; quiet?: boolean; json?: boolean } & CodecFlags) => {
       await withBackend(src, "read", async (from) => {
         const options = codecOptions(opts);
-        const settings = (await from.status()).settings;
+        const status = await from.status();
+        // Refused before the destination is created.
+        refuseDamagedHead(status, "the head a copy would end at");
+        const settings = status.settings;
         if (settings?.encrypted && !options.keyring?.active) {
           throw new TidemarkError("E_KEY", `${from.location} is encrypted, and a copy is never written in the clear: it needs a key to write with`, {
             hint: "pass --key ID=file:PATH (the source's current key, or a new one with a new id) and --decrypt-key for older ones",

@@ -6,7 +6,7 @@ import type { Command } from "commander";
 import { defaultConfig, loadConfigFile, type Config } from "../config.js";
 import { Daemon } from "../daemon.js";
 import { checkLocation } from "../backend-registry.js";
-import { makeCodec } from "../envelope.js";
+import { requireCompression } from "../envelope.js";
 import { ConfigError, TidemarkError, formatError } from "../errors.js";
 import { Keyring } from "../keyring.js";
 import { daemonLogger } from "../logger.js";
@@ -106,7 +106,7 @@ export function registerDaemon(program: Command): void {
 async function checkDatabases(config: Config): Promise<void> {
   for (const [i, db] of config.databases.entries()) {
     const field = `databases[${i}]`;
-    const keyring = Keyring.load(db.keys, `${field}.encryption.keys`);
+    Keyring.load(db.keys, `${field}.encryption.keys`);
     const at = async (name: string, check: () => unknown) => {
       try {
         await check();
@@ -117,7 +117,7 @@ async function checkDatabases(config: Config): Promise<void> {
     };
     await at("backend", () => checkLocation(db.backend));
     for (const [j, replica] of db.replicas.entries()) await at(`replicas[${j}]`, () => checkLocation(replica));
-    await at("compression", () => makeCodec({ ...(db.compression && { compression: db.compression }), ...(db.brotliQuality !== undefined && { brotliQuality: db.brotliQuality }), keyring }));
+    await at("compression", () => db.compression && requireCompression(db.compression));
     await at("rules", () => loadRules(db.rules));
   }
 }
