@@ -52,6 +52,7 @@ import { retainedGenerations, type RetentionPolicy } from "../src/retention.js";
 import { PLAIN, type Codec } from "../src/envelope.js";
 import type { Keyring } from "../src/keyring.js";
 import { Mutex } from "../src/mutex.js";
+import { ReaderCount } from "../src/readers.js";
 import { silentLogger, type Logger } from "../src/logger.js";
 import { BackendError, CorruptError, TidemarkError, asBackendError } from "../src/errors.js";
 import { isProcessAlive } from "../src/pid.js";
@@ -131,8 +132,7 @@ export class FileBackend implements Backend {
   /** addChange calls waiting on a snapshot upload; synchronous writes must not overlap them. */
   #asyncWrites = 0;
   /** Readers in this process that may still open snapshot blobs. */
-  #readers = 0;
-  #cleanupDeferred = false;
+  readonly #readers = new ReaderCount();
 
   constructor(dir: string, options: BackendOptions) {
     this.#dir = dir;
@@ -444,7 +444,7 @@ export class FileBackend implements Backend {
             throw this.#vanished("open", logPath, err);
           }),
           (fh) => new RecordReader(fh, start, limit, logPath),
-          this.#reading(),
+          this.#readers.enter(),
           to,
           (rec) => {
             const change: { -readonly [K in keyof StoredChange]: StoredChange[K] } = { version: rec.version, timestamp: rec.timestamp };
@@ -477,7 +477,7 @@ export class FileBackend implements Backend {
   #storedSnapshot(ref: SnapshotRef, version: number) {
     const file = path.join(this.#dir, ref.ref);
     const vanished = (err: unknown) => this.#vanished("read", file, err);
-    const reading = () => this.#reading();
+    const reading = () => this.#readers.enter();
     const keyring = this.#codec.keyring;
     return {
       size: ref.size,
@@ -485,24 +485,6 @@ export class FileBackend implements Backend {
         const raw = fs.createReadStream(file, { highWaterMark: 1 << 20 });
         return decodeSnapshot(guardStream(raw, vanished, reading()), ref, file, version, keyring);
       },
-    };
-  }
-
-  /**
-   * Counts a reader in this process until the returned function is called. While any reader
-   * is active, compaction leaves superseded snapshot blobs in place (a reader that started
-   * before the switch may still open them) and removes them when the last reader finishes.
-   */
-  #reading(): () => void {
-    this.#readers++;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      if (--this.#readers === 0 && this.#cleanupDeferred && this.#fd !== null) {
-        this.#cleanupDeferred = false;
-        this.#removeUnreferencedSnapshots();
-      }
     };
   }
 
@@ -804,11 +786,16 @@ export class FileBackend implements Backend {
     for (const g of dropped) fs.rmSync(g.path, { force: true });
   }
 
+  /**
+   * Removes blobs no record points to. While a reader in this process is active, compaction
+   * leaves superseded blobs in place (a reader that started before the switch may still open
+   * them): they go when the last reader finishes, if the backup is still open for writing.
+   */
   #removeUnreferencedSnapshots(): void {
-    if (this.#readers > 0) {
-      this.#cleanupDeferred = true;
-      return;
-    }
+    const later = () => {
+      if (this.#fd !== null) this.#removeUnreferencedSnapshots();
+    };
+    if (this.#readers.deferring(later)) return;
     const live = this.#liveSnapshots();
     for (const n of fs.readdirSync(this.#dir)) {
       if (SNAP_RE.test(n) && !live.has(n)) fs.rmSync(path.join(this.#dir, n), { force: true });

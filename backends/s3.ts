@@ -57,6 +57,7 @@ import { retainedGenerations, type RetentionPolicy } from "../src/retention.js";
 import { PLAIN, type Codec } from "../src/envelope.js";
 import { silentLogger, type Logger } from "../src/logger.js";
 import { Mutex } from "../src/mutex.js";
+import { ReaderCount } from "../src/readers.js";
 import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
 import { Lease, type LeaseRecord, type LeaseStore } from "./s3-lease.js";
 
@@ -154,8 +155,7 @@ export class S3Backend implements Backend {
   #lease: Lease | null = null;
   #closed = false;
   #compacting = false;
-  #readers = 0;
-  #cleanupDeferred = false;
+  readonly #readers = new ReaderCount();
   readonly #options: BackendOptions;
   #codec: Codec = PLAIN;
   /** An identity update to write once the lease is ours (the backup became encrypted). */
@@ -556,7 +556,7 @@ export class S3Backend implements Backend {
 
   /** Fetches `wanted` in order, keeping PREFETCH requests ahead. */
   async *#stream(wanted: S3Entry[]): AsyncGenerator<StoredChange> {
-    const release = this.#reading();
+    const release = this.#readers.enter();
     const inFlight: Promise<DecodedRecord>[] = [];
     let next = 0;
     const fill = () => {
@@ -586,7 +586,7 @@ export class S3Backend implements Backend {
     const rel = `snapshots/${ref.ref}`;
     const where = `${this.location}/${rel}`;
     const open = async function* (this: S3Backend): AsyncGenerator<Buffer> {
-      const release = this.#reading();
+      const release = this.#readers.enter();
       try {
         const res = await this.#send<{ Body?: Readable }>("get", rel, () => new GetObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key(rel) }), true);
         if (!res?.Body) {
@@ -598,20 +598,6 @@ export class S3Backend implements Backend {
       }
     };
     return { size: ref.size, open: () => open.call(this) };
-  }
-
-  /** Counts an in-process reader; superseded objects stay until the last one finishes. */
-  #reading(): () => void {
-    this.#readers++;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      if (--this.#readers === 0 && this.#cleanupDeferred && !this.#closed && this.#mode !== "read") {
-        this.#cleanupDeferred = false;
-        void this.#collectGarbage().catch((err: unknown) => this.#log.warn({ err }, "could not delete superseded objects; will retry"));
-      }
-    };
   }
 
   // ------------------------------------------------------------ writes
@@ -777,10 +763,11 @@ export class S3Backend implements Backend {
 
   /** Deletes superseded objects, unless an in-process reader may still need them. */
   async #collectGarbage(): Promise<void> {
-    if (this.#readers > 0) {
-      this.#cleanupDeferred = true;
-      return;
-    }
+    const later = () => {
+      if (this.#closed || this.#mode === "read") return;
+      void this.#collectGarbage().catch((err: unknown) => this.#log.warn({ err }, "could not delete superseded objects; will retry"));
+    };
+    if (this.#readers.deferring(later)) return;
     const keys = [...this.#garbage];
     await this.#deleteKeys(keys);
     for (const k of keys) {
