@@ -28,8 +28,8 @@ import type {
   ChangeToStore,
   CompactionBase,
   Damage,
-} from "../src/backend.js";
-import type { StoredChange } from "../src/change.js";
+} from "../src/backup/backup.js";
+import type { StoredChange } from "../src/model/change.js";
 import {
   RECORD_HEADER_SIZE,
   RECORD_MAGIC,
@@ -44,19 +44,19 @@ import {
   type RecordHeader,
   type RecordProbe,
   type SnapshotRef,
-} from "../src/change-codec.js";
-import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
-import { LogState, type LogEntry } from "../src/log-state.js";
-import { codecFor, initialSettings, retentionFor, shownSettings, updatedSettings, type BackupSettings } from "../src/backup-settings.js";
-import { retainedGenerations, type RetentionPolicy } from "../src/retention.js";
-import { PLAIN, type Codec } from "../src/envelope.js";
-import type { Keyring } from "../src/keyring.js";
-import { Mutex } from "../src/mutex.js";
-import { ReaderCount } from "../src/readers.js";
-import { silentLogger, type Logger } from "../src/logger.js";
-import { BackendError, CorruptError, TidemarkError, asBackendError } from "../src/errors.js";
-import { isProcessAlive } from "../src/pid.js";
-import { TMP_SUFFIX, fsyncDir, readAll, writeAll, writeFileDurably } from "../src/fs-util.js";
+} from "../src/format/record-codec.js";
+import { SnapshotEncoder, decodeSnapshot } from "../src/format/snapshot-codec.js";
+import { LogState, type LogEntry } from "../src/backup/log-state.js";
+import { codecFor, initialSettings, retentionFor, shownSettings, updatedSettings, type BackupSettings } from "../src/backup/settings.js";
+import { retainedGenerations, type RetentionPolicy } from "../src/model/retention.js";
+import { PLAIN, type Codec } from "../src/format/sealing.js";
+import type { Keyring } from "../src/format/keyring.js";
+import { Mutex } from "../src/util/mutex.js";
+import { ReaderCount } from "../src/backup/reader-count.js";
+import { silentLogger, type Logger } from "../src/util/logger.js";
+import { BackendError, CorruptError, TidemarkError, asBackendError } from "../src/util/errors.js";
+import { isProcessAlive } from "../src/util/pid.js";
+import { TMP_SUFFIX, fsyncDir, readAll, writeAll, writeFileDurably } from "../src/util/durable-fs.js";
 
 const DRIVER_NAME = "file";
 const IDENTITY_FILE = "tidemark.json";

@@ -13,9 +13,9 @@
  */
 import os from "node:os";
 import { randomBytes } from "node:crypto";
-import { TidemarkError } from "../src/errors.js";
-import type { Logger } from "../src/logger.js";
-import { isProcessAlive } from "../src/pid.js";
+import { TidemarkError } from "../src/util/errors.js";
+import type { Logger } from "../src/util/logger.js";
+import { isProcessAlive } from "../src/util/pid.js";
 
 /** How long a lease lasts without renewal. */
 export const LEASE_TTL_MS = 30_000;

@@ -38,8 +38,8 @@ import type {
   ChangeRange,
   ChangeToStore,
   CompactionBase,
-} from "../src/backend.js";
-import type { StoredChange } from "../src/change.js";
+} from "../src/backup/backup.js";
+import type { StoredChange } from "../src/model/change.js";
 import {
   RecordType,
   decodeRecord,
@@ -49,16 +49,16 @@ import {
   recordSnapshotRef,
   type DecodedRecord,
   type SnapshotRef,
-} from "../src/change-codec.js";
-import { BackendError, CorruptError, TidemarkError, UsageError } from "../src/errors.js";
-import { LogState, type LogEntry } from "../src/log-state.js";
-import { codecFor, initialSettings, retentionFor, shownSettings, updatedSettings, type BackupSettings } from "../src/backup-settings.js";
-import { retainedGenerations, type RetentionPolicy } from "../src/retention.js";
-import { PLAIN, type Codec } from "../src/envelope.js";
-import { silentLogger, type Logger } from "../src/logger.js";
-import { Mutex } from "../src/mutex.js";
-import { ReaderCount } from "../src/readers.js";
-import { SnapshotEncoder, decodeSnapshot } from "../src/snapshot-codec.js";
+} from "../src/format/record-codec.js";
+import { BackendError, CorruptError, TidemarkError, UsageError } from "../src/util/errors.js";
+import { LogState, type LogEntry } from "../src/backup/log-state.js";
+import { codecFor, initialSettings, retentionFor, shownSettings, updatedSettings, type BackupSettings } from "../src/backup/settings.js";
+import { retainedGenerations, type RetentionPolicy } from "../src/model/retention.js";
+import { PLAIN, type Codec } from "../src/format/sealing.js";
+import { silentLogger, type Logger } from "../src/util/logger.js";
+import { Mutex } from "../src/util/mutex.js";
+import { ReaderCount } from "../src/backup/reader-count.js";
+import { SnapshotEncoder, decodeSnapshot } from "../src/format/snapshot-codec.js";
 import { Lease, type LeaseRecord, type LeaseStore } from "./s3-lease.js";
 
 const DRIVER_NAME = "s3";

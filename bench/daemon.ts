@@ -11,9 +11,9 @@ import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { openBackend } from "../src/backend-registry.js";
-import { connect, type DaemonClient } from "../src/client.js";
-import { applyChange } from "../src/ingest.js";
+import { openBackend } from "../src/backup/registry.js";
+import { connect, type DaemonClient } from "../src/host/client.js";
+import { applyChange } from "../src/ops/ingest.js";
 import { ms, percentile, timed, type Row } from "./table.js";
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../src/cli.js");

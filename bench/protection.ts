@@ -29,13 +29,13 @@
 import fs from "node:fs";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
-import { openBackend } from "../src/backend-registry.js";
-import type { Backend, BackendOptions } from "../src/backend.js";
-import { encodeChangeRecord } from "../src/change-codec.js";
-import { makeCodec } from "../src/envelope.js";
-import { applyChange } from "../src/ingest.js";
-import { Keyring } from "../src/keyring.js";
-import { restore } from "../src/restore.js";
+import { openBackend } from "../src/backup/registry.js";
+import type { Backend, BackendOptions } from "../src/backup/backup.js";
+import { encodeChangeRecord } from "../src/format/record-codec.js";
+import { makeCodec } from "../src/format/sealing.js";
+import { applyChange } from "../src/ops/ingest.js";
+import { Keyring } from "../src/format/keyring.js";
+import { restore } from "../src/ops/restore.js";
 import { ms, percentile, timed, type Row } from "./table.js";
 
 /** Ack rounds per shape; every round applies one change to every variant. */

@@ -11,12 +11,12 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
-import { openBackend } from "../src/backend-registry.js";
-import { encodeChangeRecord } from "../src/change-codec.js";
-import { connect } from "../src/client.js";
-import { copyBackup } from "../src/copy.js";
-import { applyChange } from "../src/ingest.js";
-import { restore } from "../src/restore.js";
+import { openBackend } from "../src/backup/registry.js";
+import { encodeChangeRecord } from "../src/format/record-codec.js";
+import { connect } from "../src/host/client.js";
+import { copyBackup } from "../src/ops/copy.js";
+import { applyChange } from "../src/ops/ingest.js";
+import { restore } from "../src/ops/restore.js";
 import { ms, percentile, timed, type Row } from "./table.js";
 
 const ROOT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Help } from "commander";
-import { TidemarkError, formatError } from "./errors.js";
+import { TidemarkError, formatError } from "./util/errors.js";
 import { registerCln } from "./commands/cln.js";
 import { registerCompact } from "./commands/compact.js";
 import { registerCopy } from "./commands/copy.js";

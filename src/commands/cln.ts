@@ -3,15 +3,15 @@
  */
 import path from "node:path";
 import type { Command } from "commander";
-import { scanDbak } from "../cln-dbak.js";
-import { importDbak, type DbakImportResult } from "../cln-import.js";
-import { clnInit } from "../cln-init.js";
-import { DEFAULT_DAEMON_DB, assertLockReplaceable, resolveLocation, writeBackupLock } from "../cln-lock.js";
-import { nodeDbPath, readDataVersion } from "../cln-node-db.js";
-import { runClnPlugin } from "../cln-plugin.js";
-import { UsageError } from "../errors.js";
-import { terminalLogger } from "../logger.js";
-import { createProgress } from "../progress.js";
+import { scanDbak } from "../cln/dbak.js";
+import { importDbak, type DbakImportResult } from "../cln/import.js";
+import { clnInit } from "../cln/init.js";
+import { DEFAULT_DAEMON_DB, assertLockReplaceable, resolveLocation, writeBackupLock } from "../cln/lock.js";
+import { nodeDbPath, readDataVersion } from "../cln/node-db.js";
+import { runClnPlugin } from "../cln/plugin.js";
+import { UsageError } from "../util/errors.js";
+import { terminalLogger } from "../util/logger.js";
+import { createProgress } from "./progress.js";
 import { formatBytes, printJson, withBackend } from "./common.js";
 
 const DOCS = "docs/core-lightning.md";

@@ -2,12 +2,12 @@
  * Helpers shared by the CLI commands.
  */
 import { InvalidArgumentError, Option, type Command } from "commander";
-import type { Backend, BackendOptions, OpenMode } from "../backend.js";
-import { COMPRESSION_NAMES, type CompressionName } from "../envelope.js";
-import { parseDuration } from "../config.js";
-import { Keyring, parseKeySpec, type KeySource } from "../keyring.js";
-import { openBackend } from "../backend-registry.js";
-import { terminalLogger } from "../logger.js";
+import type { Backend, BackendOptions, OpenMode } from "../backup/backup.js";
+import { COMPRESSION_NAMES, type CompressionName } from "../format/sealing.js";
+import { parseDuration } from "../daemon/config.js";
+import { Keyring, parseKeySpec, type KeySource } from "../format/keyring.js";
+import { openBackend } from "../backup/registry.js";
+import { terminalLogger } from "../util/logger.js";
 
 /** Opens the backend at `location`, runs `fn`, and always closes it. */
 export async function withBackend<T>(

@@ -2,9 +2,9 @@
  * `tidemark compact <backend>`
  */
 import type { Command } from "commander";
-import { compact } from "../compaction.js";
-import { createProgress } from "../progress.js";
-import { loadRules } from "../rewrite.js";
+import { compact } from "../ops/compaction.js";
+import { createProgress } from "./progress.js";
+import { loadRules } from "../ops/rewrite.js";
 import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, formatMs, formatRewrites, printJson, retentionOptions, withBackend, type CodecFlags, type RetentionFlags } from "./common.js";
 
 /** Registers the command. */

@@ -2,12 +2,12 @@
  * `tidemark copy <src> <dst> [--force]`
  */
 import type { Command } from "commander";
-import { openOrCreateBackend } from "../backend-registry.js";
-import { copyBackup } from "../copy.js";
-import { refuseDamagedHead } from "../point-in-time.js";
-import { terminalLogger } from "../logger.js";
-import { TidemarkError } from "../errors.js";
-import { createProgress } from "../progress.js";
+import { openOrCreateBackend } from "../backup/registry.js";
+import { copyBackup } from "../ops/copy.js";
+import { refuseDamagedHead } from "../ops/point-in-time.js";
+import { terminalLogger } from "../util/logger.js";
+import { TidemarkError } from "../util/errors.js";
+import { createProgress } from "./progress.js";
 import { addCodecOptions, codecOptions, formatMs, printJson, withBackend, type CodecFlags } from "./common.js";
 
 /** Registers the command. */

@@ -3,15 +3,15 @@
  */
 import { watch } from "chokidar";
 import type { Command } from "commander";
-import { defaultConfig, loadConfigFile, type Config } from "../config.js";
-import { Daemon } from "../daemon.js";
-import { checkLocation } from "../backend-registry.js";
-import { requireCompression } from "../envelope.js";
-import { ConfigError, TidemarkError, formatError } from "../errors.js";
-import { Keyring } from "../keyring.js";
-import { daemonLogger } from "../logger.js";
-import { loadRules } from "../rewrite.js";
-import { notifySystemd } from "../sd-notify.js";
+import { defaultConfig, loadConfigFile, type Config } from "../daemon/config.js";
+import { Daemon } from "../daemon/daemon.js";
+import { checkLocation } from "../backup/registry.js";
+import { requireCompression } from "../format/sealing.js";
+import { ConfigError, TidemarkError, formatError } from "../util/errors.js";
+import { Keyring } from "../format/keyring.js";
+import { daemonLogger } from "../util/logger.js";
+import { loadRules } from "../ops/rewrite.js";
+import { notifySystemd } from "../daemon/sd-notify.js";
 
 /** How long after a config file event the reload happens. */
 const RELOAD_DEBOUNCE_MS = 200;

@@ -4,9 +4,9 @@
 import fs from "node:fs";
 import readline from "node:readline";
 import type { Command } from "commander";
-import { parseWireChange } from "../change-json.js";
-import { InputError, withContext } from "../errors.js";
-import { applyChange } from "../ingest.js";
+import { parseWireChange } from "../model/change-json.js";
+import { InputError, withContext } from "../util/errors.js";
+import { applyChange } from "../ops/ingest.js";
 import { addCodecOptions, codecOptions, withBackend, type CodecFlags } from "./common.js";
 
 const SQLITE_HEADER = "SQLite format 3\0";

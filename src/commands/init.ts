@@ -3,11 +3,11 @@
  */
 import fs from "node:fs";
 import type { Command } from "commander";
-import { openBackend } from "../backend-registry.js";
-import { UsageError } from "../errors.js";
-import { applyChange } from "../ingest.js";
-import { terminalLogger } from "../logger.js";
-import { snapshotSqlite } from "../sqlite-snapshot.js";
+import { openBackend } from "../backup/registry.js";
+import { UsageError } from "../util/errors.js";
+import { applyChange } from "../ops/ingest.js";
+import { terminalLogger } from "../util/logger.js";
+import { snapshotSqlite } from "../ops/sqlite-snapshot.js";
 import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, parseVersion, retentionOptions, type CodecFlags, type RetentionFlags } from "./common.js";
 
 interface InitOptions extends CodecFlags, RetentionFlags {

@@ -2,10 +2,10 @@
  * `tidemark restore <backend> <dest> [--version N] [--rules SET|FILE] [--force]`
  */
 import type { Command } from "commander";
-import { createProgress } from "../progress.js";
-import { restore } from "../restore.js";
-import { loadRules } from "../rewrite.js";
-import { UsageError } from "../errors.js";
+import { createProgress } from "./progress.js";
+import { restore } from "../ops/restore.js";
+import { loadRules } from "../ops/rewrite.js";
+import { UsageError } from "../util/errors.js";
 import { addCodecOptions, codecOptions, parseTime, formatBytes, formatMs, formatRewrites, parseVersion, printJson, withBackend, type CodecFlags } from "./common.js";
 
 interface RestoreCliOptions extends CodecFlags {

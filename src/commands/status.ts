@@ -2,11 +2,11 @@
  * `tidemark status <backend> [--json]` and `tidemark status --socket PATH [--db NAME]`
  */
 import type { Command } from "commander";
-import type { BackendStatus } from "../backend.js";
-import { connect } from "../client.js";
-import type { DatabaseStatus } from "../database.js";
-import { UsageError } from "../errors.js";
-import { refuseDamagedHead } from "../point-in-time.js";
+import type { BackendStatus } from "../backup/backup.js";
+import { connect } from "../host/client.js";
+import type { DatabaseStatus } from "../daemon/managed-database.js";
+import { UsageError } from "../util/errors.js";
+import { refuseDamagedHead } from "../ops/point-in-time.js";
 import { addCodecOptions, codecOptions, formatBytes, formatDuration, printJson, withBackend, type CodecFlags } from "./common.js";
 
 interface StatusOptions extends CodecFlags {

@@ -2,10 +2,10 @@
  * `tidemark verify <backend>`
  */
 import type { Command } from "commander";
-import { TidemarkError } from "../errors.js";
-import { createProgress } from "../progress.js";
-import { verify } from "../verify.js";
-import { loadRules } from "../rewrite.js";
+import { TidemarkError } from "../util/errors.js";
+import { createProgress } from "./progress.js";
+import { verify } from "../ops/verify.js";
+import { loadRules } from "../ops/rewrite.js";
 import { addCodecOptions, codecOptions, formatBytes, formatMs, printJson, withBackend, type CodecFlags } from "./common.js";
 
 /** Registers the command. */

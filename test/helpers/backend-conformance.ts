@@ -5,11 +5,11 @@
  */
 import { Readable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import type { Backend, BackendOptions, OpenMode } from "../../src/backend.js";
-import { openBackend } from "../../src/backend-registry.js";
-import type { SnapshotSource, Statement, StoredChange } from "../../src/change.js";
-import { TidemarkError } from "../../src/errors.js";
-import { applyChange } from "../../src/ingest.js";
+import type { Backend, BackendOptions, OpenMode } from "../../src/backup/backup.js";
+import { openBackend } from "../../src/backup/registry.js";
+import type { SnapshotSource, Statement, StoredChange } from "../../src/model/change.js";
+import { TidemarkError } from "../../src/util/errors.js";
+import { applyChange } from "../../src/ops/ingest.js";
 import { Rng } from "./workload.js";
 
 /** How the suite reaches a backend. */

@@ -3,7 +3,7 @@
  */
 import Database from "better-sqlite3";
 import { expect } from "vitest";
-import type { Statement } from "../../src/change.js";
+import type { Statement } from "../../src/model/change.js";
 
 /** Applies statements to a database the way a better-sqlite3 host runs them. */
 export function applyStatements(db: Database.Database, statements: readonly Statement[]): void {

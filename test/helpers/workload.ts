@@ -3,7 +3,7 @@
  * NULLs, unicode, quotes, newlines, 64-bit integers and blobs, as SQL text and with parameters.
  * A seeded generator keeps every failure reproducible.
  */
-import type { Param, Statement } from "../../src/change.js";
+import type { Param, Statement } from "../../src/model/change.js";
 
 /** A small seeded PRNG (mulberry32). */
 export class Rng {

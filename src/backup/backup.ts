@@ -1,0 +1,205 @@
+/**
+ * The storage contract every backend implements (DESIGN.md, "Backend contract").
+ *
+ * A backend stores change records and snapshot blobs and gives them back in version order.
+ * It does not decide whether a change is acceptable: the version rules in `version-rules.ts`
+ * do that, once, for every backend. Records and blobs are encoded with `change-codec.ts` and
+ * `snapshot-codec.ts`, so checksums are computed the same way everywhere.
+ */
+import type { SnapshotSource, Statement, StoredChange } from "../model/change.js";
+import type { CompressionName } from "../format/sealing.js";
+import type { Keyring } from "../format/keyring.js";
+import type { Logger } from "../util/logger.js";
+import type { RetentionPolicy } from "../model/retention.js";
+import type { BackupSettings } from "./settings.js";
+
+export type { BackendHead } from "../model/version-rules.js";
+import type { BackendHead } from "../model/version-rules.js";
+
+/** What `status` reports about a backup. */
+export interface BackendStatus extends BackendHead {
+  /** Version of the newest base snapshot; 0 when the live log starts from an empty database. */
+  readonly baseVersion: number;
+  /** The oldest version a restore can target, in any generation held; 0 when the backup is empty. */
+  readonly firstVersion: number;
+  /** Change records in the live log, base snapshot included, rewound changes excluded. */
+  readonly records: number;
+  /** Bytes the backup occupies in storage: logs and snapshot blobs. */
+  readonly bytes: number;
+  /** Of those, the bytes of live snapshot blobs. */
+  readonly snapshotBytes: number;
+  /** When the head change was made (ms since the epoch); absent when the backup is empty. */
+  readonly headTimestamp?: number;
+  /**
+   * The generations held, oldest first, the live one last: each is a base and the changes
+   * after it. Older ones are kept by the retention policy, for restores of older versions.
+   */
+  readonly generations: readonly GenerationStatus[];
+  /** Set when the log ends in a torn (partial or damaged) record that is being ignored. */
+  readonly tornTail?: { readonly location: string; readonly offset: number; readonly bytes: number };
+  /**
+   * Set when a backup opened read-only has a damaged record with intact records after it (not
+   * a torn tail) in its live log: what precedes the damage can be read and restored, the head
+   * is the last change before it, and the changes after it are unreadable. A writer refuses to
+   * open such a backup.
+   */
+  readonly damage?: Damage;
+  /** The backup's own settings (compression, encryption, retention), when the backend keeps them. */
+  readonly settings?: Omit<BackupSettings, "keys">;
+}
+
+/** Where a backup is damaged. */
+export interface Damage {
+  /** The file or object key, and the byte offset of the damaged record. */
+  readonly location: string;
+  readonly offset?: number;
+  /** What is wrong, as the error that found it says. */
+  readonly message: string;
+  /** The last version before the damage: the newest that can still be restored. */
+  readonly intactVersion: number;
+}
+
+/** One generation of a backup, as status reports it. */
+export interface GenerationStatus {
+  /** The base's version (0: the generation starts from an empty database). */
+  readonly baseVersion: number;
+  /** The oldest and newest versions it can restore. */
+  readonly firstVersion: number;
+  readonly lastVersion: number;
+  /** When its first change was made, when known (it may be sealed without the key). */
+  readonly firstTimestamp?: number;
+  /** Set for an older generation that is damaged (read-only opens): it is read up to the damage. */
+  readonly damage?: Damage;
+}
+
+/** A change ready to store: validated by the version rules, timestamp filled in. */
+export interface ChangeToStore {
+  readonly version: number;
+  readonly timestamp: number;
+  readonly snapshot?: SnapshotSource;
+  readonly transaction?: readonly Statement[];
+}
+
+/** The new base that compaction installs. */
+export interface CompactionBase {
+  /** The version the snapshot is as of. Must be a version the backup holds and that can no longer be rewound. */
+  readonly version: number;
+  /** The timestamp of change `version`, kept so that point-in-time restores stay right. */
+  readonly timestamp: number;
+  /** The SQLite file as of `version`. */
+  readonly snapshot: SnapshotSource;
+}
+
+/** Which changes `streamChanges` yields. */
+export interface ChangeRange {
+  /** The oldest version the caller needs to rebuild; defaults to `to`. */
+  readonly from?: number;
+  /** The last version to yield; defaults to the head. */
+  readonly to?: number;
+}
+
+/**
+ * A storage backend.
+ *
+ * Callers must not overlap `addChange` and `rewind` calls (the ingest layer queues them);
+ * `compact` may run while they continue, and readers may stream at any time.
+ */
+export interface Backend {
+  /** Short name used in messages, such as "file". */
+  readonly kind: string;
+  /** Where the backup is, safe to print: never contains credentials. */
+  readonly location: string;
+
+  /** The head as the version rules need it. Answers from memory; never does I/O. */
+  head(): BackendHead;
+
+  /** Counts and sizes for `tidemark status`. */
+  status(): Promise<BackendStatus>;
+
+  /**
+   * Stores a change after the head. Resolves only once the change is durable (fsync, or a
+   * successful PUT). On failure nothing durable has changed, and the head is as before.
+   * Throws E_CLOSED when the backend was opened read-only.
+   */
+  addChange(change: ChangeToStore): Promise<void>;
+
+  /**
+   * Drops the last change, durably, so that it never reappears in a restore. Throws
+   * E_REWIND when `head().prevVersion` is null.
+   */
+  rewind(): Promise<void>;
+
+  /**
+   * Yields the changes needed to rebuild any version from `range.from` to `range.to`: first
+   * the newest change carrying a snapshot at or before `from` (if any), then every later live
+   * change in version order up to `to`. Rewound changes never appear. Records are verified on
+   * the way; damage raises E_CORRUPT naming the version and the file offset or object key.
+   * Throws E_RANGE for a version not held.
+   */
+  streamChanges(range?: ChangeRange): AsyncIterable<StoredChange>;
+
+  /**
+   * Installs `base` as the new start of the log, atomically: a crash at any point leaves a
+   * backup that restores to the same head. Changes after `base.version` are kept, so the
+   * last change stays rewindable. Storage no longer needed is reclaimed.
+   */
+  compact(base: CompactionBase): Promise<void>;
+
+  /**
+   * Deletes every change and snapshot, leaving an empty backup (its identity and lock stay).
+   * Only `tidemark copy --force` uses it, on a destination it is about to overwrite.
+   */
+  reset(): Promise<void>;
+
+  /** Releases the writer lock and any handles. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** How a backend is opened. */
+export type OpenMode =
+  /** Read only; takes no lock and never writes, even to drop a torn tail. */
+  | "read"
+  /** The single writer: takes the lock, repairs a torn tail, cleans up after crashes. */
+  | "write"
+  /** Creates a new, empty backup and opens it for writing; refuses an existing one. */
+  | "create";
+
+/** Options every backend factory accepts. */
+export interface BackendOptions {
+  readonly mode: OpenMode;
+  /** Where warnings (a dropped torn tail, a cleaned-up temp file) go. */
+  readonly log?: Logger;
+  /**
+   * Several backups in this process write at once (the daemon): overlap their flushes so that
+   * the storage can commit them together, at some cost to a lone writer's latency. Backends
+   * for which this means nothing ignore it.
+   */
+  readonly groupCommit?: boolean;
+  /** Called before a request that failed transiently is retried (for metrics). */
+  readonly onRetry?: (op: string, attempt: number, err: Error) => void;
+  /** How new records and snapshots are compressed; the backup's own setting by default. */
+  readonly compression?: CompressionName;
+  /** Brotli's quality, when compressing with brotli (1 by default). */
+  readonly brotliQuality?: number;
+  /** Encryption keys: the active one seals what is written; any may open what is read. */
+  readonly keyring?: Keyring;
+  /** How much history compaction keeps; recorded as the backup's own setting when given. */
+  readonly retention?: RetentionPolicy;
+}
+
+/** A backend module's factory: `export const createBackend: BackendFactory`. */
+export type BackendFactory = (url: URL, options: BackendOptions) => Promise<Backend>;
+
+/** A backend that can also store transactions synchronously, for hosts that cannot await. */
+export interface SyncBackend extends Backend {
+  /** addChange for a change without a snapshot, durable when it returns. */
+  addChangeSync(change: ChangeToStore): void;
+  /** rewind, done when it returns. */
+  rewindSync(): void;
+}
+
+/** Whether `backend` offers the synchronous calls. */
+export function isSyncBackend(backend: Backend): backend is SyncBackend {
+  const b = backend as Partial<SyncBackend>;
+  return typeof b.addChangeSync === "function" && typeof b.rewindSync === "function";
+}

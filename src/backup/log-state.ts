@@ -1,0 +1,160 @@
+/**
+ * What a sequence of stored records means: the head, whether it can be rewound, where the
+ * bases are. Backends feed it records in storage order as they scan or write, so the meaning
+ * of a log is defined once, and a log that breaks the rules is reported as corrupt.
+ */
+import { RecordType } from "../format/record-codec.js";
+import { canFollow } from "../model/version-rules.js";
+import { CorruptError, TidemarkError } from "../util/errors.js";
+
+/** One record as the state machine needs it. */
+export interface LogEntry {
+  readonly type: RecordType;
+  readonly version: number;
+  /** Set for change records that carry a snapshot: the backend's name for its blob. */
+  readonly snapshot?: string;
+  /** Where the record is: a byte offset in a file, or an index for object stores. */
+  readonly position: number;
+  /** Stored size of the record in bytes. */
+  readonly length: number;
+  /** The change's timestamp, when the backend knows it without a read. */
+  readonly timestamp?: number;
+}
+
+/** A live change that carries a snapshot. */
+export interface LiveSnapshot {
+  readonly version: number;
+  readonly position: number;
+  /** The backend's name for the blob. */
+  readonly ref: string;
+}
+
+/** The state of a log after some records. */
+export class LogState {
+  /** Version of the newest live change; 0 when none. */
+  head = 0;
+  /** Version rewind() returns to; null when rewind is not allowed. */
+  prevVersion: number | null = null;
+  /** Version of the oldest live change; 0 when none. */
+  firstVersion = 0;
+  /** Live change records. */
+  records = 0;
+  /** Live changes carrying snapshots, oldest first. */
+  readonly snapshots: LiveSnapshot[] = [];
+  /** The newest live change, while it can still be rewound. */
+  last: LogEntry | null = null;
+  /** The oldest live change (null when empty). */
+  firstEntry: LogEntry | null = null;
+  /** The live head change (null when empty), whether or not it can be rewound. */
+  headEntry: LogEntry | null = null;
+  #prevEntry: LogEntry | null = null;
+  /** Timestamp of the head change, when known. */
+  headTimestamp: number | undefined;
+  #prevTimestamp: number | undefined;
+
+  readonly #location: string;
+
+  /** @param location names the log in errors (a file path or a key prefix). */
+  constructor(location: string) {
+    this.#location = location;
+  }
+
+  /** Version of the newest live base snapshot; 0 when the log starts from an empty database. */
+  get baseVersion(): number {
+    return this.snapshots.at(-1)?.version ?? 0;
+  }
+
+  /** Applies the next record. Throws CorruptError if it cannot follow the ones before it. */
+  apply(entry: LogEntry): void {
+    if (entry.type === RecordType.Rewind) {
+      this.#rewind(entry);
+      return;
+    }
+    const { version } = entry;
+    const ok = canFollow(this.head, version, entry.snapshot !== undefined);
+    if (!ok) {
+      this.#fail(
+        entry,
+        entry.snapshot
+          ? `snapshot change ${version} does not come after head ${this.head}`
+          : `change ${version} does not follow head ${this.head}`,
+      );
+    }
+    this.prevVersion = this.head;
+    this.head = version;
+    this.#prevTimestamp = this.headTimestamp;
+    this.headTimestamp = entry.timestamp;
+    this.#prevEntry = this.headEntry;
+    this.headEntry = entry;
+    if (this.records === 0) {
+      this.firstVersion = version;
+      this.firstEntry = entry;
+    }
+    this.records++;
+    if (entry.snapshot) this.snapshots.push({ version, position: entry.position, ref: entry.snapshot });
+    this.last = entry;
+  }
+
+  /**
+   * Records a rewind whose change is gone from storage (an object store deletes the rewound
+   * change after writing its rewind marker): the head stays, but may not be rewound again.
+   */
+  markRewound(entry: LogEntry): void {
+    if (entry.version !== this.head + 1) this.#fail(entry, `rewind marker for version ${entry.version} does not follow head ${this.head}`);
+    this.prevVersion = null;
+    this.last = null;
+  }
+
+  #rewind(entry: LogEntry): void {
+    const last = this.last;
+    if (!last || last.version !== entry.version || this.prevVersion === null) {
+      this.#fail(entry, `rewind of version ${entry.version} does not directly follow change ${entry.version}`);
+    }
+    this.head = this.prevVersion;
+    this.prevVersion = null;
+    this.headTimestamp = this.#prevTimestamp;
+    this.#prevTimestamp = undefined;
+    this.headEntry = this.#prevEntry;
+    this.#prevEntry = null;
+    this.records--;
+    if (this.records === 0) {
+      this.firstVersion = 0;
+      this.firstEntry = null;
+    }
+    if (last.snapshot) this.snapshots.pop();
+    this.last = null;
+  }
+
+  /**
+   * Checks a range against the versions held and says where streaming starts: at the newest
+   * live snapshot at or before `from`, or at the start of the log. Throws E_RANGE.
+   */
+  plan(range: { readonly from?: number; readonly to?: number }): { to: number; start: number } {
+    const to = range.to ?? this.head;
+    const from = range.from ?? to;
+    for (const v of [from, to]) {
+      if (!Number.isSafeInteger(v) || v < this.firstVersion || v > this.head) {
+        throw new TidemarkError(
+          "E_RANGE",
+          this.head === 0
+            ? `version ${v} is not held by ${this.#location}: the backup is empty`
+            : `version ${v} is not held by ${this.#location}: it holds ${this.firstVersion}..${this.head}`,
+          { hint: this.head === 0 ? "ingest changes first" : `pick a version from ${this.firstVersion} to ${this.head}` },
+        );
+      }
+    }
+    let start = 0;
+    for (let i = this.snapshots.length - 1; i >= 0; i--) {
+      const s = this.snapshots[i]!;
+      if (s.version <= Math.min(from, to)) {
+        start = s.position;
+        break;
+      }
+    }
+    return { to, start };
+  }
+
+  #fail(entry: LogEntry, what: string): never {
+    throw new CorruptError(this.#location, what, { offset: entry.position, version: entry.version });
+  }
+}

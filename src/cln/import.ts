@@ -1,0 +1,75 @@
+/**
+ * Converts a `.dbak` backup of Core Lightning's Python backup plugin into a tidemark backup.
+ *
+ * The whole file is checked first (`scanDbak`), so a damaged file is refused before anything
+ * is written. Then each live record becomes one change under the version rules: a snapshot
+ * record is streamed from the file as a new base, and a transaction record becomes its
+ * statements. Rewound records are left out, so a restore never replays them.
+ */
+import fs from "node:fs";
+import type { Backend } from "../backup/backup.js";
+import { readSnapshot, readStatements, type DbakRecord, type DbakScan } from "./dbak.js";
+import { withContext } from "../util/errors.js";
+import { applyChange } from "../ops/ingest.js";
+
+/** What an import did. */
+export interface DbakImportResult {
+  /** Changes written: one per live version. */
+  readonly changes: number;
+  /** Of those, snapshots. */
+  readonly snapshots: number;
+  /** Statements written. */
+  readonly statements: number;
+  /** The first and last versions written; 0 for an empty backup. */
+  readonly firstVersion: number;
+  readonly headVersion: number;
+  /** Versions whose first record was superseded by a later one (rewound, never replayed). */
+  readonly supersededVersions: readonly number[];
+  /** Versions written after the head that the original never acknowledged (left out). */
+  readonly unacknowledgedVersions: readonly number[];
+  /** A record cut short at the end of the file, after the head (left out). */
+  readonly tornTail: DbakScan["tornTail"];
+}
+
+/**
+ * Writes the live records of a scanned `.dbak` file into `backend`, which must be empty and
+ * open for writing. `onProgress` receives records done and records in all.
+ */
+export async function importDbak(scan: DbakScan, backend: Backend, onProgress?: (done: number, total: number) => void): Promise<DbakImportResult> {
+  const fd = fs.openSync(scan.file, "r");
+  let snapshots = 0;
+  let statements = 0;
+  try {
+    for (const [i, record] of scan.records.entries()) {
+      try {
+        if (record.kind === "snapshot") {
+          await applyChange(backend, { version: record.version, snapshot: readSnapshot(scan.file, record) });
+          snapshots++;
+        } else {
+          const transaction = readStatements(fd, scan.file, record);
+          await applyChange(backend, { version: record.version, transaction });
+          statements += transaction.length;
+        }
+      } catch (err) {
+        throw withContext(err, describe(record));
+      }
+      onProgress?.(i + 1, scan.records.length);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return {
+    changes: scan.records.length,
+    snapshots,
+    statements,
+    firstVersion: scan.records[0]?.version ?? 0,
+    headVersion: scan.records.at(-1)?.version ?? 0,
+    supersededVersions: scan.superseded.map((r) => r.version),
+    unacknowledgedVersions: scan.beyondHead.map((r) => r.version),
+    tornTail: scan.tornTail,
+  };
+}
+
+function describe(record: DbakRecord): string {
+  return `${record.kind} record at offset ${record.offset} (version ${record.version})`;
+}

@@ -1,0 +1,253 @@
+/**
+ * The daemon: serves several databases over HTTP (a Unix socket, and TCP with an API key) and
+ * a spool directory, compacts them on schedule, reloads its configuration, and drains on stop.
+ */
+import fs from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import os from "node:os";
+import type { Config, DatabaseConfig } from "./config.js";
+import { ManagedDatabase } from "./managed-database.js";
+import { ConfigError, TidemarkError } from "../util/errors.js";
+import { createApiHandler, type ApiContext } from "./http-api.js";
+import type { Logger } from "../util/logger.js";
+import { Metrics } from "./metrics.js";
+import { Spool } from "./spool.js";
+
+/** A database that could not be opened, kept so that requests and status can say why. */
+interface FailedDatabase {
+  readonly config: DatabaseConfig;
+  readonly error: TidemarkError;
+}
+
+/** A running daemon. */
+export class Daemon {
+  readonly #log: Logger;
+  readonly #metrics = new Metrics();
+  readonly #dbs = new Map<string, ManagedDatabase>();
+  readonly #failed = new Map<string, FailedDatabase>();
+  readonly #servers: http.Server[] = [];
+  #config: Config;
+  #spool: Spool | null = null;
+  #draining = false;
+  #stopping: Promise<void> | null = null;
+  #reloading: Promise<void> = Promise.resolve();
+
+  private constructor(config: Config, log: Logger) {
+    this.#config = config;
+    this.#log = log;
+  }
+
+  /** Opens every database, then listens; resolves once the daemon is ready. */
+  static async start(config: Config, log: Logger): Promise<Daemon> {
+    const d = new Daemon(config, log);
+    try {
+      if (config.tmpDir) fs.mkdirSync(config.tmpDir, { recursive: true, mode: 0o700 });
+      await Promise.all(config.databases.map((db) => d.#open(db)));
+      const handler = createApiHandler(d.#api());
+      d.#servers.push(await listenOnSocket(config.socket, handler));
+      if (config.tcp) {
+        const tcp = http.createServer(createApiHandler(d.#api(), config.tcp.apiKey));
+        await listen(tcp, () => tcp.listen(config.tcp!.port, config.tcp!.host));
+        d.#servers.push(tcp);
+      }
+      if (config.spool) {
+        d.#spool = new Spool(config.spool, d.#api(), log);
+        await d.#spool.start(config.databases.map((db) => db.name));
+      }
+    } catch (err) {
+      await d.stop();
+      throw err;
+    }
+    log.info(
+      {
+        socket: config.socket,
+        ...(config.tcp && { tcp: `${config.tcp.host}:${d.tcpPort}` }),
+        ...(config.spool && { spool: config.spool }),
+        databases: [...d.#dbs.keys()],
+        failed: [...d.#failed.keys()],
+        config: config.source,
+      },
+      "ready",
+    );
+    return d;
+  }
+
+  /** The TCP port actually bound (useful when the config asked for port 0). */
+  get tcpPort(): number | undefined {
+    const addr = this.#servers[1]?.address();
+    return addr && typeof addr === "object" ? addr.port : undefined;
+  }
+
+  /** The databases being served (those that failed to open are in `failures`). */
+  get databaseNames(): string[] {
+    return [...this.#dbs.keys()];
+  }
+
+  /** Databases that failed to open, with why. */
+  get failures(): ReadonlyMap<string, TidemarkError> {
+    return new Map([...this.#failed].map(([k, v]) => [k, v.error]));
+  }
+
+  async #open(config: DatabaseConfig): Promise<void> {
+    try {
+      const c = this.#config;
+      const db = await ManagedDatabase.open(config, {
+        log: this.#log,
+        metrics: this.#metrics,
+        groupCommit: c.groupCommit === "on" || (c.groupCommit === "auto" && c.databases.length > 1),
+        ...(c.tmpDir && { tmpDir: c.tmpDir }),
+      });
+      this.#dbs.set(config.name, db);
+      this.#failed.delete(config.name);
+      this.#metrics.databaseUp.set({ db: config.name }, 1);
+    } catch (err) {
+      const error =
+        err instanceof TidemarkError ? err : new TidemarkError("E_INTERNAL", (err as Error).message ?? String(err), { cause: err });
+      this.#failed.set(config.name, { config, error });
+      this.#metrics.databaseUp.set({ db: config.name }, 0);
+      this.#metrics.errors.inc({ db: config.name, code: error.code });
+      this.#log.error({ db: config.name, err: error, code: error.code }, "database failed to open; requests to it get 503 until a reload");
+    }
+  }
+
+  #api(): ApiContext {
+    return {
+      database: (name) => {
+        const failed = this.#failed.get(name);
+        if (failed) {
+          throw new TidemarkError("E_UNAVAILABLE", `database ${name} failed to open: ${failed.error.message}`, {
+            hint: failed.error.hint ?? "fix the cause, then reload the daemon (SIGHUP)",
+          });
+        }
+        return this.#dbs.get(name);
+      },
+      databases: () => [...this.#dbs.values()],
+      metrics: this.#metrics,
+      log: this.#log,
+      maxChangeBytes: () => this.#config.maxChangeBytes,
+      tmpDir: () => this.#config.tmpDir ?? os.tmpdir(),
+      draining: () => this.#draining,
+      failures: () => [...this.#failed.values()].map((f) => ({ name: f.config.name, code: f.error.code, error: f.error.message })),
+    };
+  }
+
+  /**
+   * Applies a new configuration: added databases open, removed ones drain and close, changed
+   * ones restart. Listener changes take effect on restart.
+   */
+  reload(next: Config): Promise<void> {
+    this.#reloading = this.#reloading.then(() => this.#reload(next));
+    return this.#reloading;
+  }
+
+  async #reload(next: Config): Promise<void> {
+    if (this.#draining) return;
+    const prev = this.#config;
+    for (const [what, changed] of [
+      ["socket", prev.socket !== next.socket],
+      ["tcp", JSON.stringify(prev.tcp) !== JSON.stringify(next.tcp)],
+      ["spool", prev.spool !== next.spool],
+    ] as const) {
+      if (changed) this.#log.warn({ setting: what }, "this setting changes only when the daemon restarts");
+    }
+    this.#config = { ...next, socket: prev.socket, ...(prev.tcp ? { tcp: prev.tcp } : {}), ...(prev.spool ? { spool: prev.spool } : {}) } as Config;
+    const wanted = new Map(next.databases.map((db) => [db.name, db]));
+    const current = new Map<string, DatabaseConfig>([
+      ...[...this.#dbs].map(([k, v]) => [k, v.config] as const),
+      ...[...this.#failed].map(([k, v]) => [k, v.config] as const),
+    ]);
+    const closing: Promise<void>[] = [];
+    for (const [name, cfg] of current) {
+      const want = wanted.get(name);
+      if (want && JSON.stringify(want) === JSON.stringify(cfg) && !this.#failed.has(name)) continue;
+      // A database that failed to open has series of its own (up 0, its error) to forget.
+      if (this.#failed.delete(name)) this.#metrics.removeDatabase(name);
+      const db = this.#dbs.get(name);
+      this.#dbs.delete(name);
+      if (db) closing.push(db.close());
+      this.#log.info({ db: name }, want ? "database configuration changed; restarting it" : "database removed; draining it");
+    }
+    await Promise.all(closing);
+    const opening = next.databases.filter((db) => !this.#dbs.has(db.name));
+    await Promise.all(opening.map((db) => this.#open(db)));
+    for (const db of opening) this.#spool?.addDatabase(db.name);
+    this.#log.info({ databases: [...this.#dbs.keys()], failed: [...this.#failed.keys()] }, "configuration reloaded");
+  }
+
+  /**
+   * Drains: new requests get 503, requests in flight and queued changes finish, a running
+   * compaction is abandoned, then every backend closes.
+   */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      this.#draining = true;
+      this.#log.info({}, "draining");
+      await Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      await this.#spool?.close();
+      await this.#reloading.catch(() => {});
+      await Promise.all([...this.#dbs.values()].map((db) => db.close()));
+      this.#dbs.clear();
+      // Only a socket this daemon bound is its to remove.
+      if (this.#servers.length > 0) fs.rmSync(this.#config.socket, { force: true });
+      this.#log.info({}, "stopped");
+    })();
+    return this.#stopping;
+  }
+}
+
+/**
+ * Listens on a Unix socket with mode 0600. An existing socket that nobody answers on is
+ * stale and removed; a live one, or a path that is not a socket, is refused.
+ */
+async function listenOnSocket(file: string, handler: http.RequestListener): Promise<http.Server> {
+  let stat: fs.Stats | undefined;
+  try {
+    stat = fs.lstatSync(file);
+  } catch {
+    // nothing there
+  }
+  if (stat) {
+    if (!stat.isSocket()) {
+      throw new ConfigError("socket", `${file} exists and is not a socket; refusing to remove it`, {
+        hint: "move that file away, or set another socket path",
+      });
+    }
+    if (await answers(file)) {
+      throw new TidemarkError("E_LOCKED", `another daemon is listening on ${file}`, { hint: "stop it first, or set another socket path" });
+    }
+    fs.rmSync(file);
+  }
+  const server = http.createServer(handler);
+  // The socket is created 0600: no moment exists in which others could connect.
+  const umask = process.umask(0o177);
+  try {
+    await listen(server, () => server.listen(file));
+  } finally {
+    process.umask(umask);
+  }
+  fs.chmodSync(file, 0o600);
+  return server;
+}
+
+function answers(file: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(file);
+    c.once("connect", () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once("error", () => resolve(false));
+  });
+}
+
+function listen(server: http.Server, start: () => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.once("listening", () => {
+      server.off("error", reject);
+      resolve();
+    });
+    start();
+  });
+}

@@ -1,0 +1,332 @@
+/**
+ * The daemon's HTTP API, served on the Unix socket and, with an API key, on TCP.
+ *
+ * | endpoint                              | what it does                                   |
+ * |---------------------------------------|------------------------------------------------|
+ * | POST /v1/dbs/:db/changes              | a JSON change; 200 {"version"} once durable    |
+ * | POST /v1/dbs/:db/snapshot?version=N   | a raw SQLite file, streamed, as a new base     |
+ * | POST /v1/dbs/:db/rewind               | drop the last change                           |
+ * | POST /v1/dbs/:db/compact              | compact now                                    |
+ * | POST /v1/dbs/:db/verify               | verify, with a test restore                    |
+ * | GET  /v1/dbs, /v1/dbs/:db             | status                                         |
+ * | GET  /v1/dbs/:db/backup[?version=N]   | a restored SQLite file, streamed               |
+ * | GET  /healthz, /metrics               | health; Prometheus metrics                     |
+ *
+ * Every error is JSON: `{"error", "code", "hint"?, "head"?}` with a 4xx or 5xx status.
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import fs from "node:fs";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import path from "node:path";
+import { pipeline } from "node:stream/promises";
+import { wireChange } from "../model/change-json.js";
+import { DB_NAME_RE } from "./config.js";
+import type { ManagedDatabase } from "./managed-database.js";
+import { InputError, TidemarkError, type ErrorCode } from "../util/errors.js";
+import type { Logger } from "../util/logger.js";
+import type { Metrics } from "./metrics.js";
+
+const SQLITE_HEADER = Buffer.from("SQLite format 3\0", "latin1");
+
+/** What the API needs from the daemon. */
+export interface ApiContext {
+  database(name: string): ManagedDatabase | undefined;
+  databases(): ManagedDatabase[];
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** Largest JSON change accepted, in bytes. */
+  maxChangeBytes(): number;
+  /** Where backup downloads are restored before they are sent. */
+  tmpDir(): string;
+  /** True once the daemon is draining: new requests get 503. */
+  draining(): boolean;
+  /** Databases that failed to open. */
+  failures(): { name: string; code: string; error: string }[];
+}
+
+const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
+  E_INPUT: 400,
+  E_USAGE: 400,
+  E_NONDETERMINISTIC: 400,
+  E_AUTH: 401,
+  E_NOT_FOUND: 404,
+  E_RANGE: 404,
+  E_GAP: 409,
+  E_STALE: 409,
+  E_REWIND: 409,
+  E_TOO_LARGE: 413,
+  E_UNAVAILABLE: 503,
+  E_LOCKED: 503,
+  E_BACKEND: 503,
+};
+
+/** Returns the request handler; with `apiKey`, every route but /healthz requires it. */
+export function createApiHandler(ctx: ApiContext, apiKey?: string): (req: IncomingMessage, res: ServerResponse) => void {
+  const expected = apiKey === undefined ? undefined : digest(apiKey);
+  return (req, res) => {
+    handle(ctx, expected, req, res).catch((err: unknown) => sendError(ctx, res, err));
+  };
+}
+
+async function handle(ctx: ApiContext, expectedKey: Buffer | undefined, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const url = new URL(req.url ?? "/", "http://tidemark.invalid");
+  if (url.pathname === "/healthz" && req.method === "GET") {
+    const failed = ctx.failures();
+    const status = ctx.draining() ? "draining" : failed.length > 0 ? "degraded" : "ok";
+    sendJson(res, status === "ok" ? 200 : 503, { status, databases: ctx.databases().length, ...(failed.length > 0 && { failed }) });
+    return;
+  }
+  if (expectedKey && !authorised(req, expectedKey)) {
+    throw new TidemarkError("E_AUTH", "missing or wrong API key", { hint: "send it as X-API-Key or Authorization: Bearer <key>" });
+  }
+  if (url.pathname === "/metrics" && req.method === "GET") {
+    res.writeHead(200, { "content-type": ctx.metrics.registry.contentType });
+    res.end(await ctx.metrics.registry.metrics());
+    return;
+  }
+  if (ctx.draining()) throw new TidemarkError("E_UNAVAILABLE", "the daemon is shutting down", { hint: "retry once it is back" });
+
+  const parts = url.pathname.split("/").filter((p) => p !== "");
+  if (parts[0] !== "v1" || parts[1] !== "dbs" || parts.length > 4) throw notFound(url.pathname);
+  if (parts.length === 2) {
+    allow(req, "GET");
+    sendJson(res, 200, { databases: await Promise.all(ctx.databases().map((d) => d.status())), failed: ctx.failures() });
+    return;
+  }
+  const db = lookup(ctx, parts[2]!);
+  try {
+    await route(ctx, db, parts[3], url, req, res);
+  } catch (err) {
+    // A refusal by the version rules tells the host where the backup stands.
+    if (err instanceof TidemarkError && STATUS_BY_CODE[err.code] === 409) Object.assign(err, { head: db.head().version });
+    db.recordFailure(err);
+    if (err instanceof TidemarkError) {
+      const status = statusOf(err);
+      ctx.log[status < 500 ? "warn" : "error"](
+        { db: db.name, method: req.method, path: url.pathname, status, code: err.code, error: err.message },
+        status < 500 ? "request refused" : "request failed",
+      );
+    }
+    throw err;
+  }
+}
+
+async function route(ctx: ApiContext, db: ManagedDatabase, action: string | undefined, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  switch (action) {
+    case undefined:
+      allow(req, "GET");
+      sendJson(res, 200, await db.status());
+      return;
+    case "changes":
+      allow(req, "POST");
+      return postChange(ctx, db, req, res);
+    case "snapshot":
+      allow(req, "POST");
+      return postSnapshot(db, url, req, res);
+    case "rewind": {
+      allow(req, "POST");
+      const head = await db.rewind();
+      sendJson(res, 200, { version: head.version });
+      return;
+    }
+    case "compact":
+      allow(req, "POST");
+      sendJson(res, 200, await db.compactNow());
+      return;
+    case "verify": {
+      allow(req, "POST");
+      const report = await db.verifyNow();
+      sendJson(res, report.ok ? 200 : 500, report);
+      return;
+    }
+    case "backup":
+      allow(req, "GET");
+      return getBackup(ctx, db, url, res);
+    default:
+      throw notFound(url.pathname);
+  }
+}
+
+async function postChange(ctx: ApiContext, db: ManagedDatabase, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const body = await readBody(req, ctx.maxChangeBytes());
+  let value: unknown;
+  try {
+    value = JSON.parse(body.toString("utf8"));
+  } catch (err) {
+    throw new InputError(`invalid JSON: ${(err as Error).message}`, {
+      hint: 'send one JSON change, like {"version":1,"transaction":["CREATE TABLE t(x)"]}',
+    });
+  }
+  const wire = wireChange(value);
+  const result = await db.ingest(
+    {
+      version: wire.version,
+      ...(wire.timestamp !== undefined && { timestamp: wire.timestamp }),
+      ...(wire.transaction && { transaction: wire.transaction }),
+    },
+    body.length,
+  );
+  sendJson(res, 200, result);
+}
+
+async function postSnapshot(db: ManagedDatabase, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const version = versionParam(url, true)!;
+  let bytes = 0;
+  // The body is passed on as it arrives; only its first bytes are checked here.
+  async function* sqliteFile(): AsyncGenerator<Buffer> {
+    let head = Buffer.alloc(0);
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      bytes += chunk.length;
+      if (head.length < SQLITE_HEADER.length) {
+        head = Buffer.concat([head, chunk]);
+        if (head.length < SQLITE_HEADER.length) continue;
+        if (!head.subarray(0, SQLITE_HEADER.length).equals(SQLITE_HEADER)) {
+          throw new InputError("the request body is not a SQLite database", { hint: "POST the raw bytes of a SQLite file" });
+        }
+        yield head;
+        continue;
+      }
+      yield chunk;
+    }
+    if (head.length < SQLITE_HEADER.length) throw new InputError("the request body is not a SQLite database (too short)");
+  }
+  const result = await db.ingest({ version, snapshot: sqliteFile() }, 0);
+  res.setHeader("x-tidemark-bytes", String(bytes));
+  sendJson(res, 200, result);
+}
+
+async function getBackup(ctx: ApiContext, db: ManagedDatabase, url: URL, res: ServerResponse): Promise<void> {
+  const version = versionParam(url, false);
+  const dir = fs.mkdtempSync(path.join(ctx.tmpDir(), "tidemark-backup-"));
+  try {
+    const file = path.join(dir, `${db.name}.db`);
+    const restored = await db.restoreTo(file, version);
+    res.writeHead(200, {
+      "content-type": "application/octet-stream",
+      "content-length": String(restored.bytes),
+      "content-disposition": `attachment; filename="${db.name}-${restored.version}.db"`,
+      "x-content-type-options": "nosniff",
+      "x-tidemark-version": String(restored.version),
+    });
+    try {
+      await pipeline(fs.createReadStream(file), res);
+    } catch (err) {
+      // The client went away mid-download (or right after the last byte): nothing to answer.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "ERR_STREAM_PREMATURE_CLOSE" && code !== "EPIPE" && code !== "ECONNRESET") throw err;
+      ctx.log.debug({ db: db.name, code }, "backup download ended early");
+    }
+  } finally {
+    // Also when the client went away mid-download: pipeline rejects, and the file goes.
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function lookup(ctx: ApiContext, raw: string): ManagedDatabase {
+  let name: string;
+  try {
+    name = decodeURIComponent(raw);
+  } catch {
+    throw new InputError("the database name in the URL is not valid percent-encoding");
+  }
+  if (!DB_NAME_RE.test(name)) {
+    throw new InputError(`invalid database name ${JSON.stringify(name.slice(0, 80))}`, { hint: "names are 1 to 64 of a-z, 0-9, _ and -" });
+  }
+  const db = ctx.database(name);
+  if (!db) {
+    throw new TidemarkError("E_NOT_FOUND", `no database named "${name}"`, {
+      hint: `configured: ${ctx.databases().map((d) => d.name).join(", ") || "none"}`,
+    });
+  }
+  return db;
+}
+
+function versionParam(url: URL, required: boolean): number | undefined {
+  const raw = url.searchParams.get("version");
+  if (raw === null) {
+    if (required) throw new InputError("the version query parameter is required", { hint: "POST /v1/dbs/<db>/snapshot?version=N" });
+    return undefined;
+  }
+  const n = Number(raw);
+  if (!/^[0-9]+$/.test(raw) || !Number.isSafeInteger(n) || n < 1) throw new InputError(`version must be an integer >= 1, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+/** Reads a whole (small) body, refusing more than `limit` bytes with 413. */
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers["content-length"]);
+  const tooLarge = () =>
+    new TidemarkError("E_TOO_LARGE", `request body exceeds the ${limit}-byte limit`, {
+      hint: "split the transaction, send the data as a snapshot, or raise maxChangeBytes in the config",
+    });
+  if (Number.isFinite(declared) && declared > limit) throw tooLarge();
+  // Plain events rather than an async iterator: this is on every change's path.
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.removeAllListeners("data");
+        req.pause();
+        reject(tooLarge());
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.once("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
+    req.once("error", reject);
+  });
+}
+
+function allow(req: IncomingMessage, method: string): void {
+  if (req.method !== method) {
+    throw Object.assign(new TidemarkError("E_INPUT", `${req.method} is not allowed here; use ${method}`), { status: 405, allow: method });
+  }
+}
+
+function notFound(pathname: string): TidemarkError {
+  return new TidemarkError("E_NOT_FOUND", `no such endpoint: ${pathname.slice(0, 100)}`, { hint: "see the API table in the README" });
+}
+
+function authorised(req: IncomingMessage, expected: Buffer): boolean {
+  const header = req.headers["x-api-key"];
+  const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? "")?.[1];
+  const given = typeof header === "string" ? header : bearer;
+  // Hashing first makes the comparison constant-time whatever the lengths.
+  return given !== undefined && timingSafeEqual(digest(given), expected);
+}
+
+function digest(key: string): Buffer {
+  return createHash("sha256").update(key).digest();
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** The HTTP status for an error: its own (405 for a wrong method), or its code's. */
+function statusOf(err: TidemarkError): number {
+  return (err as { status?: number }).status ?? STATUS_BY_CODE[err.code] ?? 500;
+}
+
+function sendError(ctx: ApiContext, res: ServerResponse, err: unknown): void {
+  const known = err instanceof TidemarkError;
+  if (!known) ctx.log.error({ err }, "request failed unexpectedly");
+  const status = known ? statusOf(err) : 500;
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body: Record<string, unknown> = known
+    ? { error: err.message, code: err.code, ...(err.hint && { hint: err.hint }) }
+    : { error: "internal error; see the daemon log", code: "E_INTERNAL" };
+  const head = (err as { head?: unknown }).head;
+  if (typeof head === "number") body.head = head;
+  const allowHeader = (err as { allow?: string }).allow;
+  if (allowHeader) res.setHeader("allow", allowHeader);
+  if (status === 413) res.setHeader("connection", "close");
+  sendJson(res, status, body);
+}

@@ -1,0 +1,226 @@
+/**
+ * A replica: a second backend fed asynchronously from a database's primary.
+ *
+ * The primary acknowledges changes; the feeder copies them afterwards, in version order, by
+ * reading them back from the primary, so memory stays bounded however far behind a replica
+ * falls. It makes the replica follow whatever the primary did:
+ *
+ * - new changes are applied under the version rules, so a change the primary rewound and
+ *   redid replaces the replica's copy (rewind-then-append);
+ * - a change the primary rewound and did not redo is rewound on the replica too;
+ * - when the primary compacts, the replica installs the same base snapshot;
+ * - a replica that is down is retried with backoff and catches up when it returns; one that
+ *   fell behind the primary's oldest version starts again from the primary's base.
+ */
+import type { Backend, BackendOptions, BackendStatus } from "../backup/backup.js";
+import { openOrCreateBackend } from "../backup/registry.js";
+import { TidemarkError } from "../util/errors.js";
+import { applyChange } from "../ops/ingest.js";
+import type { Logger } from "../util/logger.js";
+
+/** How often a replica with nothing to do checks again. */
+const IDLE_MS = 1_000;
+/** Retry delays after a failure: doubling from the first, up to the second. */
+const BACKOFF_MS = [500, 30_000] as const;
+
+/** Where a replica stands. */
+export interface ReplicaStatus {
+  readonly location: string;
+  /** The replica's head; -1 until it has been opened. */
+  readonly version: number;
+  /** Versions the replica is behind the primary. */
+  readonly lagVersions: number;
+  /** How much older the replica's head is than the primary's, in seconds. */
+  readonly lagSeconds: number;
+  /** The last failure, until the next success. */
+  readonly error?: { readonly code: string; readonly message: string; readonly at: string };
+}
+
+/** What a feeder needs from its database. */
+export interface ReplicaDeps {
+  readonly log: Logger;
+  /** How the replica backend is opened: the primary's codec and keys, group commit, retry metrics. */
+  readonly backendOptions?: Omit<BackendOptions, "mode" | "log">;
+  /** Called after every sync with the replica's status (for metrics). */
+  readonly onStatus?: (status: ReplicaStatus) => void;
+}
+
+/** Feeds one replica from a primary. */
+export class ReplicaFeeder {
+  readonly location: string;
+  readonly #primary: Backend;
+  readonly #deps: ReplicaDeps;
+  readonly #log: Logger;
+  #replica: Backend | null = null;
+  /** The replica's head and its timestamp, as of the last success; -1 before the first. */
+  #version = -1;
+  #timestamp: number | undefined;
+  #error: ReplicaStatus["error"] | undefined;
+  #wake: (() => void) | null = null;
+  #dirty = true;
+  #closed = false;
+  #loop: Promise<void> | null = null;
+
+  constructor(primary: Backend, location: string, deps: ReplicaDeps) {
+    this.#primary = primary;
+    this.location = location;
+    this.#deps = deps;
+    this.#log = deps.log.child({ component: "replica", replica: location });
+  }
+
+  /** Starts feeding in the background. */
+  start(): void {
+    this.#loop ??= this.#run();
+  }
+
+  /** Tells the feeder the primary changed. Cheap; call it on every change. */
+  notify(): void {
+    this.#dirty = true;
+    this.#wake?.();
+  }
+
+  /** Where the replica stands against the primary now. */
+  async status(): Promise<ReplicaStatus> {
+    const primary = await this.#primary.status();
+    const behind = this.#version < 0 ? primary.version : Math.max(0, primary.version - this.#version);
+    // A replica that holds nothing yet is behind by the primary's live generation, all it will copy.
+    const since = this.#timestamp ?? primary.generations.at(-1)?.firstTimestamp ?? primary.headTimestamp ?? 0;
+    const seconds = behind === 0 ? 0 : Math.max(0, ((primary.headTimestamp ?? 0) - since) / 1000);
+    return {
+      location: this.location,
+      version: this.#version,
+      lagVersions: behind,
+      lagSeconds: seconds,
+      ...(this.#error && { error: this.#error }),
+    };
+  }
+
+  /** Records where the replica is and reports the status. */
+  async #publish(version?: number, timestamp?: number): Promise<void> {
+    if (version !== undefined) {
+      this.#version = version;
+      this.#timestamp = timestamp;
+    }
+    if (this.#deps.onStatus) this.#deps.onStatus(await this.status());
+  }
+
+  /** Stops after the change in flight and closes the replica. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#wake?.();
+    await this.#loop;
+    await this.#replica?.close();
+    this.#replica = null;
+  }
+
+  async #run(): Promise<void> {
+    let failures = 0;
+    while (!this.#closed) {
+      try {
+        this.#dirty = false;
+        this.#replica ??= (await openOrCreateBackend(this.location, this.#backendOptions())).backend;
+        await this.#sync();
+        this.#error = undefined;
+        await this.#publish();
+        failures = 0;
+        if (!this.#dirty) await this.#sleep(IDLE_MS);
+      } catch (err) {
+        failures++;
+        const e = err instanceof TidemarkError ? err : new TidemarkError("E_INTERNAL", (err as Error).message, { cause: err });
+        this.#error = { code: e.code, message: e.message, at: new Date().toISOString() };
+        await this.#publish().catch(() => {});
+        this.#log.warn({ code: e.code, error: e.message, failures }, "replica is not in sync; will retry");
+        this.#log.debug({ err: e }, "replica failure");
+        // A replica whose handle may be broken is reopened on the next try.
+        if (failures % 3 === 0 && this.#replica) {
+          await this.#replica.close().catch(() => {});
+          this.#replica = null;
+        }
+        await this.#sleep(Math.min(BACKOFF_MS[0] * 2 ** (failures - 1), BACKOFF_MS[1]));
+      }
+    }
+  }
+
+  #backendOptions(): Omit<BackendOptions, "mode"> {
+    return { ...this.#deps.backendOptions, log: this.#log };
+  }
+
+  /** One pass: undo what the primary undid, copy what it has, install its base. */
+  async #sync(): Promise<void> {
+    const replica = this.#replica!;
+    const primary = await this.#primary.status();
+    let mine = await replica.status();
+
+    if (mine.version > primary.version || (mine.version === primary.version && mine.version > 0 && mine.headTimestamp !== primary.headTimestamp)) {
+      // The primary rewound a change the replica already had.
+      if (mine.prevVersion === null || mine.version > primary.version + 1) throw diverged(this.location, mine, primary);
+      await replica.rewind();
+      this.#log.info({ version: mine.version }, "rewound a change the primary rewound");
+      mine = await replica.status();
+    }
+
+    if (mine.version < primary.version) {
+      // Copy from right after the replica's head when one generation of the primary holds
+      // everything from there (the live one; on S3 also an older one, whose changes run to
+      // the head). Otherwise, and for an empty replica, from the primary's live base: a replica
+      // follows the live generation, and the older ones the primary retains stay there.
+      const next = mine.version + 1;
+      const inOne = mine.version > 0 && primary.generations.some((g) => g.firstVersion <= next && g.lastVersion >= primary.version);
+      const from = inOne ? next : (primary.generations.at(-1)?.firstVersion ?? primary.firstVersion);
+      for await (const change of this.#primary.streamChanges({ from, to: primary.version })) {
+        if (this.#closed) return;
+        // The stream starts at the newest base at or before `from`, which the replica may hold already.
+        if (change.version <= mine.version) continue;
+        await applyChange(replica, {
+          version: change.version,
+          timestamp: change.timestamp,
+          ...(change.snapshot && { snapshot: change.snapshot.open() }),
+          ...(change.transaction && { transaction: change.transaction }),
+        });
+        this.#version = replica.head().version;
+        this.#timestamp = change.timestamp;
+      }
+      mine = await replica.status();
+    }
+
+    // The primary compacted: install the same base once the replica holds it settled.
+    const settled = mine.prevVersion === null ? mine.version : mine.version - 1;
+    if (primary.baseVersion > mine.baseVersion && primary.baseVersion <= settled && primary.baseVersion >= mine.firstVersion) {
+      const base = await first(this.#primary.streamChanges({ from: primary.baseVersion, to: primary.baseVersion }));
+      if (base?.snapshot && base.version === primary.baseVersion) {
+        await replica.compact({ version: base.version, timestamp: base.timestamp, snapshot: base.snapshot.open() });
+        this.#log.info({ baseVersion: base.version }, "installed the primary's new base");
+        mine = await replica.status();
+      }
+    }
+    await this.#publish(mine.version, mine.headTimestamp);
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      timer.unref();
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.#wake = () => {
+        this.#wake = null;
+        done();
+      };
+    });
+  }
+}
+
+async function first<T>(items: AsyncIterable<T>): Promise<T | undefined> {
+  for await (const item of items) return item;
+  return undefined;
+}
+
+function diverged(location: string, mine: BackendStatus, primary: BackendStatus): TidemarkError {
+  return new TidemarkError(
+    "E_STALE",
+    `replica ${location} is at version ${mine.version}, which the primary (at ${primary.version}) does not hold and it cannot rewind`,
+    { hint: `re-seed it: tidemark copy <primary> ${location} --force` },
+  );
+}

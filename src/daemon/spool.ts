@@ -1,0 +1,254 @@
+/**
+ * The spool directory: a way in for hosts that cannot make HTTP calls.
+ *
+ * A host writes `<spool>/<db>/<version>.json` atomically (a temp name, then a rename) and
+ * waits for the file to disappear: the daemon deletes it only once the change is durable. A
+ * file that cannot be taken moves to `<spool>/rejected/` with a `.reason` file beside it.
+ * Files are taken in version order, including those present when the daemon starts.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { watch, type FSWatcher } from "chokidar";
+import { parseWireChange } from "../model/change-json.js";
+import { DB_NAME_RE } from "./config.js";
+import type { ManagedDatabase } from "./managed-database.js";
+import { InputError, TidemarkError } from "../util/errors.js";
+import type { Logger } from "../util/logger.js";
+
+const FILE_RE = /^([0-9]{1,15})\.json$/;
+/** How long a version may wait for the ones before it before it is rejected as a gap. */
+const GAP_GRACE_MS = 5_000;
+/** How often the directories are read in case the watcher missed a file. */
+const SWEEP_MS = 1_000;
+/** Retry delay after a failure that is not the file's fault (the backend, a shutdown). */
+const RETRY_MS = 1_000;
+/** Codes that mean the file itself is bad: it is rejected rather than retried. */
+const REJECT_CODES = new Set(["E_INPUT", "E_GAP", "E_STALE", "E_NONDETERMINISTIC", "E_TOO_LARGE"]);
+
+/** What the spool needs from the daemon. */
+export interface SpoolContext {
+  database(name: string): ManagedDatabase | undefined;
+  maxChangeBytes(): number;
+}
+
+/** Watches a spool directory and feeds its files to the databases. */
+export class Spool {
+  readonly dir: string;
+  readonly #ctx: SpoolContext;
+  readonly #log: Logger;
+  readonly #queues = new Map<string, DbQueue>();
+  readonly #databases = new Set<string>();
+  #watcher: FSWatcher | null = null;
+  #sweeper: NodeJS.Timeout | null = null;
+  #closed = false;
+
+  constructor(dir: string, ctx: SpoolContext, log: Logger) {
+    this.dir = dir;
+    this.#ctx = ctx;
+    this.#log = log.child({ component: "spool" });
+  }
+
+  /** Creates the directories for `names` and starts watching; resolves once existing files are queued. */
+  async start(names: readonly string[]): Promise<void> {
+    fs.mkdirSync(path.join(this.dir, "rejected"), { recursive: true, mode: 0o700 });
+    for (const n of names) this.addDatabase(n);
+    this.#watcher = watch(this.dir, { depth: 1, ignoreInitial: false, persistent: true });
+    this.#watcher.on("add", (file) => this.#found(file));
+    this.#watcher.on("error", (err) => this.#log.error({ err }, "spool watcher failed"));
+    await new Promise<void>((resolve) => this.#watcher!.once("ready", () => resolve()));
+    // A safety net under the watcher: an event lost while it was starting, or on a file
+    // system that does not report them, only delays a file by a sweep.
+    this.#sweeper = setInterval(() => this.#sweep(), SWEEP_MS);
+    this.#sweeper.unref();
+    this.#sweep();
+  }
+
+  #sweep(): void {
+    for (const db of this.#databases) {
+      let names: string[];
+      try {
+        names = fs.readdirSync(path.join(this.dir, db));
+      } catch {
+        continue;
+      }
+      for (const n of names) this.#found(path.join(this.dir, db, n));
+    }
+  }
+
+  /** Makes `<spool>/<name>/` for a database that is now served, and takes any files in it. */
+  addDatabase(name: string): void {
+    fs.mkdirSync(path.join(this.dir, name), { recursive: true, mode: 0o700 });
+    this.#databases.add(name);
+    if (this.#watcher) this.#sweep();
+  }
+
+  /** Stops watching and waits for files being ingested. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#sweeper) clearInterval(this.#sweeper);
+    await this.#watcher?.close();
+    await Promise.all([...this.#queues.values()].map((q) => q.close()));
+  }
+
+  #found(file: string): void {
+    if (this.#closed) return;
+    const rel = path.relative(this.dir, file).split(path.sep);
+    if (rel.length !== 2) return;
+    const [db, name] = rel as [string, string];
+    if (db === "rejected") return;
+    const m = FILE_RE.exec(name);
+    if (!m) return; // temp files and anything else are not ours to take
+    if (!DB_NAME_RE.test(db)) {
+      this.#log.warn({ file }, "ignoring a spool file for an invalid database name");
+      return;
+    }
+    let q = this.#queues.get(db);
+    if (!q) {
+      q = new DbQueue(db, this.dir, this.#ctx, this.#log.child({ db }));
+      this.#queues.set(db, q);
+    }
+    q.add(Number(m[1]));
+  }
+}
+
+/** The spooled versions of one database, taken lowest first, one at a time. */
+class DbQueue {
+  readonly #db: string;
+  readonly #spool: string;
+  readonly #ctx: SpoolContext;
+  readonly #log: Logger;
+  readonly #pending = new Set<number>();
+  #running: Promise<void> | null = null;
+  #waitingSince = new Map<number, number>();
+  #timer: NodeJS.Timeout | null = null;
+  #closed = false;
+
+  constructor(db: string, spool: string, ctx: SpoolContext, log: Logger) {
+    this.#db = db;
+    this.#spool = spool;
+    this.#ctx = ctx;
+    this.#log = log;
+  }
+
+  add(version: number): void {
+    this.#pending.add(version);
+    // A new file may be the one a waiting version needs: look now rather than at the timer.
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#kick();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    await this.#running;
+  }
+
+  /** Starts draining now, or after `delay` ms. */
+  #kick(delay = 0): void {
+    if (this.#closed || this.#running || this.#timer) return;
+    if (delay > 0) {
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.#kick();
+      }, delay);
+      this.#timer.unref();
+      return;
+    }
+    this.#running = this.#drain().then(
+      (again) => {
+        this.#running = null;
+        if (again !== undefined) this.#kick(again);
+        else if (this.#pending.size > 0) this.#kick();
+      },
+      (err: unknown) => {
+        this.#running = null;
+        this.#log.error({ err }, "spool failed; will retry");
+        this.#kick(RETRY_MS);
+      },
+    );
+  }
+
+  /** Takes files lowest version first; returns a delay when it must look again later. */
+  async #drain(): Promise<number | undefined> {
+    while (!this.#closed && this.#pending.size > 0) {
+      const version = Math.min(...this.#pending);
+      const outcome = await this.#take(version);
+      if (outcome === "retry") return RETRY_MS;
+      if (outcome === "wait") return 500;
+      this.#pending.delete(version);
+      this.#waitingSince.delete(version);
+    }
+    return undefined;
+  }
+
+  /** Ingests one file; says whether it is done with, should wait for earlier files, or be retried. */
+  async #take(version: number): Promise<"done" | "wait" | "retry"> {
+    const file = path.join(this.#spool, this.#db, `${version}.json`);
+    const db = this.#ctx.database(this.#db);
+    const text = readSmallFile(file, this.#ctx.maxChangeBytes());
+    if (text === null) return "done"; // taken away meanwhile
+    if (typeof text !== "string") {
+      this.#reject(file, version, text, "E_TOO_LARGE");
+      return "done";
+    }
+    try {
+      if (!db) throw new TidemarkError("E_NOT_FOUND", `no database named "${this.#db}" is configured`);
+      const wire = parseWireChange(text, { allowSnapshotPath: true });
+      if (wire.version !== version) throw new InputError(`the file is named ${version}.json but holds version ${wire.version}`);
+      const head = db.head().version;
+      if (version > head + 1 && !wire.snapshotPath) {
+        // An earlier version may still be on its way; give it a moment before calling it a gap.
+        const since = this.#waitingSince.get(version) ?? Date.now();
+        this.#waitingSince.set(version, since);
+        if (Date.now() - since < GAP_GRACE_MS) return "wait";
+      }
+      if (wire.snapshotPath && !path.isAbsolute(wire.snapshotPath)) {
+        throw new InputError(`snapshot_path must be absolute, got ${JSON.stringify(wire.snapshotPath)}`);
+      }
+      const result = await db.ingest(
+        {
+          version,
+          ...(wire.timestamp !== undefined && { timestamp: wire.timestamp }),
+          ...(wire.transaction && { transaction: wire.transaction }),
+          ...(wire.snapshotPath && { snapshot: fs.createReadStream(wire.snapshotPath) }),
+        },
+        Buffer.byteLength(text),
+      );
+      fs.rmSync(file, { force: true });
+      this.#log.debug({ version, action: result.action }, "spooled change is durable");
+      return "done";
+    } catch (err) {
+      const code = err instanceof TidemarkError ? err.code : "E_INTERNAL";
+      if (REJECT_CODES.has(code) || code === "E_NOT_FOUND") {
+        this.#reject(file, version, err as Error, code);
+        return "done";
+      }
+      this.#log.warn({ version, code, err }, "could not take a spooled change; will retry");
+      return "retry";
+    }
+  }
+
+  #reject(file: string, version: number, err: Error, code: string): void {
+    const base = path.join(this.#spool, "rejected", `${this.#db}.${version}.${Date.now()}.json`);
+    const hint = err instanceof TidemarkError && err.hint ? `\nTry: ${err.hint}` : "";
+    fs.writeFileSync(`${base}.reason`, `${code}: ${err.message}${hint}\n`);
+    fs.renameSync(file, base);
+    this.#log.warn({ version, code, moved: base }, "rejected a spooled change");
+  }
+}
+
+/**
+ * Reads a spool file, checking its size first so that a huge one is refused rather than
+ * loaded. Returns null if it is gone, or the error for one over `limit` bytes.
+ */
+function readSmallFile(file: string, limit: number): string | null | TidemarkError {
+  try {
+    const size = fs.statSync(file).size;
+    if (size > limit) return new TidemarkError("E_TOO_LARGE", `the file is ${size} bytes, over the ${limit}-byte limit`);
+    return fs.readFileSync(file, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw err;
+  }
+}

@@ -1,0 +1,238 @@
+/**
+ * The snapshot blob format: a SQLite file cut into frames, each sealed (compressed, encrypted)
+ * and checksummed on its own, streamed both ways.
+ *
+ * docs/format.md describes it byte by byte. Frames let a reader verify each piece before it
+ * passes it on, and pinpoint damage by offset; the end frame catches a blob cut short at a
+ * frame boundary. Nothing here holds more than one frame in memory.
+ */
+import { randomBytes } from "node:crypto";
+import { crc32 } from "./crc32.js";
+import { Compression, PLAIN, TAG_BYTES, compressWith, decompress, decrypt, encrypt, type Codec } from "./sealing.js";
+import { CorruptError } from "../util/errors.js";
+import { Keyring } from "./keyring.js";
+
+/** "TDMS": the first four bytes of every snapshot blob. */
+export const SNAPSHOT_MAGIC = Buffer.from("TDMS", "latin1");
+/** The snapshot format version this code writes and reads. */
+export const SNAPSHOT_FORMAT = 1;
+/** Bytes of the blob header. */
+export const SNAPSHOT_HEADER_SIZE = 24;
+/** How much of the SQLite file goes in one frame. */
+export const FRAME_SIZE = 1 << 20;
+/** The largest stored frame accepted when reading. */
+const MAX_STORED_FRAME = 16 << 20;
+/** The end frame's payload in the clear: SQLite file size and CRC-32. */
+const TRAILER_SIZE = 12;
+
+/** Size and CRC-32 of the SQLite bytes a blob holds. */
+export interface SnapshotDigest {
+  readonly size: number;
+  readonly crc32: number;
+}
+
+/**
+ * Encodes a stream of SQLite bytes as a snapshot blob sealed with `codec`. Iterate `frames()`
+ * once; after it ends, `digest` holds the size and CRC-32 of what went in.
+ */
+export class SnapshotEncoder {
+  readonly #codec: Codec;
+  #size = 0;
+  #crc = 0;
+  #done = false;
+  #header = Buffer.alloc(0);
+  #index = 0;
+
+  constructor(codec: Codec = PLAIN) {
+    this.#codec = codec;
+  }
+
+  /** Size and CRC-32 of the input; valid once `frames()` has finished. */
+  get digest(): SnapshotDigest {
+    if (!this.#done) throw new Error("snapshot digest read before the encoder finished");
+    return { size: this.#size, crc32: this.#crc };
+  }
+
+  /** Yields the blob: header, frames, end frame. */
+  async *frames(source: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
+    const active = this.#codec.keyring.active;
+    const header = Buffer.alloc(SNAPSHOT_HEADER_SIZE);
+    SNAPSHOT_MAGIC.copy(header, 0);
+    header[4] = SNAPSHOT_FORMAT;
+    header[5] = Compression[this.#codec.compression];
+    header.writeUInt32LE(active?.id ?? 0, 8);
+    if (active) randomBytes(8).copy(header, 12); // the nonce prefix; frame numbers complete it
+    header.writeUInt32LE(crc32(header, 0, 20), 20);
+    this.#header = header;
+    yield header;
+
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    for await (const piece of source) {
+      const chunk = Buffer.isBuffer(piece) ? piece : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
+      pending.push(chunk);
+      pendingBytes += chunk.length;
+      while (pendingBytes >= FRAME_SIZE) {
+        const all = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+        yield this.#frame(all.subarray(0, FRAME_SIZE));
+        const rest = all.subarray(FRAME_SIZE);
+        pending = rest.length > 0 ? [rest] : [];
+        pendingBytes = rest.length;
+      }
+    }
+    if (pendingBytes > 0) yield this.#frame(Buffer.concat(pending, pendingBytes));
+
+    const trailer = Buffer.alloc(TRAILER_SIZE);
+    trailer.writeUInt32LE(this.#size % 0x1_0000_0000, 0);
+    trailer.writeUInt32LE(Math.floor(this.#size / 0x1_0000_0000), 4);
+    trailer.writeUInt32LE(this.#crc, 8);
+    const sealed = active ? encrypt(trailer, active.key, frameIv(header, this.#index), frameAad(header, this.#index, true)) : trailer;
+    const end = Buffer.alloc(8 + sealed.length + 4);
+    end.writeUInt32LE(0, 0);
+    end.writeUInt32LE(sealed.length, 4);
+    sealed.copy(end, 8);
+    end.writeUInt32LE(crc32(end, 0, 8 + sealed.length), 8 + sealed.length);
+    this.#done = true;
+    yield end;
+  }
+
+  #frame(raw: Buffer): Buffer {
+    this.#size += raw.length;
+    this.#crc = crc32(raw, 0, raw.length, this.#crc);
+    const header = this.#header;
+    // Every frame is compressed when the blob's header says so: the header, not each frame,
+    // records the algorithm, so a frame that does not shrink grows by a few bytes instead.
+    let stored = header[5] === Compression.none ? raw : compressWith(raw, this.#codec);
+    const active = this.#codec.keyring.active;
+    if (active) stored = encrypt(stored, active.key, frameIv(header, this.#index), frameAad(header, this.#index, false));
+    this.#index++;
+    const head = Buffer.allocUnsafe(8);
+    head.writeUInt32LE(stored.length, 0);
+    head.writeUInt32LE(crc32(stored), 4);
+    return Buffer.concat([head, stored]);
+  }
+}
+
+function frameIv(header: Buffer, index: number): Buffer {
+  const iv = Buffer.alloc(12);
+  header.copy(iv, 0, 12, 20);
+  iv.writeUInt32BE(index, 8);
+  return iv;
+}
+
+function frameAad(header: Buffer, index: number, final: boolean): Buffer {
+  const aad = Buffer.alloc(25);
+  header.copy(aad, 0, 0, 20);
+  aad.writeUInt32LE(index, 20);
+  aad[24] = final ? 1 : 0;
+  return aad;
+}
+
+/**
+ * Decodes a snapshot blob back into SQLite bytes, verifying every frame, the end frame, and the
+ * size and CRC-32 the change record expects. Damage raises CorruptError naming `location` and
+ * the byte offset; a missing or wrong key raises E_KEY naming the key id.
+ */
+export async function* decodeSnapshot(
+  source: AsyncIterable<Uint8Array>,
+  expect: SnapshotDigest,
+  location: string,
+  version?: number,
+  keyring: Keyring = Keyring.empty(),
+): AsyncGenerator<Buffer> {
+  const input = new ExactReader(source);
+  const fail = (offset: number, what: string): never => {
+    throw new CorruptError(location, what, { offset, ...(version !== undefined && { version }) });
+  };
+  const header = Buffer.from(await input.read(SNAPSHOT_HEADER_SIZE));
+  if (header.length < SNAPSHOT_HEADER_SIZE) fail(0, "snapshot blob is shorter than its header");
+  if (!header.subarray(0, 4).equals(SNAPSHOT_MAGIC)) fail(0, "not a snapshot blob (bad magic)");
+  if (header.readUInt32LE(20) !== crc32(header, 0, 20)) fail(0, "snapshot header checksum mismatch");
+  if (header[4] !== SNAPSHOT_FORMAT) fail(4, `snapshot format ${header[4]} is not supported`);
+  const algo = header[5]!;
+  const keyId = header.readUInt32LE(8);
+  const key = keyId === 0 ? null : keyring.get(keyId, `snapshot ${location}`);
+
+  let size = 0;
+  let crc = 0;
+  for (let index = 0; ; index++) {
+    const at = input.offset;
+    const head = await input.read(8);
+    if (head.length < 8) fail(at, "snapshot blob ends before its end frame (truncated)");
+    const length = head.readUInt32LE(0);
+    if (length === 0) {
+      const sealedLength = head.readUInt32LE(4);
+      if (sealedLength !== TRAILER_SIZE + (key ? TAG_BYTES : 0)) fail(at, `snapshot end frame has length ${sealedLength}`);
+      const rest = await input.read(sealedLength + 4);
+      if (rest.length < sealedLength + 4) fail(at, "snapshot end frame is truncated");
+      const end = Buffer.concat([head, rest]);
+      if (end.readUInt32LE(8 + sealedLength) !== crc32(end, 0, 8 + sealedLength)) fail(at, "snapshot end frame checksum mismatch");
+      let trailer: Buffer = end.subarray(8, 8 + sealedLength);
+      if (key) trailer = decrypt(trailer, key, frameIv(header, index), frameAad(header, index, true), keyId, keyring, `snapshot ${location}`);
+      const endSize = trailer.readUInt32LE(0) + trailer.readUInt32LE(4) * 0x1_0000_0000;
+      if (endSize !== size || trailer.readUInt32LE(8) !== crc) fail(at, "snapshot end frame disagrees with its frames");
+      if (size !== expect.size || crc !== expect.crc32) {
+        fail(at, `snapshot is ${size} bytes with CRC-32 ${hex(crc)}; its record expects ${expect.size} bytes with ${hex(expect.crc32)}`);
+      }
+      if ((await input.read(1)).length !== 0) fail(input.offset - 1, "unexpected bytes after the snapshot end frame");
+      return;
+    }
+    if (length > MAX_STORED_FRAME) fail(at, `snapshot frame length ${length} is out of range`);
+    let body: Buffer = await input.read(length);
+    if (body.length < length) fail(at, "snapshot frame is truncated");
+    if (crc32(body) !== head.readUInt32LE(4)) fail(at, "snapshot frame checksum mismatch");
+    if (key) body = decrypt(body, key, frameIv(header, index), frameAad(header, index, false), keyId, keyring, `snapshot ${location}, frame at offset ${at}`);
+    if (algo !== Compression.none) body = decompress(body, algo, (what) => fail(at, what));
+    size += body.length;
+    crc = crc32(body, 0, body.length, crc);
+    yield body;
+  }
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16).padStart(8, "0")}`;
+}
+
+/** Reads exact byte counts from a chunked stream, keeping at most one read's worth buffered. */
+class ExactReader {
+  readonly #it: AsyncIterator<Uint8Array>;
+  #chunks: Buffer[] = [];
+  #buffered = 0;
+  #eof = false;
+  /** Bytes consumed so far. */
+  offset = 0;
+
+  constructor(source: AsyncIterable<Uint8Array>) {
+    this.#it = source[Symbol.asyncIterator]();
+  }
+
+  /** Returns `n` bytes, or fewer only at the end of the stream. */
+  async read(n: number): Promise<Buffer> {
+    while (this.#buffered < n && !this.#eof) {
+      const next = await this.#it.next();
+      if (next.done) {
+        this.#eof = true;
+        break;
+      }
+      const c = next.value;
+      const buf = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
+      this.#chunks.push(buf);
+      this.#buffered += buf.length;
+    }
+    const take = Math.min(n, this.#buffered);
+    let out: Buffer;
+    const first = this.#chunks[0];
+    if (first && first.length >= take) {
+      out = first.subarray(0, take);
+      if (first.length === take) this.#chunks.shift();
+      else this.#chunks[0] = first.subarray(take);
+    } else {
+      const all = Buffer.concat(this.#chunks, this.#buffered);
+      out = all.subarray(0, take);
+      this.#chunks = take < all.length ? [all.subarray(take)] : [];
+    }
+    this.#buffered -= take;
+    this.offset += take;
+    return out;
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * The JSON wire form of a change (DESIGN.md), with validation that names the exact field.
+ *
+ * `{"version": 7, "timestamp": 1700000000000, "transaction": ["SQL", {"sql": "…", "params": […]}]}`
+ * A parameter is a JSON number, string or null, `{"$blob": "<base64>"}` or `{"$bigint": "<decimal>"}`.
+ * Named parameters are a JSON object instead of an array.
+ */
+import type { Param, Statement } from "./change.js";
+import { InputError } from "../util/errors.js";
+
+/** A change parsed from JSON; the snapshot, if any, is a path the caller opens. */
+export interface WireChange {
+  readonly version: number;
+  readonly timestamp?: number;
+  readonly transaction?: Statement[];
+  readonly snapshotPath?: string;
+}
+
+/** Options for {@link parseWireChange}. */
+export interface WireOptions {
+  /** Accept `"snapshot_path"` (the CLI's ingest does; HTTP does not). */
+  readonly allowSnapshotPath?: boolean;
+}
+
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+const DECIMAL = /^-?(?:0|[1-9][0-9]*)$/;
+const PARAM_KINDS = 'a number, string, null, {"$blob": "<base64>"} or {"$bigint": "<decimal>"}';
+
+/** Parses and validates one JSON change. Throws InputError with the field path on bad input. */
+export function parseWireChange(text: string, options: WireOptions = {}): WireChange {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new InputError(`invalid JSON: ${(err as Error).message}`, {
+      hint: 'send one JSON object per change, like {"version":1,"transaction":["CREATE TABLE t(x)"]}',
+    });
+  }
+  return wireChange(value, options);
+}
+
+/** Validates an already-parsed JSON value as a change. */
+export function wireChange(value: unknown, options: WireOptions = {}): WireChange {
+  if (!isPlainObject(value)) throw bad("", `expected a JSON object, got ${describe(value)}`);
+  const allowed = options.allowSnapshotPath
+    ? ["version", "timestamp", "transaction", "snapshot_path"]
+    : ["version", "timestamp", "transaction"];
+  for (const key of Object.keys(value)) {
+    if (!allowed.includes(key)) throw bad(key, `unknown field; expected one of ${allowed.join(", ")}`);
+  }
+  const version = value.version;
+  if (typeof version !== "number" || !Number.isSafeInteger(version) || version < 1) {
+    throw bad("version", `expected an integer >= 1, got ${describe(version)}`);
+  }
+  const change: { -readonly [K in keyof WireChange]: WireChange[K] } = { version };
+  if (value.timestamp !== undefined) change.timestamp = parseTimestamp(value.timestamp);
+  if (value.transaction !== undefined) {
+    if (!Array.isArray(value.transaction)) {
+      throw bad("transaction", `expected an array of statements, got ${describe(value.transaction)}`);
+    }
+    change.transaction = value.transaction.map((st, i) => wireStatement(st, `transaction[${i}]`));
+  }
+  if (value.snapshot_path !== undefined) {
+    if (typeof value.snapshot_path !== "string" || value.snapshot_path === "") {
+      throw bad("snapshot_path", `expected a file path, got ${describe(value.snapshot_path)}`);
+    }
+    change.snapshotPath = value.snapshot_path;
+  }
+  if (change.transaction === undefined && change.snapshotPath === undefined) {
+    throw bad(
+      "",
+      options.allowSnapshotPath
+        ? 'a change needs "transaction" or "snapshot_path"'
+        : 'a change needs "transaction" (send snapshots to the snapshot endpoint)',
+    );
+  }
+  return change;
+}
+
+function parseTimestamp(v: unknown): number {
+  if (typeof v === "number" && Number.isSafeInteger(v) && v >= 0) return v;
+  if (typeof v === "string") {
+    const ms = Date.parse(v);
+    if (!Number.isNaN(ms) && /^\d{4}-\d{2}-\d{2}/.test(v)) return ms;
+  }
+  throw bad("timestamp", `expected milliseconds since the epoch or an ISO-8601 string, got ${describe(v)}`);
+}
+
+function wireStatement(st: unknown, path: string): Statement {
+  if (typeof st === "string") return st;
+  if (!isPlainObject(st)) throw bad(path, `expected SQL text or {"sql", "params"}, got ${describe(st)}`);
+  for (const key of Object.keys(st)) {
+    if (key !== "sql" && key !== "params") throw bad(`${path}.${key}`, 'unknown field; expected "sql" or "params"');
+  }
+  if (typeof st.sql !== "string") throw bad(`${path}.sql`, `expected SQL text, got ${describe(st.sql)}`);
+  if (st.params === undefined) return { sql: st.sql };
+  if (Array.isArray(st.params)) {
+    return { sql: st.sql, params: st.params.map((p, j) => wireParam(p, `${path}.params[${j}]`)) };
+  }
+  if (isPlainObject(st.params)) {
+    const params: Record<string, Param> = {};
+    for (const [name, p] of Object.entries(st.params)) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+        throw bad(`${path}.params.${name}`, "a named parameter is a name without its @, : or $ prefix");
+      }
+      params[name] = wireParam(p, `${path}.params.${name}`);
+    }
+    return { sql: st.sql, params };
+  }
+  throw bad(`${path}.params`, `expected an array or an object of parameters, got ${describe(st.params)}`);
+}
+
+function wireParam(p: unknown, path: string): Param {
+  if (p === null || typeof p === "string") return p;
+  if (typeof p === "number") return p;
+  if (isPlainObject(p)) {
+    const keys = Object.keys(p);
+    if (keys.length === 1 && keys[0] === "$blob") {
+      const b64 = p.$blob;
+      if (typeof b64 !== "string" || !BASE64.test(b64)) throw bad(`${path}.$blob`, "expected standard base64 with padding");
+      return Buffer.from(b64, "base64");
+    }
+    if (keys.length === 1 && keys[0] === "$bigint") {
+      const dec = p.$bigint;
+      if (typeof dec !== "string" || !DECIMAL.test(dec)) {
+        throw bad(`${path}.$bigint`, `expected a decimal integer as a string, got ${describe(dec)}`);
+      }
+      const n = BigInt(dec);
+      if (n < INT64_MIN || n > INT64_MAX) throw bad(`${path}.$bigint`, `${dec} does not fit in a signed 64-bit integer`);
+      return n;
+    }
+  }
+  throw bad(path, `expected ${PARAM_KINDS}, got ${describe(p)}`);
+}
+
+/** Converts statements to their JSON wire form (the inverse of parsing). */
+export function statementsToWire(statements: readonly Statement[]): unknown[] {
+  return statements.map((st) => {
+    if (typeof st === "string" || st.params === undefined) return typeof st === "string" ? st : { sql: st.sql };
+    const params = Array.isArray(st.params)
+      ? st.params.map(paramToWire)
+      : Object.fromEntries(Object.entries(st.params).map(([k, v]) => [k, paramToWire(v as Param)]));
+    return { sql: st.sql, params };
+  });
+}
+
+function paramToWire(p: Param): unknown {
+  if (typeof p === "bigint") return { $bigint: p.toString() };
+  if (p instanceof Uint8Array) return { $blob: Buffer.from(p.buffer, p.byteOffset, p.byteLength).toString("base64") };
+  return p;
+}
+
+function bad(path: string, what: string): InputError {
+  return new InputError(path === "" ? `change: ${what}` : `change.${path}: ${what}`.replace(".[", "["), {
+    hint: 'see README "Change format" for the JSON wire form',
+  });
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  if (typeof v === "string") return `the string ${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v)}`;
+  if (typeof v === "object") return "an object";
+  if (typeof v === "number") return `the number ${v}`;
+  return String(v);
+}

@@ -1,0 +1,117 @@
+/**
+ * Compaction: folds the log into a fresh base snapshot.
+ *
+ * It replays the backup into a temp SQLite file up to the last settled version (the change
+ * before the head when the head can still be rewound, so that one rewind stays possible),
+ * takes a snapshot of it with SQLite's backup API, and hands that to the backend to install.
+ * Ingest continues meanwhile; the backend only pauses it for the brief install step.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { Backend, BackendStatus } from "../backup/backup.js";
+import { replayInto } from "./replay.js";
+import { Rewriter, type Rule } from "./rewrite.js";
+import { checkIntegrity } from "./restore.js";
+
+/** Options for {@link compact}. */
+export interface CompactOptions {
+  /** Rewrite rules for the replay. */
+  readonly rules?: readonly Rule[];
+  /** Where the temp database files go; defaults to the OS temp directory. */
+  readonly tmpDir?: string;
+  /** Progress callback for the replay: versions done, versions in all. */
+  readonly onProgress?: (done: number, total: number) => void;
+  /** Abandons the compaction; nothing is installed, and it rejects with the signal's reason. */
+  readonly signal?: AbortSignal;
+}
+
+/** Record counts and bytes of a backup. */
+export interface Footprint {
+  readonly records: number;
+  readonly bytes: number;
+}
+
+/** What a compaction did. */
+export interface CompactionStats {
+  /** Why nothing was done, when nothing was. */
+  readonly skipped?: string;
+  /** The version of the new base snapshot (0 when skipped). */
+  readonly baseVersion: number;
+  readonly before: Footprint;
+  readonly after: Footprint;
+  /** Statements rewritten during the replay, per rule. */
+  readonly rewrites: Record<string, number>;
+  readonly replayMs: number;
+  readonly snapshotMs: number;
+  readonly installMs: number;
+  readonly durationMs: number;
+}
+
+/** Compacts `backend`. */
+export async function compact(backend: Backend, options: CompactOptions = {}): Promise<CompactionStats> {
+  const started = performance.now();
+  const before = await backend.status();
+  const head = backend.head();
+  const base = head.prevVersion ?? head.version;
+  const rewriter = new Rewriter(options.rules ?? []);
+  const skip = (why: string): CompactionStats => ({
+    skipped: why,
+    baseVersion: 0,
+    before: footprint(before),
+    after: footprint(before),
+    rewrites: rewriter.counts(),
+    replayMs: 0,
+    snapshotMs: 0,
+    installMs: 0,
+    durationMs: performance.now() - started,
+  });
+  if (head.version === 0) return skip("the backup is empty");
+  // The live generation's start: older generations kept by retention do not count, or each
+  // compaction would install the same base again.
+  const liveFirst = before.generations.at(-1)?.firstVersion ?? before.firstVersion;
+  if (base <= liveFirst) return skip("nothing precedes the last change but the base");
+
+  const dir = fs.mkdtempSync(path.join(options.tmpDir ?? os.tmpdir(), "tidemark-compact-"));
+  try {
+    const replayPath = path.join(dir, "replay.db");
+    const snapshotPath = path.join(dir, "snapshot.db");
+    const replayed = await replayInto(backend, replayPath, {
+      to: base,
+      rewriter,
+      ...(options.onProgress && { onProgress: options.onProgress }),
+      ...(options.signal && { signal: options.signal }),
+    });
+    const replayDone = performance.now();
+    try {
+      checkIntegrity(await replayed.db.integrityCheck(), replayed.version);
+      await replayed.db.backup(snapshotPath);
+    } finally {
+      await replayed.db.close();
+    }
+    const snapshotDone = performance.now();
+    options.signal?.throwIfAborted();
+    await backend.compact({
+      version: base,
+      timestamp: replayed.timestamp,
+      snapshot: fs.createReadStream(snapshotPath, { highWaterMark: 1 << 20 }),
+    });
+    const done = performance.now();
+    return {
+      baseVersion: base,
+      before: footprint(before),
+      after: footprint(await backend.status()),
+      rewrites: rewriter.counts(),
+      replayMs: replayDone - started,
+      snapshotMs: snapshotDone - replayDone,
+      installMs: done - snapshotDone,
+      durationMs: done - started,
+    };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function footprint(s: BackendStatus): Footprint {
+  return { records: s.records, bytes: s.bytes };
+}

@@ -1,0 +1,263 @@
+/**
+ * Replays a backup into a new SQLite file: the base snapshot, then every transaction in
+ * batched SQLite transactions, rewriting statements on the way. Restore and compaction both
+ * build on it.
+ *
+ * Reading and decoding records happens here, on the calling thread; SQLite runs in a worker
+ * thread (replay-worker.js), so the two overlap. Batches in flight are bounded, so memory stays
+ * bounded however long the backup.
+ */
+import fs from "node:fs";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { Worker } from "node:worker_threads";
+import type { Backend } from "../backup/backup.js";
+import type { Statement } from "../model/change.js";
+import { TidemarkError } from "../util/errors.js";
+import type { Rewriter } from "./rewrite.js";
+
+/** Statements sent to the worker per message. */
+const BATCH_STATEMENTS = 2048;
+/** Messages the worker may have queued before the reader waits. */
+const MAX_IN_FLIGHT = 3;
+/** Changes between turns given to the event loop (and progress reports). */
+const YIELD_EVERY = 256;
+
+/** Options for {@link replayInto}. */
+export interface ReplayOptions {
+  /** The version to stop at; defaults to the head. */
+  readonly to?: number;
+  /** Rewrites each statement before it runs. */
+  readonly rewriter?: Rewriter;
+  /** Called now and then with versions done and versions in all. */
+  readonly onProgress?: (done: number, total: number) => void;
+  /** Stops the replay early; it then rejects with the signal's reason. */
+  readonly signal?: AbortSignal;
+}
+
+/** A replayed database, still open in its worker. */
+export interface Replayed {
+  /** The open database; the caller must close it. */
+  readonly db: ReplayedDb;
+  /** The version the database is now at. */
+  readonly version: number;
+  /** Timestamp of that change. */
+  readonly timestamp: number;
+  /** Changes applied, base snapshot included. */
+  readonly changes: number;
+  /** Statements executed. */
+  readonly statements: number;
+}
+
+/** What callers may still do with a replayed database. */
+export interface ReplayedDb {
+  /** The rows of `PRAGMA integrity_check`. */
+  integrityCheck(): Promise<string[]>;
+  /** Copies the database to `dest` with SQLite's backup API. */
+  backup(dest: string): Promise<void>;
+  /** Closes the database and stops the worker. */
+  close(): Promise<void>;
+}
+
+/**
+ * Rebuilds the database as of `options.to` into `dbPath`, which must not exist yet. The
+ * database is left open, in the journal mode of its snapshot, with every change committed.
+ */
+export async function replayInto(backend: Backend, dbPath: string, options: ReplayOptions = {}): Promise<Replayed> {
+  const head = backend.head();
+  const to = options.to ?? head.version;
+  if (head.version === 0) {
+    throw new TidemarkError("E_RANGE", `${backend.location} is empty: there is nothing to replay`, {
+      hint: "ingest changes first, or check the backup location",
+    });
+  }
+  const rewriter = options.rewriter && !options.rewriter.empty ? options.rewriter : undefined;
+  const worker = new SqliteWorker();
+  let opened = false;
+  let first = 0;
+  let version = 0;
+  let timestamp = 0;
+  let changes = 0;
+  let statements = 0;
+  try {
+    for await (const change of backend.streamChanges({ to })) {
+      if (first === 0) first = change.version;
+      if (change.snapshot) {
+        if (opened) await worker.call({ op: "close" });
+        opened = false;
+        await pipeline(Readable.from(change.snapshot.open()), fs.createWriteStream(dbPath));
+      }
+      if (!opened) {
+        worker.send({ op: "open", file: dbPath });
+        opened = true;
+      }
+      const list = change.transaction;
+      if (list) {
+        for (let i = 0; i < list.length; i++) {
+          const wait = worker.statement(rewriter ? rewriter.rewrite(list[i]!) : list[i]!, change.version, i);
+          if (wait) await wait;
+        }
+        statements += list.length;
+      }
+      version = change.version;
+      timestamp = change.timestamp;
+      changes++;
+      if (changes % YIELD_EVERY === 0) {
+        options.signal?.throwIfAborted();
+        // Decoding is CPU work on the caller's thread: give its event loop a turn now and then,
+        // so that a daemon keeps acknowledging changes during a long replay.
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      if (options.onProgress && (changes % YIELD_EVERY === 0 || version === to)) options.onProgress(version - first + 1, to - first + 1);
+    }
+    if (version !== to || !opened) {
+      throw new TidemarkError("E_RESTORE", `replay of ${backend.location} stopped at version ${version}, before ${to}`, {
+        hint: "the backup changed while it was read (a compaction or rewind); run the command again",
+      });
+    }
+    await worker.flush();
+    await worker.call({ op: "finish" });
+    return { db: worker, version, timestamp, changes, statements };
+  } catch (err) {
+    await worker.close();
+    throw err;
+  }
+}
+
+/** A batch of statements sent to the worker, with where each came from. */
+interface Batch {
+  readonly statements: Statement[];
+  readonly versions: number[];
+  readonly indexes: number[];
+}
+
+interface Pending {
+  resolve(result: unknown): void;
+  reject(err: Error): void;
+  /** For "run" messages: the batch, to name a failing statement. */
+  batch?: Batch;
+}
+
+/** The client side of replay-worker.js. */
+class SqliteWorker implements ReplayedDb {
+  readonly #worker = new Worker(new URL("./replay-worker.js", import.meta.url));
+  readonly #pending = new Map<number, Pending>();
+  readonly #inFlight: Promise<unknown>[] = [];
+  #nextId = 0;
+  #batch: Batch = { statements: [], versions: [], indexes: [] };
+  #failure: Error | null = null;
+  #closed = false;
+
+  constructor() {
+    this.#worker.on("message", (msg: { id: number; ok: boolean; result?: unknown; error?: { message: string; at?: number } }) => {
+      const p = this.#pending.get(msg.id);
+      if (!p) return;
+      this.#pending.delete(msg.id);
+      if (msg.ok) p.resolve(msg.result);
+      else p.reject(errorOf(msg.error!, p.batch));
+    });
+    this.#worker.on("error", (err) => this.#failAll(err));
+    this.#worker.on("exit", (code) => {
+      if (!this.#closed) this.#failAll(new Error(`replay worker exited with code ${code}`));
+    });
+  }
+
+  #failAll(err: Error): void {
+    this.#failure ??= err;
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+  }
+
+  /** Sends a message and returns a promise for its reply. */
+  send(msg: Record<string, unknown>, batch?: Batch): Promise<unknown> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    const id = ++this.#nextId;
+    const reply = new Promise<unknown>((resolve, reject) => this.#pending.set(id, { resolve, reject, ...(batch && { batch }) }));
+    this.#worker.postMessage({ ...msg, id });
+    // A failure surfaces where the reply is awaited: in drain(), or in the next call.
+    reply.catch(() => {});
+    this.#inFlight.push(reply);
+    return reply;
+  }
+
+  /**
+   * Queues one statement and sends a batch when it is full. Returns a promise only when the
+   * caller must wait for the worker to catch up; most statements cost no promise at all.
+   */
+  statement(st: Statement, version: number, index: number): Promise<void> | undefined {
+    const b = this.#batch;
+    b.statements.push(st);
+    b.versions.push(version);
+    b.indexes.push(index);
+    if (b.statements.length < BATCH_STATEMENTS) return undefined;
+    this.#sendBatch();
+    return this.#inFlight.length > MAX_IN_FLIGHT ? this.#waitBelow(MAX_IN_FLIGHT) : undefined;
+  }
+
+  async #waitBelow(n: number): Promise<void> {
+    while (this.#inFlight.length > n) await this.#inFlight.shift();
+  }
+
+  #sendBatch(): void {
+    const b = this.#batch;
+    if (b.statements.length === 0) return;
+    this.#batch = { statements: [], versions: [], indexes: [] };
+    this.send({ op: "run", statements: b.statements }, b);
+  }
+
+  /** Flushes queued statements, waits for everything sent, then sends `msg` and waits for it. */
+  async call(msg: Record<string, unknown>): Promise<unknown> {
+    await this.flush();
+    return this.send(msg);
+  }
+
+  /** Sends what is queued and waits for every reply. */
+  async flush(): Promise<void> {
+    this.#sendBatch();
+    await this.drain();
+  }
+
+  /** Waits for every reply so far. */
+  drain(): Promise<void> {
+    return this.#waitBelow(0);
+  }
+
+  async integrityCheck(): Promise<string[]> {
+    const rows = (await this.call({ op: "integrity" })) as { integrity_check: string }[];
+    return rows.map((r) => r.integrity_check);
+  }
+
+  async backup(dest: string): Promise<void> {
+    await this.call({ op: "backup", dest });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    try {
+      if (!this.#failure) {
+        this.#batch = { statements: [], versions: [], indexes: [] };
+        await this.drain().catch(() => {});
+        await this.send({ op: "close" }).catch(() => {});
+      }
+    } finally {
+      this.#closed = true;
+      await this.#worker.terminate();
+    }
+  }
+}
+
+/** Turns a worker's error into E_RESTORE, naming the version and statement when it was a batch. */
+function errorOf(error: { message: string; at?: number }, batch: Batch | undefined): TidemarkError {
+  const st = batch && error.at !== undefined ? batch.statements[error.at] : undefined;
+  if (!batch || st === undefined) return new TidemarkError("E_RESTORE", `replay failed: ${error.message}`);
+  return new TidemarkError(
+    "E_RESTORE",
+    `replaying version ${batch.versions[error.at!]}, statement ${batch.indexes[error.at!]} failed: ${error.message}: ${excerpt(st)}`,
+    { hint: "if this statement is known to be bad, rewrite it with --rules (see README, Statement rewriting)" },
+  );
+}
+
+function excerpt(st: Statement): string {
+  const flat = (typeof st === "string" ? st : st.sql).replace(/\s+/g, " ").trim();
+  return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
+}
