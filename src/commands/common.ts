@@ -4,9 +4,9 @@
 import { InvalidArgumentError, Option, type Command } from "commander";
 import type { Backend, BackendOptions, OpenMode } from "../backup/backup.js";
 import { COMPRESSION_NAMES, type CompressionName } from "../format/sealing.js";
-import { parseDuration } from "../daemon/config.js";
 import { Keyring, parseKeySpec, type KeySource } from "../format/keyring.js";
 import { openBackend } from "../backup/registry.js";
+import { parseDuration } from "../util/duration.js";
 import { terminalLogger } from "../util/logger.js";
 
 /** Opens the backend at `location`, runs `fn`, and always closes it. */
@@ -144,8 +144,12 @@ function parseCount(value: string): number {
 }
 
 function parseDurationFlag(value: string): number {
-  if (!/^\d+(\.\d+)?\s*(ms|s|m|h|d)$/.test(value)) throw new InvalidArgumentError("expected a duration like 30s, 15m, 6h or 7d.");
-  return parseDuration(value);
+  try {
+    return parseDuration(value);
+  } catch {
+    // commander words the error itself ("option '--keep-for <duration>' argument '…' is invalid.") from this class.
+    throw new InvalidArgumentError("expected a duration like 30s, 15m, 6h or 7d.");
+  }
 }
 
 /** Parses --time: an ISO-8601 moment. */

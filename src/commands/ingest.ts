@@ -4,7 +4,7 @@
 import fs from "node:fs";
 import readline from "node:readline";
 import type { Command } from "commander";
-import { parseWireChange } from "../model/change-json.js";
+import { changeFromWire, parseWireChange } from "../model/change-json.js";
 import { InputError, withContext } from "../util/errors.js";
 import { applyChange } from "../ops/ingest.js";
 import { addCodecOptions, codecOptions, withBackend, type CodecFlags } from "./common.js";
@@ -41,12 +41,7 @@ export function registerIngest(program: Command): void {
           if (line.trim() === "") continue;
           try {
             const wire = parseWireChange(line, { allowSnapshotPath: true });
-            const result = await applyChange(backend, {
-              version: wire.version,
-              ...(wire.timestamp !== undefined && { timestamp: wire.timestamp }),
-              ...(wire.transaction && { transaction: wire.transaction }),
-              ...(wire.snapshotPath && { snapshot: openSnapshot(wire.snapshotPath) }),
-            });
+            const result = await applyChange(backend, changeFromWire(wire, openSnapshot));
             process.stdout.write(`${JSON.stringify(result)}\n`);
           } catch (err) {
             throw withContext(err, `line ${n}`);

@@ -8,6 +8,7 @@ import path from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
 import { COMPRESSION_NAMES, type CompressionName } from "../format/sealing.js";
+import { parseDuration, isDuration } from "../util/duration.js";
 import { ConfigError } from "../util/errors.js";
 import type { KeySource } from "../format/keyring.js";
 import type { RetentionPolicy } from "../model/retention.js";
@@ -20,7 +21,7 @@ const RESERVED_NAMES = new Set(["rejected"]);
 /** Fields whose values are secrets: never echoed in errors or logs. */
 const SECRET_KEYS = new Set(["apiKey"]);
 
-const duration = z.union([z.number().positive(), z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h|d)$/, "expected a duration like 30s, 15m, 6h or 1d")]);
+const duration = z.union([z.number().positive(), z.string().refine(isDuration, "expected a duration like 30s, 15m, 6h or 1d")]);
 const size = z.union([z.number().int().positive(), z.string().regex(/^\d+\s*(B|KiB|MiB|GiB)$/, "expected a size like 512KiB, 16MiB or 1GiB")]);
 
 const compactionSchema = z.strictObject({
@@ -206,10 +207,10 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
       ...(db.retention && {
         retention: {
           ...(db.retention.bases !== undefined && { bases: db.retention.bases }),
-          ...(db.retention.for !== undefined && { maxAgeMs: parseDuration(db.retention.for) }),
+          ...(db.retention.for !== undefined && { maxAgeMs: durationMs(db.retention.for) }),
         },
       }),
-      ...(db.validationInterval !== undefined && { validationMs: parseDuration(db.validationInterval) }),
+      ...(db.validationInterval !== undefined && { validationMs: durationMs(db.validationInterval) }),
       ...(db.compression !== undefined && { compression: db.compression }),
       ...(db.brotliQuality !== undefined && { brotliQuality: db.brotliQuality }),
       keys: (db.encryption?.keys ?? []).map((k) => ({
@@ -219,7 +220,7 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
       })),
       compaction: {
         ...(db.compaction.everyChanges !== undefined && { everyChanges: db.compaction.everyChanges }),
-        ...(db.compaction.every !== undefined && { everyMs: parseDuration(db.compaction.every) }),
+        ...(db.compaction.every !== undefined && { everyMs: durationMs(db.compaction.every) }),
         ...(db.compaction.logRatio !== undefined && { logRatio: db.compaction.logRatio }),
       },
     })),
@@ -274,12 +275,9 @@ function describeValue(root: unknown, at: readonly PropertyKey[]): string {
   return `, got ${text.length > 60 ? `${text.slice(0, 60)}…` : text}`;
 }
 
-/** Parses a duration (`30s`, `15m`, `6h`, `1d`, or a number of seconds) into milliseconds. */
-export function parseDuration(v: string | number): number {
-  if (typeof v === "number") return v * 1000;
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/.exec(v)!;
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "ms" | "s" | "m" | "h" | "d"];
-  return Number(m[1]) * unit;
+/** Converts a configured duration (a duration string, or a number of seconds) into milliseconds. */
+function durationMs(v: string | number): number {
+  return typeof v === "number" ? v * 1000 : parseDuration(v);
 }
 
 /** Parses a size (`512KiB`, `16MiB`, or a number of bytes) into bytes. */

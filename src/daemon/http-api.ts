@@ -19,7 +19,7 @@ import fs from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
-import { wireChange } from "../model/change-json.js";
+import { changeFromWire, parseWireChange } from "../model/change-json.js";
 import { DB_NAME_RE } from "./config.js";
 import type { ManagedDatabase } from "./managed-database.js";
 import { InputError, TidemarkError, type ErrorCode } from "../util/errors.js";
@@ -149,23 +149,10 @@ async function route(ctx: ApiContext, db: ManagedDatabase, action: string | unde
 
 async function postChange(ctx: ApiContext, db: ManagedDatabase, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const body = await readBody(req, ctx.maxChangeBytes());
-  let value: unknown;
-  try {
-    value = JSON.parse(body.toString("utf8"));
-  } catch (err) {
-    throw new InputError(`invalid JSON: ${(err as Error).message}`, {
-      hint: 'send one JSON change, like {"version":1,"transaction":["CREATE TABLE t(x)"]}',
-    });
-  }
-  const wire = wireChange(value);
-  const result = await db.ingest(
-    {
-      version: wire.version,
-      ...(wire.timestamp !== undefined && { timestamp: wire.timestamp }),
-      ...(wire.transaction && { transaction: wire.transaction }),
-    },
-    body.length,
-  );
+  const wire = parseWireChange(body.toString("utf8"), {
+    jsonHint: 'send one JSON change, like {"version":1,"transaction":["CREATE TABLE t(x)"]}',
+  });
+  const result = await db.ingest(changeFromWire(wire), body.length);
   sendJson(res, 200, result);
 }
 

@@ -12,6 +12,7 @@
  * - a replica that is down is retried with backoff and catches up when it returns; one that
  *   fell behind the primary's oldest version starts again from the primary's base.
  */
+import { backoffDelay, type Backoff } from "../util/backoff.js";
 import type { Backend, BackendOptions, BackendStatus } from "../backup/backup.js";
 import { openOrCreateBackend } from "../backup/registry.js";
 import { TidemarkError } from "../util/errors.js";
@@ -20,8 +21,8 @@ import type { Logger } from "../util/logger.js";
 
 /** How often a replica with nothing to do checks again. */
 const IDLE_MS = 1_000;
-/** Retry delays after a failure: doubling from the first, up to the second. */
-const BACKOFF_MS = [500, 30_000] as const;
+/** Retry delays after a failure: doubling from half a second, up to 30 s. */
+const BACKOFF: Backoff = { baseMs: 500, maxMs: 30_000, jitter: 0 };
 
 /** Where a replica stands. */
 export interface ReplicaStatus {
@@ -136,7 +137,7 @@ export class ReplicaFeeder {
           await this.#replica.close().catch(() => {});
           this.#replica = null;
         }
-        await this.#sleep(Math.min(BACKOFF_MS[0] * 2 ** (failures - 1), BACKOFF_MS[1]));
+        await this.#sleep(backoffDelay(failures, BACKOFF));
       }
     }
   }
@@ -188,7 +189,7 @@ export class ReplicaFeeder {
     if (primary.baseVersion > mine.baseVersion && primary.baseVersion <= settled && primary.baseVersion >= mine.firstVersion) {
       const base = await first(this.#primary.streamChanges({ from: primary.baseVersion, to: primary.baseVersion }));
       if (base?.snapshot && base.version === primary.baseVersion) {
-        await replica.compact({ version: base.version, timestamp: base.timestamp, snapshot: base.snapshot.open() });
+        await replica.compact({ version: base.version, timestamp: base.timestamp, snapshot: () => base.snapshot!.open() });
         this.#log.info({ baseVersion: base.version }, "installed the primary's new base");
         mine = await replica.status();
       }

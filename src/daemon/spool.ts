@@ -9,7 +9,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { watch, type FSWatcher } from "chokidar";
-import { parseWireChange } from "../model/change-json.js";
+import { changeFromWire, parseWireChange } from "../model/change-json.js";
 import { DB_NAME_RE } from "./config.js";
 import type { ManagedDatabase } from "./managed-database.js";
 import { InputError, TidemarkError } from "../util/errors.js";
@@ -206,15 +206,7 @@ class DbQueue {
       if (wire.snapshotPath && !path.isAbsolute(wire.snapshotPath)) {
         throw new InputError(`snapshot_path must be absolute, got ${JSON.stringify(wire.snapshotPath)}`);
       }
-      const result = await db.ingest(
-        {
-          version,
-          ...(wire.timestamp !== undefined && { timestamp: wire.timestamp }),
-          ...(wire.transaction && { transaction: wire.transaction }),
-          ...(wire.snapshotPath && { snapshot: fs.createReadStream(wire.snapshotPath) }),
-        },
-        Buffer.byteLength(text),
-      );
+      const result = await db.ingest(changeFromWire(wire, (file) => fs.createReadStream(file)), Buffer.byteLength(text));
       fs.rmSync(file, { force: true });
       this.#log.debug({ version, action: result.action }, "spooled change is durable");
       return "done";

@@ -6,6 +6,7 @@
  * exponential backoff and jitter. A 409 is never retried: it raises GapError or StaleError,
  * because only the host can decide what to do about a version-rule refusal.
  */
+import { backoffDelay, sleep } from "../util/backoff.js";
 import fs from "node:fs";
 import { Readable } from "node:stream";
 import { Client, type Dispatcher } from "undici";
@@ -111,8 +112,7 @@ export function connect(options: ConnectOptions): DaemonClient {
         return await once<T>(method, path, body?.());
       } catch (err) {
         if (!(err instanceof Transient) || attempt >= attempts) throw err instanceof Transient ? err.error : err;
-        const delay = Math.min(baseDelay * 2 ** (attempt - 1), 5000);
-        await new Promise((r) => setTimeout(r, delay / 2 + Math.random() * (delay / 2)));
+        await sleep(backoffDelay(attempt, { baseMs: baseDelay, maxMs: 5000, jitter: 0.5 }));
       }
     }
   }

@@ -5,7 +5,7 @@
  * A parameter is a JSON number, string or null, `{"$blob": "<base64>"}` or `{"$bigint": "<decimal>"}`.
  * Named parameters are a JSON object instead of an array.
  */
-import type { Param, Statement } from "./change.js";
+import type { ChangeInput, Param, SnapshotSource, Statement } from "./change.js";
 import { InputError } from "../util/errors.js";
 
 /** A change parsed from JSON; the snapshot, if any, is a path the caller opens. */
@@ -20,6 +20,8 @@ export interface WireChange {
 export interface WireOptions {
   /** Accept `"snapshot_path"` (the CLI's ingest does; HTTP does not). */
   readonly allowSnapshotPath?: boolean;
+  /** The hint given with "invalid JSON", for the way the caller receives changes. */
+  readonly jsonHint?: string;
 }
 
 const INT64_MIN = -(2n ** 63n);
@@ -35,10 +37,25 @@ export function parseWireChange(text: string, options: WireOptions = {}): WireCh
     value = JSON.parse(text);
   } catch (err) {
     throw new InputError(`invalid JSON: ${(err as Error).message}`, {
-      hint: 'send one JSON object per change, like {"version":1,"transaction":["CREATE TABLE t(x)"]}',
+      hint: options.jsonHint ?? 'send one JSON object per change, like {"version":1,"transaction":["CREATE TABLE t(x)"]}',
     });
   }
   return wireChange(value, options);
+}
+
+/**
+ * Turns a validated wire change into the change that applyChange takes. `openSnapshot` opens a
+ * `"snapshot_path"`; callers that do not allow one leave it out.
+ */
+export function changeFromWire(wire: WireChange, openSnapshot?: (file: string) => SnapshotSource): ChangeInput {
+  // Only reachable with a WireChange built by hand: wireChange refuses the field without allowSnapshotPath.
+  if (wire.snapshotPath !== undefined && !openSnapshot) throw bad("snapshot_path", "unknown field; expected one of version, timestamp, transaction");
+  return {
+    version: wire.version,
+    ...(wire.timestamp !== undefined && { timestamp: wire.timestamp }),
+    ...(wire.transaction && { transaction: wire.transaction }),
+    ...(wire.snapshotPath !== undefined && { snapshot: openSnapshot!(wire.snapshotPath) }),
+  };
 }
 
 /** Validates an already-parsed JSON value as a change. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseWireChange, statementsToWire } from "../../src/model/change-json.js";
+import { changeFromWire, parseWireChange, statementsToWire } from "../../src/model/change-json.js";
 import { InputError } from "../../src/util/errors.js";
 import { Workload } from "../helpers/workload.js";
 
@@ -69,5 +69,27 @@ describe("JSON wire form", () => {
       version: 4,
       snapshotPath: "/tmp/x.db",
     });
+  });
+
+  it("maps a wire change to a change, opening a snapshot_path only through the caller's opener", () => {
+    const opened: string[] = [];
+    const snapshot = (async function* () {})();
+    const open = (file: string) => (opened.push(file), snapshot);
+    expect(changeFromWire(parseWireChange('{"version":2,"timestamp":5,"transaction":["SELECT 1"]}'), open)).toEqual({
+      version: 2,
+      timestamp: 5,
+      transaction: ["SELECT 1"],
+    });
+    expect(opened).toEqual([]);
+    expect(changeFromWire(parseWireChange('{"version":4,"snapshot_path":"/tmp/x.db"}', { allowSnapshotPath: true }), open)).toEqual({
+      version: 4,
+      snapshot,
+    });
+    expect(opened).toEqual(["/tmp/x.db"]);
+    expect(() => changeFromWire({ version: 4, snapshotPath: "/tmp/x.db" })).toThrow(/change\.snapshot_path: unknown field/);
+  });
+
+  it("gives the caller's hint with invalid JSON", () => {
+    expect(() => parseWireChange("{", { jsonHint: "send one" })).toThrow(expect.objectContaining({ hint: "send one" }));
   });
 });

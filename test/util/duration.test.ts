@@ -1,0 +1,21 @@
+import { describe, expect, it } from "vitest";
+import { isDuration, parseDuration } from "../../src/util/duration.js";
+import { InputError } from "../../src/util/errors.js";
+
+describe("durations", () => {
+  it("parses every unit, decimals and a space before the unit", () => {
+    expect(parseDuration("100ms")).toBe(100);
+    expect(parseDuration("30s")).toBe(30_000);
+    expect(parseDuration("5m")).toBe(300_000);
+    expect(parseDuration("1.5h")).toBe(5_400_000);
+    expect(parseDuration("14 d")).toBe(14 * 86_400_000);
+  });
+
+  for (const text of ["", "soon", "5", "-5s", "5 days", "1e3s", ".5s", " 5s"]) {
+    it(`refuses ${JSON.stringify(text)}`, () => {
+      expect(isDuration(text)).toBe(false);
+      expect(() => parseDuration(text)).toThrow(InputError);
+      expect(() => parseDuration(text)).toThrow(`expected a duration like 30s, 15m, 6h or 1d, got ${JSON.stringify(text)}`);
+    });
+  }
+});
