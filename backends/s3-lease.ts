@@ -13,9 +13,7 @@
  */
 import os from "node:os";
 import { randomBytes } from "node:crypto";
-import { TidemarkError } from "../src/util/errors.js";
-import type { Logger } from "../src/util/logger.js";
-import { isProcessAlive } from "../src/util/pid.js";
+import { TidemarkError, isProcessAlive, type Logger } from "../src/backend-kit.js";
 
 /** How long a lease lasts without renewal. */
 export const LEASE_TTL_MS = 30_000;

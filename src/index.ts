@@ -12,7 +12,6 @@
  */
 export type {
   Backend,
-  BackendFactory,
   BackendHead,
   BackendOptions,
   BackendStatus,

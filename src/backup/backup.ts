@@ -1,10 +1,11 @@
 /**
- * The storage contract every backend implements (DESIGN.md, "Backend contract").
+ * The backup as the rest of tidemark sees it (DESIGN.md, "Backend contract").
  *
- * A backend stores change records and snapshot blobs and gives them back in version order.
- * It does not decide whether a change is acceptable: the version rules in `version-rules.ts`
- * do that, once, for every backend. Records and blobs are encoded with `change-codec.ts` and
- * `snapshot-codec.ts`, so checksums are computed the same way everywhere.
+ * It is implemented once, by the core (`stored-backup.ts`), over a backend that only stores
+ * bytes (`storage.ts`). The version rules (`model/version-rules.ts`) decide whether a change is
+ * acceptable before it gets here; records and blobs are sealed by the core with
+ * `format/record-codec.ts` and `format/snapshot-codec.ts`, so no backend sees a plain byte of
+ * an encrypted backup.
  */
 import type { SnapshotSource, Statement, StoredChange } from "../model/change.js";
 import type { CompressionName } from "../format/sealing.js";
@@ -35,13 +36,12 @@ export interface BackendStatus extends BackendHead {
    * after it. Older ones are kept by the retention policy, for restores of older versions.
    */
   readonly generations: readonly GenerationStatus[];
-  /** Set when the log ends in a torn (partial or damaged) record that is being ignored. */
+  /** Set when the log ends in a torn record (an append cut short by a crash) that is being ignored. */
   readonly tornTail?: { readonly location: string; readonly offset: number; readonly bytes: number };
   /**
-   * Set when a backup opened read-only has a damaged record with intact records after it (not
-   * a torn tail) in its live log: what precedes the damage can be read and restored, the head
-   * is the last change before it, and the changes after it are unreadable. A writer refuses to
-   * open such a backup.
+   * Set when a backup opened read-only is damaged where its head needs it: a damaged record in
+   * the live log (what precedes it can be read and restored, and the head is the last change
+   * before it), or a damaged live base snapshot. A writer refuses to open such a backup.
    */
   readonly damage?: Damage;
   /** The backup's own settings (compression, encryption, retention), when the backend keeps them. */
@@ -57,6 +57,8 @@ export interface Damage {
   readonly message: string;
   /** The last version before the damage: the newest that can still be restored. */
   readonly intactVersion: number;
+  /** Set when what is damaged is the live base snapshot, rather than a record of the log. */
+  readonly snapshot?: true;
 }
 
 /** One generation of a backup, as status reports it. */
@@ -86,8 +88,8 @@ export interface CompactionBase {
   readonly version: number;
   /** The timestamp of change `version`, kept so that point-in-time restores stay right. */
   readonly timestamp: number;
-  /** The SQLite file as of `version`. */
-  readonly snapshot: SnapshotSource;
+  /** Opens the SQLite file as of `version`; called only once the backup takes it. */
+  readonly snapshot: () => SnapshotSource;
 }
 
 /** Which changes `streamChanges` yields. */
@@ -99,7 +101,7 @@ export interface ChangeRange {
 }
 
 /**
- * A storage backend.
+ * A backup.
  *
  * Callers must not overlap `addChange` and `rewind` calls (the ingest layer queues them);
  * `compact` may run while they continue, and readers may stream at any time.
@@ -151,6 +153,12 @@ export interface Backend {
    */
   reset(): Promise<void>;
 
+  /**
+   * Marks the backup as being filled by `tidemark copy` (`what` says from where), or, with
+   * undefined, as whole again. While marked, every open refuses it but one that allows it.
+   */
+  markIncomplete(what: string | undefined): Promise<void>;
+
   /** Releases the writer lock and any handles. Safe to call twice. */
   close(): Promise<void>;
 }
@@ -164,7 +172,7 @@ export type OpenMode =
   /** Creates a new, empty backup and opens it for writing; refuses an existing one. */
   | "create";
 
-/** Options every backend factory accepts. */
+/** How a backup is opened. */
 export interface BackendOptions {
   readonly mode: OpenMode;
   /** Where warnings (a dropped torn tail, a cleaned-up temp file) go. */
@@ -185,10 +193,9 @@ export interface BackendOptions {
   readonly keyring?: Keyring;
   /** How much history compaction keeps; recorded as the backup's own setting when given. */
   readonly retention?: RetentionPolicy;
+  /** Open a backup that an interrupted copy left (only `tidemark copy --force` does). */
+  readonly allowIncomplete?: boolean;
 }
-
-/** A backend module's factory: `export const createBackend: BackendFactory`. */
-export type BackendFactory = (url: URL, options: BackendOptions) => Promise<Backend>;
 
 /** A backend that can also store transactions synchronously, for hosts that cannot await. */
 export interface SyncBackend extends Backend {

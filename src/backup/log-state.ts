@@ -1,7 +1,7 @@
 /**
  * What a sequence of stored records means: the head, whether it can be rewound, where the
- * bases are. Backends feed it records in storage order as they scan or write, so the meaning
- * of a log is defined once, and a log that breaks the rules is reported as corrupt.
+ * bases are. The core feeds it records in log order as it scans or writes, so the meaning of a
+ * log is defined once, and a log that breaks the rules is reported as corrupt.
  */
 import { RecordType } from "../format/record-codec.js";
 import { canFollow } from "../model/version-rules.js";
@@ -11,9 +11,9 @@ import { CorruptError, TidemarkError } from "../util/errors.js";
 export interface LogEntry {
   readonly type: RecordType;
   readonly version: number;
-  /** Set for change records that carry a snapshot: the backend's name for its blob. */
+  /** Set for change records that carry a snapshot: the name of its blob. */
   readonly snapshot?: string;
-  /** Where the record is: a byte offset in a file, or an index for object stores. */
+  /** Where the record starts: a byte offset in its generation's log. */
   readonly position: number;
   /** Stored size of the record in bytes. */
   readonly length: number;
@@ -47,7 +47,8 @@ export class LogState {
   firstEntry: LogEntry | null = null;
   /** The live head change (null when empty), whether or not it can be rewound. */
   headEntry: LogEntry | null = null;
-  #prevEntry: LogEntry | null = null;
+  /** The live change before the head (null when none is known). */
+  prevEntry: LogEntry | null = null;
   /** Timestamp of the head change, when known. */
   headTimestamp: number | undefined;
   #prevTimestamp: number | undefined;
@@ -84,7 +85,7 @@ export class LogState {
     this.head = version;
     this.#prevTimestamp = this.headTimestamp;
     this.headTimestamp = entry.timestamp;
-    this.#prevEntry = this.headEntry;
+    this.prevEntry = this.headEntry;
     this.headEntry = entry;
     if (this.records === 0) {
       this.firstVersion = version;
@@ -93,16 +94,6 @@ export class LogState {
     this.records++;
     if (entry.snapshot) this.snapshots.push({ version, position: entry.position, ref: entry.snapshot });
     this.last = entry;
-  }
-
-  /**
-   * Records a rewind whose change is gone from storage (an object store deletes the rewound
-   * change after writing its rewind marker): the head stays, but may not be rewound again.
-   */
-  markRewound(entry: LogEntry): void {
-    if (entry.version !== this.head + 1) this.#fail(entry, `rewind marker for version ${entry.version} does not follow head ${this.head}`);
-    this.prevVersion = null;
-    this.last = null;
   }
 
   #rewind(entry: LogEntry): void {
@@ -114,8 +105,8 @@ export class LogState {
     this.prevVersion = null;
     this.headTimestamp = this.#prevTimestamp;
     this.#prevTimestamp = undefined;
-    this.headEntry = this.#prevEntry;
-    this.#prevEntry = null;
+    this.headEntry = this.prevEntry;
+    this.prevEntry = null;
     this.records--;
     if (this.records === 0) {
       this.firstVersion = 0;

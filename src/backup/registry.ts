@@ -4,24 +4,29 @@
  * - A bare path (`./backup`, `/var/lib/tidemark/db`) or `file:PATH` / `file:///PATH` is the file backend.
  * - `s3://bucket/prefix?…` is the S3 backend.
  * - Any other scheme `foo:` loads the npm package `tidemark-backend-foo`, which must export
- *   `createBackend` (a {@link BackendFactory}). It is looked up from the current directory first,
- *   then from tidemark's own install.
+ *   `createStorage` (a {@link StorageFactory}, written against `tidemark/backend-kit`). It is
+ *   looked up from the current directory first, then from tidemark's own install.
+ *
+ * The backend found only stores bytes; the backup on top of it is the core's, the same for all.
  */
 import path from "node:path";
 import { createRequire } from "node:module";
 import { pathToFileURL } from "node:url";
-import type { Backend, BackendFactory, BackendOptions } from "./backup.js";
+import type { Backend, BackendOptions } from "./backup.js";
+import type { Storage, StorageFactory, StorageOptions } from "./storage.js";
+import { openStoredBackup } from "./stored-backup.js";
 import { TidemarkError, UsageError } from "../util/errors.js";
+import { silentLogger } from "../util/logger.js";
 
-type FactoryLoader = () => Promise<BackendFactory>;
+type FactoryLoader = () => Promise<StorageFactory>;
 
 const builtins = new Map<string, FactoryLoader>([
-  ["file:", async () => (await import("../../backends/file.js")).createBackend],
-  ["s3:", async () => (await import("../../backends/s3.js")).createBackend],
+  ["file:", async () => (await import("../../backends/file.js")).createStorage],
+  ["s3:", async () => (await import("../../backends/s3.js")).createStorage],
 ]);
 
-/** Registers a backend factory for a scheme (such as `"mem:"`) in this process. */
-export function registerBackend(scheme: string, factory: BackendFactory): void {
+/** Registers a backend (a storage factory) for a scheme (such as `"mem:"`) in this process. */
+export function registerBackend(scheme: string, factory: StorageFactory): void {
   const key = scheme.endsWith(":") ? scheme : `${scheme}:`;
   builtins.set(key, async () => factory);
 }
@@ -51,11 +56,21 @@ export async function checkLocation(location: string): Promise<void> {
   else await loadFactory(url.protocol);
 }
 
-/** Opens the backend for `location`. */
-export async function openBackend(location: string, options: BackendOptions): Promise<Backend> {
+/** The backend (the storage alone) for `location`: for tools that look beneath the backup. */
+export async function openStorage(location: string, options: StorageOptions): Promise<Storage> {
   const url = parseLocation(location);
-  const factory = await loadFactory(url.protocol);
-  return factory(url, options);
+  return (await loadFactory(url.protocol))(url, options);
+}
+
+/** Opens the backup at `location`, through the backend its scheme names. */
+export async function openBackend(location: string, options: BackendOptions): Promise<Backend> {
+  const storage = await openStorage(location, {
+    writable: options.mode !== "read",
+    log: options.log ?? silentLogger,
+    ...(options.groupCommit !== undefined && { groupCommit: options.groupCommit }),
+    ...(options.onRetry && { onRetry: options.onRetry }),
+  });
+  return openStoredBackup(storage, options);
 }
 
 /** Opens the backend at `location` for writing, creating the backup if there is none yet. */
@@ -68,12 +83,12 @@ export async function openOrCreateBackend(location: string, options: Omit<Backen
   }
 }
 
-async function loadFactory(protocol: string): Promise<BackendFactory> {
+async function loadFactory(protocol: string): Promise<StorageFactory> {
   const builtin = builtins.get(protocol);
   if (builtin) return builtin();
   const scheme = protocol.slice(0, -1);
   const pkg = `tidemark-backend-${scheme}`;
-  let mod: { createBackend?: unknown };
+  let mod: { createStorage?: unknown };
   try {
     mod = await importFromCwdOrSelf(pkg);
   } catch (err) {
@@ -86,15 +101,15 @@ async function loadFactory(protocol: string): Promise<BackendFactory> {
     }
     throw new TidemarkError("E_BACKEND", `backend package ${pkg} failed to load: ${(err as Error).message}`, { cause: err });
   }
-  if (typeof mod.createBackend !== "function") {
-    throw new TidemarkError("E_BACKEND", `backend package ${pkg} does not export a createBackend function`, {
-      hint: "a backend module exports `createBackend(url, options)`; see src/backend.ts",
+  if (typeof mod.createStorage !== "function") {
+    throw new TidemarkError("E_BACKEND", `backend package ${pkg} does not export a createStorage function`, {
+      hint: "a backend module exports `createStorage(url, options)` from the tidemark/backend-kit contract (docs/architecture.md)",
     });
   }
-  return mod.createBackend as BackendFactory;
+  return mod.createStorage as StorageFactory;
 }
 
-async function importFromCwdOrSelf(pkg: string): Promise<{ createBackend?: unknown }> {
+async function importFromCwdOrSelf(pkg: string): Promise<{ createStorage?: unknown }> {
   let resolved: string | undefined;
   try {
     resolved = createRequire(path.join(process.cwd(), "package.json")).resolve(pkg);

@@ -53,9 +53,11 @@ export function codecFor(settings: BackupSettings, options: BackendOptions, loca
       hint: "pass the current key with --key ID=file:PATH (or env:NAME), or set encryption.keys in the daemon config",
     });
   }
+  const confirmed: number[] = [];
   for (const id of options.keyring?.ids ?? []) {
     const known = settings.keys?.[id];
     const given = options.keyring!.fingerprint(id);
+    if (known === given) confirmed.push(id);
     if (known !== undefined && known !== given) {
       throw new TidemarkError("E_KEY", `key id ${id} is not the key ${location} was written with under that id (fingerprint ${given}, the backup expects ${known})`, {
         hint: `check the file or variable that key id ${id} comes from; a new key needs a new id`,
@@ -69,7 +71,7 @@ export function codecFor(settings: BackupSettings, options: BackendOptions, loca
   return makeCodec({
     ...(compression !== undefined && { compression }),
     ...((options.brotliQuality ?? settings.brotliQuality) !== undefined && { brotliQuality: (options.brotliQuality ?? settings.brotliQuality)! }),
-    ...(options.keyring && { keyring: options.keyring }),
+    ...(options.keyring && { keyring: options.keyring.confirming(confirmed) }),
   });
 }
 

@@ -45,6 +45,8 @@ export function registerCopy(program: Command): void {
         }
         const { backend: to } = await openOrCreateBackend(dst, {
           ...options,
+          // --force may finish what an interrupted copy left.
+          ...(opts.force && { allowIncomplete: true }),
           ...(options.compression === undefined && settings?.compression !== undefined && { compression: settings.compression }),
           ...(options.brotliQuality === undefined && settings?.brotliQuality !== undefined && { brotliQuality: settings.brotliQuality }),
           ...(settings?.retention !== undefined && { retention: settings.retention }),

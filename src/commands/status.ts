@@ -23,7 +23,8 @@ export function registerStatus(program: Command): void {
     .description(
       "Show the head version, the version a rewind returns to, the base snapshot, the versions a restore\n" +
         "can target, the record count and the bytes stored. Read-only: safe while a writer runs.\n" +
-        "A backup with damage in its live log is shown up to the damage, and the command exits 1.\n" +
+        "A backup with damage its head needs (in its live log or live base snapshot) is shown up to the\n" +
+        "damage, and the command exits 1; damage in an older generation is marked, and it exits 0.\n" +
         "With --socket, ask a running daemon instead: every database (or --db NAME), with its last\n" +
         "compaction, recent errors, and each replica's lag in versions and seconds.",
     )

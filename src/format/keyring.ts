@@ -29,10 +29,27 @@ export interface KeySource {
 export class Keyring {
   readonly #keys = new Map<number, Buffer>();
   readonly #active: number | null;
+  /** Ids whose key the backup being read recorded (their fingerprints match). */
+  readonly #confirmed: ReadonlySet<number>;
 
-  private constructor(keys: Map<number, Buffer>, active: number | null) {
+  private constructor(keys: Map<number, Buffer>, active: number | null, confirmed: ReadonlySet<number> = new Set()) {
     this.#keys = keys;
     this.#active = active;
+    this.#confirmed = confirmed;
+  }
+
+  /**
+   * This keyring, knowing that the keys under `ids` are the ones a backup was written with
+   * (their fingerprints match its record): a record such a key cannot open was damaged or
+   * tampered with, not sealed with another key.
+   */
+  confirming(ids: Iterable<number>): Keyring {
+    return new Keyring(this.#keys, this.#active, new Set([...this.#confirmed, ...ids]));
+  }
+
+  /** Whether the key under `id` is known to be the one the backup was written with. */
+  isConfirmed(id: number): boolean {
+    return this.#confirmed.has(id);
   }
 
   /** A keyring with no keys: records are written in the clear, and encrypted ones cannot be read. */

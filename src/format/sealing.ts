@@ -119,7 +119,8 @@ export function encrypt(plain: Buffer, key: Buffer, iv: Buffer, aad: Buffer): Bu
 
 /**
  * Opens what encrypt() sealed. Callers check the stored bytes' CRC first, so a failure here
- * means the key is wrong, and the error says so, naming the key id.
+ * means the key is wrong (E_KEY, naming the key id), unless the keyring knows the key is the
+ * backup's own: then the bytes were altered after they were checksummed (E_CORRUPT).
  */
 export function decrypt(sealed: Buffer, key: Buffer, iv: Buffer, aad: Buffer, keyId: number, keyring: Keyring, what: string): Buffer {
   if (sealed.length < TAG_BYTES) throw new TidemarkError("E_CORRUPT", `${what}: encrypted payload is shorter than its tag`);
@@ -129,6 +130,11 @@ export function decrypt(sealed: Buffer, key: Buffer, iv: Buffer, aad: Buffer, ke
   try {
     return Buffer.concat([d.update(sealed.subarray(0, sealed.length - TAG_BYTES)), d.final()]);
   } catch {
+    if (keyring.isConfirmed(keyId)) {
+      throw new TidemarkError("E_CORRUPT", `${what}: fails authentication under key id ${keyId}, which is the key this backup was written with (its fingerprint matches): the bytes were damaged or tampered with`, {
+        hint: "run tidemark verify for a full report; restore from a replica or an older copy",
+      });
+    }
     throw new TidemarkError("E_KEY", `${what}: key id ${keyId} does not decrypt it (fingerprint ${keyring.fingerprint(keyId)}): the wrong key was given for that id`, {
       hint: `give the key that was used as id ${keyId}; the bytes are intact (their checksum matches), so the key is what differs`,
     });

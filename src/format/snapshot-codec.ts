@@ -128,6 +128,73 @@ function frameAad(header: Buffer, index: number, final: boolean): Buffer {
   return aad;
 }
 
+/** One stored frame of a blob, its checksum verified; `end` for the end frame. */
+interface StoredFrame {
+  readonly index: number;
+  /** Byte offset of the frame in the blob. */
+  readonly at: number;
+  /** The sealed payload. */
+  readonly body: Buffer;
+  readonly end: boolean;
+}
+
+/**
+ * Walks a blob's frames, checking the header, each frame's checksum and the end frame's; needs
+ * no key. Damage raises CorruptError naming `location` and the byte offset.
+ */
+async function* storedFrames(input: ExactReader, header: Buffer, fail: (offset: number, what: string) => never): AsyncGenerator<StoredFrame> {
+  const encrypted = header.readUInt32LE(8) !== 0;
+  for (let index = 0; ; index++) {
+    const at = input.offset;
+    const head = await input.read(8);
+    if (head.length < 8) fail(at, "snapshot blob ends before its end frame (truncated)");
+    const length = head.readUInt32LE(0);
+    if (length === 0) {
+      const sealedLength = head.readUInt32LE(4);
+      if (sealedLength !== TRAILER_SIZE + (encrypted ? TAG_BYTES : 0)) fail(at, `snapshot end frame has length ${sealedLength}`);
+      const rest = await input.read(sealedLength + 4);
+      if (rest.length < sealedLength + 4) fail(at, "snapshot end frame is truncated");
+      const end = Buffer.concat([head, rest]);
+      if (end.readUInt32LE(8 + sealedLength) !== crc32(end, 0, 8 + sealedLength)) fail(at, "snapshot end frame checksum mismatch");
+      if ((await input.read(1)).length !== 0) fail(input.offset - 1, "unexpected bytes after the snapshot end frame");
+      yield { index, at, body: end.subarray(8, 8 + sealedLength), end: true };
+      return;
+    }
+    if (length > MAX_STORED_FRAME) fail(at, `snapshot frame length ${length} is out of range`);
+    const body: Buffer = await input.read(length);
+    if (body.length < length) fail(at, "snapshot frame is truncated");
+    if (crc32(body) !== head.readUInt32LE(4)) fail(at, "snapshot frame checksum mismatch");
+    yield { index, at, body, end: false };
+  }
+}
+
+/** Reads and checks a blob's header. */
+async function readHeader(input: ExactReader, fail: (offset: number, what: string) => never): Promise<Buffer> {
+  const header = Buffer.from(await input.read(SNAPSHOT_HEADER_SIZE));
+  if (header.length < SNAPSHOT_HEADER_SIZE) fail(0, "snapshot blob is shorter than its header");
+  if (!header.subarray(0, 4).equals(SNAPSHOT_MAGIC)) fail(0, "not a snapshot blob (bad magic)");
+  if (header.readUInt32LE(20) !== crc32(header, 0, 20)) fail(0, "snapshot header checksum mismatch");
+  if (header[4] !== SNAPSHOT_FORMAT) fail(4, `snapshot format ${header[4]} is not supported`);
+  return header;
+}
+
+function failer(location: string, version: number | undefined): (offset: number, what: string) => never {
+  return (offset, what) => {
+    throw new CorruptError(location, what, { offset, ...(version !== undefined && { version }) });
+  };
+}
+
+/**
+ * Checks a blob's framing and checksums without opening it (no key needed): whether it is
+ * whole and as written. Damage raises CorruptError naming `location` and the byte offset.
+ */
+export async function checkSnapshotFrames(source: AsyncIterable<Uint8Array>, location: string, version?: number): Promise<void> {
+  const input = new ExactReader(source);
+  const fail = failer(location, version);
+  const header = await readHeader(input, fail);
+  for await (const _frame of storedFrames(input, header, fail));
+}
+
 /**
  * Decodes a snapshot blob back into SQLite bytes, verifying every frame, the end frame, and the
  * size and CRC-32 the change record expects. Damage raises CorruptError naming `location` and
@@ -141,46 +208,26 @@ export async function* decodeSnapshot(
   keyring: Keyring = Keyring.empty(),
 ): AsyncGenerator<Buffer> {
   const input = new ExactReader(source);
-  const fail = (offset: number, what: string): never => {
-    throw new CorruptError(location, what, { offset, ...(version !== undefined && { version }) });
-  };
-  const header = Buffer.from(await input.read(SNAPSHOT_HEADER_SIZE));
-  if (header.length < SNAPSHOT_HEADER_SIZE) fail(0, "snapshot blob is shorter than its header");
-  if (!header.subarray(0, 4).equals(SNAPSHOT_MAGIC)) fail(0, "not a snapshot blob (bad magic)");
-  if (header.readUInt32LE(20) !== crc32(header, 0, 20)) fail(0, "snapshot header checksum mismatch");
-  if (header[4] !== SNAPSHOT_FORMAT) fail(4, `snapshot format ${header[4]} is not supported`);
+  const fail = failer(location, version);
+  const header = await readHeader(input, fail);
   const algo = header[5]!;
   const keyId = header.readUInt32LE(8);
   const key = keyId === 0 ? null : keyring.get(keyId, `snapshot ${location}`);
 
   let size = 0;
   let crc = 0;
-  for (let index = 0; ; index++) {
-    const at = input.offset;
-    const head = await input.read(8);
-    if (head.length < 8) fail(at, "snapshot blob ends before its end frame (truncated)");
-    const length = head.readUInt32LE(0);
-    if (length === 0) {
-      const sealedLength = head.readUInt32LE(4);
-      if (sealedLength !== TRAILER_SIZE + (key ? TAG_BYTES : 0)) fail(at, `snapshot end frame has length ${sealedLength}`);
-      const rest = await input.read(sealedLength + 4);
-      if (rest.length < sealedLength + 4) fail(at, "snapshot end frame is truncated");
-      const end = Buffer.concat([head, rest]);
-      if (end.readUInt32LE(8 + sealedLength) !== crc32(end, 0, 8 + sealedLength)) fail(at, "snapshot end frame checksum mismatch");
-      let trailer: Buffer = end.subarray(8, 8 + sealedLength);
+  for await (const { index, at, body: sealed, end } of storedFrames(input, header, fail)) {
+    if (end) {
+      let trailer = sealed;
       if (key) trailer = decrypt(trailer, key, frameIv(header, index), frameAad(header, index, true), keyId, keyring, `snapshot ${location}`);
       const endSize = trailer.readUInt32LE(0) + trailer.readUInt32LE(4) * 0x1_0000_0000;
       if (endSize !== size || trailer.readUInt32LE(8) !== crc) fail(at, "snapshot end frame disagrees with its frames");
       if (size !== expect.size || crc !== expect.crc32) {
         fail(at, `snapshot is ${size} bytes with CRC-32 ${hex(crc)}; its record expects ${expect.size} bytes with ${hex(expect.crc32)}`);
       }
-      if ((await input.read(1)).length !== 0) fail(input.offset - 1, "unexpected bytes after the snapshot end frame");
       return;
     }
-    if (length > MAX_STORED_FRAME) fail(at, `snapshot frame length ${length} is out of range`);
-    let body: Buffer = await input.read(length);
-    if (body.length < length) fail(at, "snapshot frame is truncated");
-    if (crc32(body) !== head.readUInt32LE(4)) fail(at, "snapshot frame checksum mismatch");
+    let body = sealed;
     if (key) body = decrypt(body, key, frameIv(header, index), frameAad(header, index, false), keyId, keyring, `snapshot ${location}, frame at offset ${at}`);
     if (algo !== Compression.none) body = decompress(body, algo, (what) => fail(at, what));
     size += body.length;

@@ -94,7 +94,7 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
     await backend.compact({
       version: base,
       timestamp: replayed.timestamp,
-      snapshot: fs.createReadStream(snapshotPath, { highWaterMark: 1 << 20 }),
+      snapshot: () => fs.createReadStream(snapshotPath, { highWaterMark: 1 << 20 }),
     });
     const done = performance.now();
     return {

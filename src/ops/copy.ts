@@ -30,8 +30,9 @@ export interface CopyResult {
 }
 
 /**
- * Copies `src` into `dst`. A copy that fails empties `dst` again, so that a partial history is
- * never mistaken for a backup.
+ * Copies `src` into `dst`. While it runs, `dst` is marked incomplete, so that a copy killed
+ * part-way is never mistaken for a backup (opening it is refused, naming `copy --force`); a
+ * copy that fails empties `dst` again.
  */
 export async function copyBackup(src: Backend, dst: Backend, options: CopyOptions = {}): Promise<CopyResult> {
   const started = performance.now();
@@ -45,14 +46,19 @@ export async function copyBackup(src: Backend, dst: Backend, options: CopyOption
     }
     await dst.reset();
   }
+  await dst.markIncomplete(`copy of ${src.location}`);
   try {
-    return await copyInto(src, dst, from, started, options);
+    const result = await copyInto(src, dst, from, started, options);
+    await dst.markIncomplete(undefined);
+    return result;
   } catch (err) {
-    if (dst.head().version === 0) throw err;
     let note = `the copy at ${dst.location} was emptied again`;
-    await dst.reset().catch((cleanup: unknown) => {
-      note = `emptying the partial copy at ${dst.location} failed too (${(cleanup as Error).message}); run copy --force before using it`;
-    });
+    await dst
+      .reset()
+      .then(() => dst.markIncomplete(undefined))
+      .catch((cleanup: unknown) => {
+        note = `emptying the partial copy at ${dst.location} failed too (${(cleanup as Error).message}); run copy --force before using it`;
+      });
     if (err instanceof TidemarkError) err.message = `${err.message} (${note})`;
     throw err;
   }
@@ -78,7 +84,7 @@ async function copyInto(src: Backend, dst: Backend, from: BackendStatus, started
     for await (const change of src.streamChanges({ from: g.firstVersion, to })) {
       if (i > 0 && change.snapshot && change.version === g.baseVersion && dst.head().version >= change.version) {
         await settle(dst, change.version);
-        await dst.compact({ version: change.version, timestamp: change.timestamp, snapshot: change.snapshot.open() });
+        await dst.compact({ version: change.version, timestamp: change.timestamp, snapshot: () => change.snapshot!.open() });
         snapshots++;
         continue;
       }

@@ -49,7 +49,10 @@ export function refuseDamagedHead(status: BackendStatus, what: string): void {
   const d = status.damage;
   if (!d) return;
   throw new TidemarkError("E_CORRUPT", `${d.message}; ${what} is unknown, because nothing after version ${d.intactVersion} can be read`, {
-    hint: `tidemark restore --version ${d.intactVersion} (or earlier) restores what precedes the damage; for the rest, use a replica or a copy`,
+    hint:
+      d.intactVersion > 0
+        ? `tidemark restore --version ${d.intactVersion} (or earlier) restores what precedes the damage; for the rest, use a replica or a copy`
+        : "nothing before the damage is held here: restore from a replica or a copy",
   });
 }
 

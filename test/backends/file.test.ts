@@ -7,18 +7,32 @@ import type { Backend } from "../../src/backup/backup.js";
 import { TidemarkError } from "../../src/util/errors.js";
 import { applyChange } from "../../src/ops/ingest.js";
 import type { Logger } from "../../src/util/logger.js";
-import { backendConformance, collect, tx } from "../helpers/backend-conformance.js";
+import { backendConformance, collect, tx, type StoredTarget } from "../helpers/backend-conformance.js";
 import { tmpDir } from "../helpers/tmp.js";
+import { decodeIdentity } from "../../src/backup/documents.js";
+
+/** Overwrites bytes of a log or blob file in place: damage on disk. */
+async function overwrite(location: string, target: StoredTarget, bytes: Buffer): Promise<void> {
+  const file = "generation" in target ? path.join(location, `log-${String(target.generation).padStart(10, "0")}.tml`) : path.join(location, target.blob);
+  const fd = fs.openSync(file, "r+");
+  try {
+    fs.writeSync(fd, bytes, 0, bytes.length, target.offset);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
 
 backendConformance("file", {
   newLocation: () => path.join(tmpDir(), "backup"),
   exclusiveWriter: true,
+  overwrite,
 });
 
 backendConformance("file, group commit", {
   newLocation: () => path.join(tmpDir(), "backup"),
   exclusiveWriter: true,
   options: { groupCommit: true },
+  overwrite,
 });
 
 /** A logger that records warnings. */
@@ -82,6 +96,7 @@ describe("file backend: torn tails", () => {
 
     const w = await openBackend(dir, { mode: "write", log });
     expect(fs.readFileSync(logFile).equals(intact)).toBe(true);
+    expect(log.warnings.join()).toContain(`30 bytes at offset ${intact.length}`);
     await applyChange(w, { version: 6, transaction: tx(6, "redo") });
     await w.close();
     const again = await openBackend(dir, { mode: "read" });
@@ -92,14 +107,51 @@ describe("file backend: torn tails", () => {
     await again.close();
   });
 
-  it("a damaged last record is a torn tail too", async () => {
+  it("a complete last record that fails its checksum is damage, not a torn tail: the writer refuses it and cuts nothing", async () => {
     const { dir, logFile } = await newBackup(5);
     const bytes = fs.readFileSync(logFile);
-    bytes[bytes.length - 3]! ^= 0xff; // inside the last record's checksum
+    bytes[bytes.length - 3]! ^= 0xff; // inside the last record's checksum: every byte is there
     fs.writeFileSync(logFile, bytes);
     const r = await openBackend(dir, { mode: "read" });
-    expect((await r.status()).version).toBe(4);
+    const s = await r.status();
+    expect(s.version).toBe(4);
+    expect(s.tornTail).toBeUndefined();
+    expect(s.damage).toMatchObject({ location: logFile, intactVersion: 4 });
     await r.close();
+    const err = await openErr(dir, "write");
+    expect(err.code).toBe("E_CORRUPT");
+    expect(err.message).toMatch(/record checksum mismatch; the record is complete, so this is damage, not a torn tail/);
+    expect(fs.readFileSync(logFile).equals(bytes)).toBe(true);
+  });
+
+  it("a tail the file system filled with zeros is a torn tail", async () => {
+    const { dir, logFile } = await newBackup(5);
+    const intact = fs.readFileSync(logFile);
+    fs.writeFileSync(logFile, Buffer.concat([intact, Buffer.alloc(4096)]));
+    const log = recordingLogger();
+    const w = await openBackend(dir, { mode: "write", log });
+    expect(w.head().version).toBe(5);
+    await w.close();
+    expect(fs.readFileSync(logFile).equals(intact)).toBe(true);
+    expect(log.warnings.join()).toContain(`4096 bytes at offset ${intact.length}`);
+  });
+
+  it("a generations.json that cannot be read stops the writer; history is never deleted because a read failed", async () => {
+    const { dir } = await newBackup(5);
+    const w = await openBackend(dir, { mode: "write", retention: { bases: 3 } });
+    await w.compact({ version: 4, timestamp: 4, snapshot: async function* () { yield Buffer.from("four"); } });
+    await w.close();
+    const before = fs.readdirSync(dir).sort();
+    const manifest = path.join(dir, "generations.json");
+    fs.rmSync(manifest);
+    fs.mkdirSync(manifest);
+    for (const mode of ["read", "write"] as const) {
+      const err = await openErr(dir, mode);
+      expect(err.code).toBe("E_BACKEND");
+      expect(err.message).toContain("generations.json");
+    }
+    expect(fs.readdirSync(dir).sort()).toEqual(before);
+    expect(fs.existsSync(path.join(dir, "log-0000000001.tml"))).toBe(true);
   });
 
   it("damage before the tail is an error naming the file, the offset and the version", async () => {
@@ -213,6 +265,47 @@ describe("file backend: failed writes with group commit", () => {
   });
 });
 
+describe("file backend: backups from tidemark 0.1", () => {
+  it("a format-1 backup (documents without checksums) is read as it is, and its first writer adds them", async () => {
+    const { dir } = await newBackup(5);
+    const w = await openBackend(dir, { mode: "write", retention: { bases: 1 } });
+    await w.compact({ version: 4, timestamp: 4, snapshot: async function* () { yield Buffer.from("four"); } });
+    await w.close();
+    // What tidemark 0.1 wrote: the same logs and blobs, plain JSON documents.
+    const created = JSON.parse(fs.readFileSync(path.join(dir, "tidemark.json"), "utf8")).created;
+    fs.writeFileSync(path.join(dir, "tidemark.json"), JSON.stringify({ format: "tidemark-file", formatVersion: 1, created, compression: "none", encrypted: false, retention: { bases: 1 } }, null, 2) + "\n");
+    fs.writeFileSync(path.join(dir, "generations.json"), '{"retained":[1]}\n');
+
+    const r = await openBackend(dir, { mode: "read" });
+    expect((await r.status()).generations.map((g) => [g.firstVersion, g.lastVersion])).toEqual([[1, 5], [4, 5]]);
+    await r.close();
+    expect(fs.readFileSync(path.join(dir, "generations.json"), "utf8")).toBe('{"retained":[1]}\n');
+
+    const again = await openBackend(dir, { mode: "write" });
+    await applyChange(again, { version: 6, transaction: tx(6) });
+    await again.close();
+    expect(JSON.parse(fs.readFileSync(path.join(dir, "tidemark.json"), "utf8"))).toMatchObject({ format: "tidemark", formatVersion: 2, retention: { bases: 1 }, crc32: expect.stringMatching(/^[0-9a-f]{8}$/) });
+    expect(JSON.parse(fs.readFileSync(path.join(dir, "generations.json"), "utf8"))).toMatchObject({ retained: [1], crc32: expect.any(String) });
+    const after = await openBackend(dir, { mode: "read" });
+    expect((await collect(after, { from: 1, to: 3 })).map((c) => c.version)).toEqual([1, 2, 3]);
+    expect(after.head().version).toBe(6);
+    await after.close();
+  });
+
+  it("an S3 backup from tidemark 0.1 is refused with the way to convert it", () => {
+    const err = (() => {
+      try {
+        decodeIdentity(Buffer.from('{"format":"tidemark-s3","formatVersion":1,"created":"x"}'), "s3://b/p/tidemark.json");
+      } catch (e) {
+        return e as TidemarkError;
+      }
+      throw new Error("expected a refusal");
+    })();
+    expect(err.code).toBe("E_CORRUPT");
+    expect(err.hint).toMatch(/tidemark copy/);
+  });
+});
+
 describe("file backend: lock and layout", () => {
   it("refuses a second writer in another process, naming its PID", async () => {
     const { dir } = await newBackup(1);
@@ -255,13 +348,13 @@ describe("file backend: lock and layout", () => {
   it("after a compaction, the superseded log and snapshots are gone", async () => {
     const { dir } = await newBackup(6);
     const b = await openBackend(dir, { mode: "write" });
-    await b.compact({ version: 5, timestamp: 5, snapshot: (async function* () { yield Buffer.from("five"); })() });
-    await b.compact({ version: 5, timestamp: 5, snapshot: (async function* () { yield Buffer.from("five again"); })() });
+    await b.compact({ version: 5, timestamp: 5, snapshot: async function* () { yield Buffer.from("five"); } });
+    await b.compact({ version: 5, timestamp: 5, snapshot: async function* () { yield Buffer.from("five again"); } });
     await b.close();
     const names = fs.readdirSync(dir).sort();
     expect(names).toHaveLength(4);
     expect(names[0]).toBe("generations.json");
-    expect(JSON.parse(fs.readFileSync(path.join(dir, "generations.json"), "utf8"))).toEqual({ retained: [] });
+    expect(JSON.parse(fs.readFileSync(path.join(dir, "generations.json"), "utf8"))).toMatchObject({ retained: [] });
     expect(names[1]).toBe("log-0000000003.tml");
     expect(names[2]).toMatch(/^snap-00000000000000000005-[0-9a-f]{8}\.tms$/);
     expect(names[3]).toBe("tidemark.json");

@@ -76,7 +76,7 @@ describe("S3 backend: the server goes away", () => {
     const code = await exited;
     await s3.start();
     expect(code).toBe(1);
-    expect(err).toMatch(/^Error: line 2: \[s3\] put s3:\/\/tidemark-test\/.*changes\/0+7-\d+\.c: .*ECONNREFUSED/m);
+    expect(err).toMatch(/^Error: line 2: \[s3\] put s3:\/\/tidemark-test\/.*log\/\d{10}\/\d{10}\.tml: .*ECONNREFUSED/m);
     expect(err).toMatch(/^Try: the store did not answer after 3 attempts; nothing acknowledged was lost/m);
 
     const resumed = await runCli(["ingest", location], { input: lines(insert(7), insert(8)) });

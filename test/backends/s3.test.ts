@@ -15,4 +15,5 @@ afterAll(async () => {
 backendConformance("s3 (s3rver)", {
   newLocation: () => s3.location(),
   exclusiveWriter: true,
+  overwrite: async (location, target, bytes) => s3.overwrite(location, target, bytes),
 });

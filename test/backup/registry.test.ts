@@ -26,26 +26,19 @@ describe("backend registry", () => {
 
   it("loads a third-party backend from the npm package named after the scheme", async () => {
     const dir = tmpDir();
-    // A third-party backend that stores its backups with the file backend, under mirror:// URLs.
+    // A third-party backend that stores its backups with the file backend, under mirror:// URLs:
+    // it only stores; the backup on top of it is tidemark's own.
     installPackage(
       dir,
       "tidemark-backend-mirror",
-      `import { createBackend as file } from ${JSON.stringify(pathToFileURL(FILE_BACKEND).href)};
-export async function createBackend(url, options) {
+      `import { createStorage as file } from ${JSON.stringify(pathToFileURL(FILE_BACKEND).href)};
+export async function createStorage(url, options) {
   const inner = await file(new URL("file://" + url.pathname), options);
-  return {
-    kind: "mirror",
-    location: "mirror://" + url.pathname,
-    head: () => inner.head(),
-    status: () => inner.status(),
-    addChange: (c) => inner.addChange(c),
-    rewind: () => inner.rewind(),
-    streamChanges: (r) => inner.streamChanges(r),
-    compact: (b) => inner.compact(b),
-    reset: () => inner.reset(),
-    close: () => inner.close(),
-  };
-}`,
+  const shown = { kind: "mirror", location: "mirror://" + url.pathname };
+  return new Proxy(inner, {
+    get: (target, key) => (key in shown ? shown[key] : typeof target[key] === "function" ? target[key].bind(target) : target[key]),
+  });
+}`
     );
     const backup = path.join(dir, "data", "backup");
     const init = await runCli(["init", `mirror://${backup}`], { cwd: dir });
@@ -56,11 +49,11 @@ export async function createBackend(url, options) {
     expect(status.stdout).toContain("(mirror)");
   });
 
-  it("names a package that does not export createBackend", async () => {
+  it("names a package that does not export createStorage", async () => {
     const dir = tmpDir();
     installPackage(dir, "tidemark-backend-broken", "export const nothing = 1;\n");
     const r = await runCli(["status", "broken://x"], { cwd: dir });
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/tidemark-backend-broken does not export a createBackend function/);
+    expect(r.stderr).toMatch(/tidemark-backend-broken does not export a createStorage function/);
   });
 });

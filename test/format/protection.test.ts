@@ -11,6 +11,7 @@ import type { BackendOptions } from "../../src/backup/backup.js";
 import { TidemarkError } from "../../src/util/errors.js";
 import { applyChange } from "../../src/ops/ingest.js";
 import { Keyring } from "../../src/format/keyring.js";
+import { encodeDocument } from "../../src/backup/documents.js";
 import { restore } from "../../src/ops/restore.js";
 import { runCli } from "../helpers/cli.js";
 import { tmpDir } from "../helpers/tmp.js";
@@ -163,7 +164,8 @@ describe("client-side encryption", () => {
     // Were the identity to lack the fingerprint, decryption itself still refuses: no garbage.
     const identity = JSON.parse(fs.readFileSync(path.join(backup, "tidemark.json"), "utf8"));
     delete identity.keys;
-    fs.writeFileSync(path.join(backup, "tidemark.json"), JSON.stringify(identity));
+    delete identity.crc32;
+    fs.writeFileSync(path.join(backup, "tidemark.json"), encodeDocument(identity));
     const wrong = await openBackend(backup, { mode: "read", keyring: keyring({ id: 7, file: wrongKey, decryptOnly: true }) });
     const err = await codeOf(restore(wrong, path.join(dir, "out.db")));
     expect(err.code).toBe("E_KEY");

@@ -10,12 +10,26 @@ import { openBackend } from "../../src/backup/registry.js";
 import type { SnapshotSource, Statement, StoredChange } from "../../src/model/change.js";
 import { TidemarkError } from "../../src/util/errors.js";
 import { applyChange } from "../../src/ops/ingest.js";
+import { openStorage } from "../../src/backup/registry.js";
+import { encodeDocument } from "../../src/backup/documents.js";
+import { probeRecord } from "../../src/format/record-codec.js";
+import { crc32 } from "../../src/format/crc32.js";
+import { Keyring } from "../../src/format/keyring.js";
+import { silentLogger } from "../../src/util/logger.js";
 import { Rng } from "./workload.js";
+
+/** Bytes a harness can damage: a generation's log at an offset, or a blob at an offset. */
+export type StoredTarget = { readonly generation: number; readonly offset: number } | { readonly blob: string; readonly offset: number };
 
 /** How the suite reaches a backend. */
 export interface ConformanceHarness {
   /** Returns the location of a new backup that does not exist yet. */
   newLocation(): Promise<string> | string;
+  /**
+   * Overwrites stored bytes in place, behind the backend's back, as media damage or an
+   * attacker would: a byte flip in a file, a re-PUT of an object.
+   */
+  overwrite(location: string, target: StoredTarget, bytes: Buffer): Promise<void>;
   /** Whether a second writer is refused (false only where the store cannot enforce it). */
   readonly exclusiveWriter: boolean;
   /** Extra options for every open. */
@@ -266,7 +280,7 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
       await withNew(async (b, location) => {
         await seed(b, 50);
         const before = await b.status();
-        await b.compact({ version: 49, timestamp: 4900, snapshot: snapshotOf(Buffer.from("base-49")) });
+        await b.compact({ version: 49, timestamp: 4900, snapshot: () => snapshotOf(Buffer.from("base-49")) });
         expect(b.head()).toEqual({ version: 50, prevVersion: 49 });
         const after = await b.status();
         expect(after).toMatchObject({ version: 50, baseVersion: 49, firstVersion: 49, records: 2 });
@@ -297,7 +311,7 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
       await withNew(async (b) => {
         await seed(b, 10);
         await b.rewind();
-        await b.compact({ version: 9, timestamp: 9, snapshot: snapshotOf(Buffer.from("base-9")) });
+        await b.compact({ version: 9, timestamp: 9, snapshot: () => snapshotOf(Buffer.from("base-9")) });
         expect(b.head()).toEqual({ version: 9, prevVersion: null });
         await expectCode(b.rewind(), "E_REWIND");
         await applyChange(b, { version: 10, transaction: tx(10, "b") });
@@ -316,7 +330,7 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
           await gate;
           yield Buffer.from("19");
         }
-        const compaction = b.compact({ version: 19, timestamp: 19, snapshot: slowSnapshot() });
+        const compaction = b.compact({ version: 19, timestamp: 19, snapshot: () => slowSnapshot() });
         for (let v = 21; v <= 25; v++) await applyChange(b, { version: v, transaction: tx(v) });
         await applyChange(b, { version: 25, transaction: tx(25, "redo") });
         release();
@@ -350,7 +364,7 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
         const it = b.streamChanges({ from: 1 })[Symbol.asyncIterator]();
         const first = await it.next();
         expect(first.value?.version).toBe(1);
-        await b.compact({ version: 5, timestamp: 5, snapshot: snapshotOf(Buffer.from("new base")) });
+        await b.compact({ version: 5, timestamp: 5, snapshot: () => snapshotOf(Buffer.from("new base")) });
         const parts: Buffer[] = [];
         for await (const chunk of first.value!.snapshot!.open()) parts.push(chunk);
         expect(Buffer.concat(parts).toString()).toBe("old base");
@@ -366,9 +380,9 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
       const b = await open(location, "create");
       try {
         await seed(b, 20);
-        await b.compact({ version: 19, timestamp: 19, snapshot: snapshotOf(Buffer.from("base-19")) });
+        await b.compact({ version: 19, timestamp: 19, snapshot: () => snapshotOf(Buffer.from("base-19")) });
         for (let v = 21; v <= 30; v++) await applyChange(b, { version: v, transaction: tx(v) });
-        await b.compact({ version: 29, timestamp: 29, snapshot: snapshotOf(Buffer.from("base-29")) });
+        await b.compact({ version: 29, timestamp: 29, snapshot: () => snapshotOf(Buffer.from("base-29")) });
       } finally {
         await b.close();
       }
@@ -381,9 +395,9 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
       const k = await openBackend(kept, { ...harness.options, mode: "create", retention: { bases: 1 } });
       try {
         await seed(k, 20);
-        await k.compact({ version: 19, timestamp: 19, snapshot: snapshotOf(Buffer.from("base-19")) });
+        await k.compact({ version: 19, timestamp: 19, snapshot: () => snapshotOf(Buffer.from("base-19")) });
         for (let v = 21; v <= 30; v++) await applyChange(k, { version: v, transaction: tx(v) });
-        await k.compact({ version: 29, timestamp: 29, snapshot: snapshotOf(Buffer.from("base-29")) });
+        await k.compact({ version: 29, timestamp: 29, snapshot: () => snapshotOf(Buffer.from("base-29")) });
       } finally {
         await k.close();
       }
@@ -425,6 +439,209 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
         await expectCode(applyChange(b, { version: 4, transaction: tx(4) }), "E_STALE");
         expect(b.head()).toEqual({ version: 4, prevVersion: null });
         expect((await collect(b, { from: 1 })).map((c) => c.version)).toEqual([1, 2, 3, 4]);
+      });
+    });
+
+    describe("damage", () => {
+      /** The live generation's id and log bytes, as stored. */
+      async function liveLog(location: string): Promise<{ generation: number; bytes: Buffer }> {
+        const storage = await openStorage(location, { writable: false, log: silentLogger });
+        try {
+          const live = (await storage.listGenerations()).at(-1)!;
+          const parts: Buffer[] = [];
+          for await (const c of storage.readLog(live.id, 0, live.size)) parts.push(c.bytes);
+          return { generation: live.id, bytes: Buffer.concat(parts) };
+        } finally {
+          await storage.close();
+        }
+      }
+
+      /** The live generation's records: offset, length and version of each. */
+      async function liveRecords(location: string): Promise<{ generation: number; bytes: Buffer; records: { offset: number; length: number; version: number }[] }> {
+        const { generation, bytes } = await liveLog(location);
+        const records = [];
+        for (let at = 0; at < bytes.length; ) {
+          const p = probeRecord(bytes, at);
+          if (p.kind !== "ok") throw new Error(`test setup: no record at ${at}`);
+          records.push({ offset: at, length: p.length, version: p.version });
+          at += p.length;
+        }
+        return { generation, bytes, records };
+      }
+
+      async function flipLogByte(location: string, generation: number, offset: number, bytes: Buffer): Promise<void> {
+        await harness.overwrite(location, { generation, offset }, Buffer.from([bytes[offset]! ^ 0x10]));
+      }
+
+      async function documentOf(location: string, name: "tidemark.json" | "generations.json"): Promise<Buffer> {
+        const storage = await openStorage(location, { writable: false, log: silentLogger });
+        try {
+          return (await storage.readDocument(name))!;
+        } finally {
+          await storage.close();
+        }
+      }
+
+      async function putDocument(location: string, name: "tidemark.json" | "generations.json", bytes: Buffer): Promise<void> {
+        const storage = await openStorage(location, { writable: true, log: silentLogger });
+        try {
+          await storage.writeDocument(name, bytes);
+        } finally {
+          await storage.close();
+        }
+      }
+
+      it("a complete last record that fails its checksum is damage, not a torn tail: reported, refused by writers, never cut away", async () => {
+        const location = await harness.newLocation();
+        const b = await open(location, "create");
+        await seed(b, 5);
+        await b.close();
+        const { generation, bytes, records } = await liveRecords(location);
+        const last = records.at(-1)!;
+        await flipLogByte(location, generation, last.offset + last.length - 6, bytes);
+        const damaged = (await liveLog(location)).bytes;
+        const r = await open(location, "read");
+        const s = await r.status();
+        expect(s.damage).toMatchObject({ intactVersion: 4 });
+        expect(s.damage!.message).toMatch(/not a torn tail/);
+        expect(s.version).toBe(4);
+        await r.close();
+        const err = await expectCode(open(location, "write"), "E_CORRUPT");
+        expect(err.message).toContain("version 5");
+        // Still there, byte for byte, for an operator to inspect.
+        expect((await liveLog(location)).bytes.equals(damaged)).toBe(true);
+        expect(damaged.equals(bytes)).toBe(false);
+      });
+
+      it("a flipped byte in tidemark.json or generations.json is an error naming the file, never another policy", async () => {
+        const location = await harness.newLocation();
+        const b = await open(location, "create");
+        await b.close();
+        const w = await openBackend(location, { ...harness.options, mode: "write", retention: { bases: 2 } });
+        await seed(w, 5);
+        await w.compact({ version: 4, timestamp: 4, snapshot: () => snapshotOf(Buffer.from("base-4")) });
+        await w.close();
+        const identity = await documentOf(location, "tidemark.json");
+        const manifest = await documentOf(location, "generations.json");
+
+        await putDocument(location, "tidemark.json", Buffer.from(identity.toString("utf8").replace('"bases"', '"basus"')));
+        for (const mode of ["read", "write"] as const) {
+          const err = await expectCode(open(location, mode), "E_CORRUPT");
+          expect(err.message).toContain("tidemark.json");
+          expect(err.message).toMatch(/checksum/);
+        }
+        // A key this version does not know, under a checksum that matches: refused too.
+        const parsed = JSON.parse(identity.toString("utf8")) as Record<string, unknown>;
+        delete parsed.crc32;
+        await putDocument(location, "tidemark.json", encodeDocument({ ...parsed, retention: { basus: 2 } }));
+        expect((await expectCode(open(location, "write"), "E_CORRUPT")).message).toMatch(/tidemark\.json.*basus/);
+        await putDocument(location, "tidemark.json", identity);
+
+        const flipped = Buffer.from(manifest);
+        flipped[manifest.indexOf("[") + 1] = "9".charCodeAt(0);
+        await putDocument(location, "generations.json", flipped);
+        const err = await expectCode(open(location, "write"), "E_CORRUPT");
+        expect(err.message).toContain("generations.json");
+        await putDocument(location, "generations.json", manifest);
+        const again = await open(location, "read");
+        expect((await again.status()).generations.map((g) => g.baseVersion)).toEqual([0, 4]);
+        await again.close();
+      });
+
+      it("a record that fails authentication under the backup's own key is damage, not a wrong key; a writer refuses that head", async () => {
+        const keys = Keyring.load([{ id: 3, source: "env:TIDEMARK_CONFORMANCE_KEY" }], "keys", { TIDEMARK_CONFORMANCE_KEY: "a".repeat(64) });
+        const location = await harness.newLocation();
+        const b = await openBackend(location, { ...harness.options, mode: "create", keyring: keys });
+        await seed(b, 4);
+        await b.close();
+        const { generation, bytes, records } = await liveRecords(location);
+        const last = records.at(-1)!;
+        // Alter the ciphertext and fix up the record checksum: only the cipher can tell.
+        const rec = Buffer.from(bytes.subarray(last.offset, last.offset + last.length));
+        rec[rec.length - 10]! ^= 0x01;
+        rec.writeUInt32LE(crc32(rec, 0, rec.length - 4), rec.length - 4);
+        await harness.overwrite(location, { generation, offset: last.offset }, rec);
+
+        const r = await openBackend(location, { ...harness.options, mode: "read", keyring: keys });
+        const err = await expectCode(collect(r, { from: 1 }), "E_CORRUPT");
+        expect(err.message).toMatch(/damaged or tampered/);
+        expect(err.message).toContain("version 4");
+        await r.close();
+        const w = await expectCode(openBackend(location, { ...harness.options, mode: "write", keyring: keys }), "E_CORRUPT");
+        expect(w.message).toMatch(/damaged or tampered/);
+      });
+
+      it("damage in an older generation is reported, limits only restores into it, and writes go on", async () => {
+        const location = await harness.newLocation();
+        const b = await openBackend(location, { ...harness.options, mode: "create", retention: { bases: 3 } });
+        await seed(b, 6);
+        const old = await liveRecords(location);
+        await b.compact({ version: 5, timestamp: 5, snapshot: () => snapshotOf(Buffer.from("base-5")) });
+        await applyChange(b, { version: 7, transaction: tx(7) });
+        await b.close();
+        const third = old.records[2]!;
+        await flipLogByte(location, old.generation, third.offset + 30, old.bytes);
+
+        const w = await open(location, "write");
+        await applyChange(w, { version: 8, transaction: tx(8) });
+        const s = await w.status();
+        expect(s.version).toBe(8);
+        expect(s.damage).toBeUndefined();
+        expect(s.generations[0]!.damage).toMatchObject({ intactVersion: 2 });
+        expect((await collect(w, { from: 5 })).map((c) => c.version)).toEqual([5, 6, 7, 8]);
+        expect((await collect(w, { from: 1, to: 2 })).map((c) => c.version)).toEqual([1, 2]);
+        await expectCode(collect(w, { from: 3, to: 4 }), "E_CORRUPT");
+        await w.close();
+      });
+
+      it("a damaged live base snapshot is found at open: writers refuse it, status reports it", async () => {
+        const location = await harness.newLocation();
+        const b = await open(location, "create");
+        await seed(b, 6);
+        await b.compact({ version: 5, timestamp: 5, snapshot: () => snapshotOf(Buffer.alloc(300_000, 7)) });
+        await b.close();
+        const storage = await openStorage(location, { writable: false, log: silentLogger });
+        const [blob] = await storage.listBlobs();
+        await storage.close();
+        await harness.overwrite(location, { blob: blob!.name, offset: 150_000 }, Buffer.from([0x42]));
+        const err = await expectCode(open(location, "write"), "E_CORRUPT");
+        expect(err.message).toContain(blob!.name);
+        const r = await open(location, "read");
+        expect((await r.status()).damage).toMatchObject({ intactVersion: 0 });
+        await r.close();
+      });
+
+      it("compaction opens its snapshot only when the backup takes it", async () => {
+        await withNew(async (b, location) => {
+          await seed(b, 4);
+          let opened = 0;
+          const snapshot = () => {
+            opened++;
+            return snapshotOf(Buffer.from("base"));
+          };
+          await expect(b.compact({ version: 9, timestamp: 9, snapshot })).rejects.toThrow(/not a settled version/);
+          const r = await open(location, "read");
+          await expectCode(r.compact({ version: 3, timestamp: 3, snapshot }), "E_CLOSED");
+          await r.close();
+          expect(opened).toBe(0);
+        });
+      });
+
+      it("a backup an interrupted copy left is refused until a copy --force finishes it", async () => {
+        await withNew(async (b, location) => {
+          await seed(b, 3);
+          await b.markIncomplete("copy of somewhere");
+          for (const mode of ["read", "write"] as const) {
+            const err = await expectCode(open(location, mode), "E_INCOMPLETE");
+            expect(err.hint).toContain("tidemark copy --force");
+          }
+          const forced = await openBackend(location, { ...harness.options, mode: "read", allowIncomplete: true });
+          await forced.close();
+          await b.markIncomplete(undefined);
+          const r = await open(location, "read");
+          expect(r.head().version).toBe(3);
+          await r.close();
+        });
       });
     });
   });

@@ -28,6 +28,11 @@ export interface S3Server {
   has(key: string): boolean;
   /** Keys under a prefix, read from s3rver's files. */
   keys(prefix: string): string[];
+  /**
+   * Overwrites bytes of a stored log or blob in place, in s3rver's own files, as bit rot at the
+   * server would (the object keeps its ETag).
+   */
+  overwrite(location: string, target: { generation: number; offset: number } | { blob: string; offset: number }, bytes: Buffer): void;
   /** Stops the server (SIGKILL); `start()` brings it back on the same port with the same data. */
   kill(): Promise<void>;
   start(): Promise<void>;
@@ -75,6 +80,31 @@ export async function startS3(): Promise<S3Server> {
         .filter((f) => f.endsWith("._S3rver_object"))
         .map((f) => `${prefix}/${f.slice(0, -"._S3rver_object".length)}`)
         .sort();
+    },
+    overwrite(location, target, bytes) {
+      const prefix = decodeURIComponent(new URL(location).pathname).replace(/^\/+|\/+$/g, "");
+      const file = (key: string) => path.join(dir, BUCKET, `${prefix}/${key}._S3rver_object`);
+      let at = target.offset;
+      let object: string;
+      if ("generation" in target) {
+        const root = `log/${String(target.generation).padStart(10, "0")}`;
+        const keys = fs.readdirSync(path.join(dir, BUCKET, prefix, root)).filter((f) => f.endsWith("._S3rver_object")).sort();
+        object = "";
+        for (const k of keys) {
+          const size = fs.statSync(path.join(dir, BUCKET, prefix, root, k)).size;
+          object = `${root}/${k.slice(0, -"._S3rver_object".length)}`;
+          if (at < size) break;
+          at -= size;
+        }
+      } else {
+        object = `snapshots/${target.blob}`;
+      }
+      const fd = fs.openSync(file(object), "r+");
+      try {
+        fs.writeSync(fd, bytes, 0, bytes.length, at);
+      } finally {
+        fs.closeSync(fd);
+      }
     },
     kill: () => killed(child, "SIGKILL"),
     async start() {

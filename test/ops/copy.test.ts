@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli } from "../helpers/cli.js";
+import { runCli, spawnCli } from "../helpers/cli.js";
 import { startS3, type S3Server } from "../helpers/s3.js";
 import { expectSameDb } from "../helpers/sqlite.js";
 import { tmpDir } from "../helpers/tmp.js";
@@ -156,12 +156,15 @@ describe("tidemark copy", () => {
   it("a copy that fails half-way leaves the destination empty, ready for another try", async () => {
     const dir = tmpDir();
     const src = path.join(dir, "src");
-    await cli(["init", src, "--keep-bases", "1"]);
+    await cli(["init", src, "--keep-bases", "2"]);
     await cli(["ingest", src], changes(1, 20));
     await cli(["compact", src, "-q"]);
-    await cli(["ingest", src], changes(21, 40));
-    // Damage the base snapshot: the copy gets through the first generation, then fails on it.
-    const blob = path.join(src, fs.readdirSync(src).find((n) => n.endsWith(".tms"))!);
+    await cli(["ingest", src], changes(21, 30));
+    await cli(["compact", src, "-q"]);
+    await cli(["ingest", src], changes(31, 40));
+    // Damage the older base snapshot (the live one is checked at open): the copy gets through
+    // the first generation, then fails on it.
+    const blob = path.join(src, fs.readdirSync(src).filter((n) => n.endsWith(".tms")).sort()[0]!);
     const bytes = fs.readFileSync(blob);
     const at = bytes.length - 100;
     bytes[at] = bytes[at]! ^ 0xff;
@@ -177,5 +180,33 @@ describe("tidemark copy", () => {
     bytes[at] = bytes[at]! ^ 0xff;
     fs.writeFileSync(blob, bytes);
     expect(JSON.parse(await cli(["copy", src, dst, "--json"]))).toMatchObject({ version: 40, changes: 40 });
+  });
+
+  it("a copy killed part-way is never taken for a backup: status, restore and writers refuse it, naming copy --force", async () => {
+    const dir = tmpDir();
+    const src = path.join(dir, "src");
+    await cli(["init", src]);
+    await cli(["ingest", src], changes(1, 8000));
+    const dst = path.join(dir, "dst");
+    const log = path.join(dst, "log-0000000001.tml");
+    const child = spawnCli(["copy", src, dst]);
+    const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
+    // SIGKILL once a part of the history is in the destination: no handler runs, as with OOM.
+    while (!(fs.existsSync(log) && fs.statSync(log).size > 200_000)) await new Promise((r) => setTimeout(r, 2));
+    child.kill("SIGKILL");
+    await exited;
+
+    for (const args of [["status", dst], ["restore", dst, path.join(dir, "out.db")], ["ingest", dst], ["copy", src, dst]]) {
+      const r = await runCli(args, { input: "" });
+      expect(r.code, args.join(" ")).toBe(1);
+      expect(r.stderr).toMatch(/^Error: .*dst is not a backup: it is an interrupted copy of .*src$/m);
+      expect(r.stderr).toMatch(/^Try: finish it with: tidemark copy --force <source> .*dst$/m);
+    }
+    expect(fs.existsSync(path.join(dir, "out.db"))).toBe(false);
+
+    expect(JSON.parse(await cli(["copy", src, dst, "--force", "--json"]))).toMatchObject({ version: 8000, changes: 8000 });
+    await cli(["restore", src, path.join(dir, "a.db")]);
+    await cli(["restore", dst, path.join(dir, "b.db")]);
+    expectSameDb(path.join(dir, "a.db"), path.join(dir, "b.db"));
   });
 });

@@ -1,0 +1,152 @@
+/**
+ * Streams the live changes of a generation's log, in order, up to a version: what
+ * `Backend.streamChanges` yields, for every backend.
+ */
+import { RecordType, decodeRecord, type DecodedRecord, type SnapshotRef } from "../format/record-codec.js";
+import { decodeSnapshot } from "../format/snapshot-codec.js";
+import type { Keyring } from "../format/keyring.js";
+import type { StoredChange, StoredSnapshot } from "../model/change.js";
+import { TidemarkError } from "../util/errors.js";
+import type { Generation } from "./generation.js";
+import { stepError } from "./generation.js";
+import type { ReadStep, RecordReader } from "./log-reader.js";
+import type { ReaderCount } from "./reader-count.js";
+import type { Storage } from "./storage.js";
+
+const DONE: IteratorReturnResult<undefined> = Object.freeze({ done: true, value: undefined });
+
+/**
+ * The live changes of a log up to a version. A change is held back until the next record is
+ * read, because a rewind record directly after it cancels it.
+ *
+ * A hand-written iterator rather than an async generator: it answers from the reader's window
+ * without a promise hop per record.
+ */
+export class ChangeStream implements AsyncIterator<StoredChange> {
+  readonly #reader: RecordReader;
+  readonly #storage: Storage;
+  readonly #to: number;
+  readonly #keyring: Keyring;
+  readonly #readers: ReaderCount;
+  readonly #release: () => void;
+  #held: StoredChange | null = null;
+  #finished = false;
+
+  constructor(reader: RecordReader, storage: Storage, to: number, keyring: Keyring, readers: ReaderCount) {
+    this.#reader = reader;
+    this.#storage = storage;
+    this.#to = to;
+    this.#keyring = keyring;
+    this.#readers = readers;
+    this.#release = readers.enter();
+  }
+
+  next(): Promise<IteratorResult<StoredChange>> {
+    if (this.#finished) return this.#end();
+    try {
+      for (;;) {
+        const step = this.#reader.next();
+        if (step instanceof Promise) {
+          return step.then((s) => this.#feed(s) ?? this.next(), (err: unknown) => this.#fail(err));
+        }
+        const out = this.#feed(step);
+        if (out) return out;
+      }
+    } catch (err) {
+      return this.#fail(err);
+    }
+  }
+
+  /** Takes one reader step; returns a result once there is one to give. */
+  #feed(step: ReadStep | null): Promise<IteratorResult<StoredChange>> | undefined {
+    if (step === null) {
+      this.#finished = true;
+      const last = this.#held;
+      this.#held = null;
+      return last ? Promise.resolve({ done: false, value: last }) : this.#end();
+    }
+    // The log was read whole at open: anything but an intact record now is damage.
+    if (step.kind !== "record") throw stepError(step);
+    const rec = decodeRecord(step.buf, step.at, step.header, step.segment, this.#keyring, step.segmentOffset);
+    if (rec.type === RecordType.Rewind) {
+      this.#held = null;
+      return undefined;
+    }
+    const ready = this.#held;
+    this.#held = this.#change(rec);
+    if (!ready) return undefined;
+    if (ready.version === this.#to) {
+      this.#finished = true;
+      this.#held = null;
+    }
+    return Promise.resolve({ done: false, value: ready });
+  }
+
+  #change(rec: DecodedRecord): StoredChange {
+    const change: { -readonly [K in keyof StoredChange]: StoredChange[K] } = { version: rec.version, timestamp: rec.timestamp };
+    if (rec.snapshot) change.snapshot = storedSnapshot(this.#storage, rec.snapshot, rec.version, this.#keyring, this.#readers);
+    if (rec.transaction) change.transaction = rec.transaction;
+    return change;
+  }
+
+  async return(): Promise<IteratorResult<StoredChange>> {
+    this.#finished = true;
+    return this.#end();
+  }
+
+  async #end(): Promise<IteratorResult<StoredChange>> {
+    this.#release();
+    await this.#reader.close();
+    return DONE;
+  }
+
+  async #fail(err: unknown): Promise<never> {
+    this.#finished = true;
+    await this.#end().catch(() => {});
+    throw err;
+  }
+}
+
+/** A snapshot blob, opened on demand, decoded and verified as it streams. */
+function storedSnapshot(storage: Storage, ref: SnapshotRef, version: number, keyring: Keyring, readers: ReaderCount): StoredSnapshot {
+  const location = `${storage.location} snapshot ${ref.ref}`;
+  return {
+    size: ref.size,
+    open(): AsyncIterable<Buffer> {
+      const release = readers.enter();
+      return decodeSnapshot(released(storage.openBlob(ref.ref), release), ref, location, version, keyring);
+    },
+  };
+}
+
+async function* released(src: AsyncIterable<Buffer>, release: () => void): AsyncGenerator<Buffer> {
+  try {
+    yield* src;
+  } finally {
+    release();
+  }
+}
+
+/** E_RANGE for versions no single generation holds, naming what is held. */
+export function rangeError(where: string, gens: readonly Generation[], lo: number, hi: number): TidemarkError {
+  const first = gens.find((g) => g.state.records > 0)?.state.firstVersion ?? 0;
+  const head = gens.at(-1)!.state.head;
+  const damaged = gens.find((g, i) => g.damage && lo > g.damage.intactVersion && (gens[i + 1]?.state.firstVersion ?? Infinity) > lo);
+  if (damaged) {
+    return new TidemarkError("E_CORRUPT", `version ${lo} cannot be read: ${damaged.damage!.message}`, {
+      hint: `versions up to ${damaged.damage!.intactVersion} of that generation restore; so do the later generations (tidemark status lists them)`,
+    });
+  }
+  if (head === 0 && first === 0) {
+    return new TidemarkError("E_RANGE", `version ${lo} is not held by ${where}: the backup is empty`, { hint: "ingest changes first" });
+  }
+  if (lo >= first && hi <= head && lo <= hi) {
+    return new TidemarkError("E_RANGE", `versions ${lo}..${hi} of ${where} lie in two generations (a compaction between them)`, {
+      hint: "ask for the versions of one generation at a time (tidemark status lists them)",
+    });
+  }
+  const v = lo < first ? lo : hi;
+  return new TidemarkError("E_RANGE", `version ${v} is not held by ${where}: it holds ${first}..${head}`, {
+    hint: `pick a version from ${first} to ${head}`,
+  });
+}

@@ -1,0 +1,185 @@
+/**
+ * One generation of a backup, a base and the changes after it, as the core knows it: its
+ * record log scanned into a {@link LogState}, where its intact records end, and what is
+ * wrong with it, if anything.
+ */
+import { checkSnapshotFrames } from "../format/snapshot-codec.js";
+import { decodeRecord, probeRecord, recordSnapshotRef, RecordType, type DecodedRecord, type RecordHeader } from "../format/record-codec.js";
+import type { Keyring } from "../format/keyring.js";
+import { CorruptError, TidemarkError } from "../util/errors.js";
+import type { Damage } from "./backup.js";
+import { LogState, type LogEntry } from "./log-state.js";
+import { RecordReader, isTornTail, type ReadStep } from "./log-reader.js";
+import type { Storage } from "./storage.js";
+
+/** Bytes at the end of a log that a crash left mid-append. */
+export interface TornTail {
+  readonly location: string;
+  readonly offset: number;
+  readonly bytes: number;
+}
+
+/** A generation, scanned. */
+export interface Generation {
+  readonly id: number;
+  state: LogState;
+  /** End of its last intact record: appends go here, and readers read up to here. */
+  end: number;
+  /** When its first change was made, once read. */
+  firstTimestamp?: number;
+  /** Damage in its log, which it is read up to (read-only opens, and older generations). */
+  readonly damage?: Damage;
+  /** A torn tail after `end`, not yet dropped. */
+  readonly torn?: TornTail;
+}
+
+/** The state machine's view of an intact record; no key is needed for it. */
+export function entryOf(buf: Buffer, at: number, offset: number, header: RecordHeader, location: string): LogEntry {
+  const snapshot = recordSnapshotRef(buf, at, header, location);
+  return { type: header.type, version: header.version, position: offset, length: header.length, ...(snapshot && { snapshot }) };
+}
+
+/** The error for bytes that are not an intact record, where reading cannot go on. */
+export function stepError(step: Exclude<ReadStep, { kind: "record" }>, detail = ""): CorruptError {
+  const what = step.kind === "short" ? "record is cut short" : step.what;
+  return new CorruptError(step.segment, `${what}${detail}`, {
+    offset: step.segmentOffset,
+    ...(step.kind === "bad" && step.version !== undefined && { version: step.version }),
+  });
+}
+
+/**
+ * Reads a generation's log from the start and rebuilds its state. A torn tail ends it. Damage
+ * throws, unless `salvage`: then the generation ends before the damaged record, and `damage`
+ * says where it is.
+ */
+export async function scanGeneration(storage: Storage, id: number, size: number, salvage: boolean): Promise<Generation> {
+  const where = `${storage.location} (generation ${id})`;
+  const state = new LogState(where);
+  const reader = new RecordReader(storage.readLog(id, 0, size), 0);
+  /** Where the record being read starts. */
+  let at = 0;
+  try {
+    for (;;) {
+      at = reader.end;
+      let step = reader.next();
+      if (step instanceof Promise) step = await step;
+      if (step === null) return { id, state, end: reader.end };
+      if (step.kind === "record") {
+        state.apply(entryOf(step.buf, step.at, step.offset, step.header, step.segment));
+        continue;
+      }
+      const next = await reader.intactRecordAfter(step.offset);
+      if (next === undefined && isTornTail(step, reader.lastBytes(), storage.atomicAppends)) {
+        return { id, state, end: at, torn: { location: step.segment, offset: step.segmentOffset, bytes: size - step.offset } };
+      }
+      throw stepError(
+        step,
+        next !== undefined
+          ? `; intact records follow at offset ${next}, so this is not a torn tail`
+          : step.kind === "short"
+            ? " (appends to this store are all or nothing, so this is damage, not a torn tail)"
+            : "; the record is complete, so this is damage, not a torn tail",
+      );
+    }
+  } catch (err) {
+    if (!(salvage && err instanceof CorruptError)) throw err;
+    // The damaged record may have been the rewind of the head (or its redo): unless it is
+    // known to be the change after the head, the head is not trusted either.
+    if (state.last && err.version !== state.head + 1) {
+      state.apply({ type: RecordType.Rewind, version: state.head, position: at, length: 0 });
+    }
+    return { id, state, end: at, damage: { location: err.location, ...(err.offset !== undefined && { offset: err.offset }), message: err.message, intactVersion: state.head } };
+  } finally {
+    await reader.close();
+  }
+}
+
+/** The state of a log held in memory (one the core has just put together). */
+export function stateOf(content: Buffer, location: string): LogState {
+  const state = new LogState(location);
+  for (let at = 0; at < content.length; ) {
+    const probe = probeRecord(content, at);
+    if (probe.kind !== "ok") throw new CorruptError(location, `new log does not parse: ${probe.kind}`, { offset: at });
+    state.apply(entryOf(content, at, at, probe, location));
+    at += probe.length;
+  }
+  return state;
+}
+
+/** Reads `length` bytes of generation `id`'s log from `from`. */
+export async function readLogBytes(storage: Storage, id: number, from: number, length: number): Promise<{ bytes: Buffer; segment: string }> {
+  const parts: Buffer[] = [];
+  let segment = storage.location;
+  for await (const chunk of storage.readLog(id, from, from + length)) {
+    parts.push(chunk.bytes);
+    segment = chunk.segment;
+  }
+  return { bytes: parts.length === 1 ? parts[0]! : Buffer.concat(parts), segment };
+}
+
+/** Reads and decodes the record `e` of generation `id`, opening it with `keyring`. */
+export async function readRecord(storage: Storage, id: number, e: LogEntry, keyring: Keyring): Promise<DecodedRecord> {
+  const { bytes, segment } = await readLogBytes(storage, id, e.position, e.length);
+  const probe = probeRecord(bytes, 0);
+  if (probe.kind !== "ok") {
+    throw new CorruptError(segment, probe.kind === "short" ? "record is cut short" : probe.what, { offset: e.position, version: e.version });
+  }
+  return decodeRecord(bytes, 0, probe, segment, keyring);
+}
+
+/**
+ * The timestamp of record `e`, or undefined when it is sealed with a key that was not given:
+ * status and retention show and keep what they cannot date. Damage still throws.
+ */
+export async function timestampOf(storage: Storage, id: number, e: LogEntry, keyring: Keyring): Promise<number | undefined> {
+  try {
+    return (await readRecord(storage, id, e, keyring)).timestamp;
+  } catch (err) {
+    if (err instanceof TidemarkError && err.code === "E_KEY") return undefined;
+    throw err;
+  }
+}
+
+/** Where the live record of `version` ends in generation `g`'s log. */
+export async function endOfLiveRecord(storage: Storage, g: Generation, version: number): Promise<number> {
+  for (const e of [g.state.headEntry, g.state.prevEntry]) if (e?.version === version) return e.position + e.length;
+  // Not the head or the change before it: walk the log's records.
+  const reader = new RecordReader(storage.readLog(g.id, 0, g.end), 0);
+  let found = -1;
+  try {
+    for (;;) {
+      let step = reader.next();
+      if (step instanceof Promise) step = await step;
+      if (step === null) break;
+      if (step.kind !== "record") throw stepError(step, " (a record verified at open no longer reads)");
+      if (step.header.version === version) found = step.header.type === RecordType.Change ? step.offset + step.header.length : -1;
+    }
+  } finally {
+    await reader.close();
+  }
+  if (found < 0) throw new Error(`no live record of version ${version} in ${storage.location} (generation ${g.id})`);
+  return found;
+}
+
+/**
+ * Checks the frames of generation `g`'s base snapshot (no key needed): the damage, as an error
+ * a writer refuses to open with, or null when it is whole or there is no base.
+ */
+export async function checkBase(storage: Storage, g: Generation): Promise<CorruptError | null> {
+  const base = g.state.snapshots[0];
+  if (!base || g.state.firstEntry?.version !== base.version) return null;
+  try {
+    await checkSnapshotFrames(storage.openBlob(base.ref), `${storage.location} snapshot ${base.ref}`, base.version);
+    return null;
+  } catch (err) {
+    if (!(err instanceof CorruptError)) throw err;
+    return err;
+  }
+}
+
+/** Damage, as status reports it, for a damaged base: nothing after `intactVersion` restores. */
+export function damageOf(err: CorruptError | null, intactVersion: number): Damage | null {
+  if (!err) return null;
+  return { location: err.location, ...(err.offset !== undefined && { offset: err.offset }), message: err.message, intactVersion, snapshot: true };
+}

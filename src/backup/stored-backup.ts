@@ -1,0 +1,482 @@
+/**
+ * The backup core: the one implementation of {@link Backend} over any {@link Storage}.
+ *
+ * Identity and settings, the generations manifest, the version-rule guards, sealing, damage,
+ * retention, garbage collection and status are decided here, once; a storage only keeps the
+ * bytes. Writes are serialised by a mutex; readers stream at any time, from the view they
+ * opened with.
+ */
+import { RecordType, encodeChangeRecord, encodeRewindRecord, type SnapshotRef } from "../format/record-codec.js";
+import { PLAIN, type Codec } from "../format/sealing.js";
+import type { StoredChange } from "../model/change.js";
+import { retainedGenerations, type RetentionPolicy } from "../model/retention.js";
+import { canFollow } from "../model/version-rules.js";
+import { BackendError, CorruptError, TidemarkError, asBackendError } from "../util/errors.js";
+import { silentLogger, type Logger } from "../util/logger.js";
+import { Mutex } from "../util/mutex.js";
+import type { Backend, BackendHead, BackendOptions, BackendStatus, ChangeRange, ChangeToStore, CompactionBase, Damage } from "./backup.js";
+import { ChangeStream, rangeError } from "./change-stream.js";
+import { encodeIdentity, encodeManifest, readIdentity, readManifest, type Identity } from "./documents.js";
+import { checkBase, damageOf, endOfLiveRecord, readLogBytes, readRecord, scanGeneration, stateOf, timestampOf, type Generation } from "./generation.js";
+import type { LogEntry } from "./log-state.js";
+import { RecordReader } from "./log-reader.js";
+import { ReaderCount } from "./reader-count.js";
+import { SnapshotBlobs } from "./snapshot-blobs.js";
+import { codecFor, initialSettings, retentionFor, shownSettings, updatedSettings } from "./settings.js";
+import type { Storage, WriterLock } from "./storage.js";
+
+/** Opens the backup kept in `storage`, as `options.mode` says; closes the storage if it fails. */
+export async function openStoredBackup(storage: Storage, options: BackendOptions): Promise<StoredBackup> {
+  const backup = new StoredBackup(storage, options);
+  try {
+    await backup.open();
+  } catch (err) {
+    await backup.close().catch(() => {});
+    throw err;
+  }
+  return backup;
+}
+
+/** The backup core; see the module comment. */
+export class StoredBackup implements Backend {
+  readonly kind: string;
+  readonly location: string;
+  readonly #storage: Storage;
+  readonly #options: BackendOptions;
+  readonly #log: Logger;
+  readonly #mutex = new Mutex();
+  readonly #readers = new ReaderCount();
+  readonly #writable: boolean;
+  #identity!: Identity;
+  #codec: Codec = PLAIN;
+  #retention: RetentionPolicy = {};
+  #lock: WriterLock | null = null;
+  #live!: Generation;
+  /** Older generations that the manifest keeps, oldest first; read-only. */
+  #retained: Generation[] = [];
+  #nextId = 1;
+  readonly #blobs: SnapshotBlobs;
+  /** Read-only opens: damage in the live base snapshot, once checked (status checks it). */
+  #baseDamage: Damage | null | undefined;
+  #closed = false;
+  /** Set after a write fails in a way that leaves the stored state unknown. */
+  #broken: Error | null = null;
+  #compacting = false;
+  /** addChange calls waiting on a snapshot upload; synchronous writes must not overlap them. */
+  #asyncWrites = 0;
+
+  /** addChange for a change without a snapshot, durable when it returns (storages that can block). */
+  readonly addChangeSync?: (change: ChangeToStore) => void;
+  /** rewind, done when it returns (storages that can block). */
+  readonly rewindSync?: () => void;
+
+  constructor(storage: Storage, options: BackendOptions) {
+    this.#storage = storage;
+    this.#options = options;
+    this.kind = storage.kind;
+    this.location = storage.location;
+    this.#writable = options.mode !== "read";
+    this.#log = (options.log ?? silentLogger).child({ backend: storage.kind, location: storage.location });
+    this.#blobs = new SnapshotBlobs(storage, this.#log);
+    if (storage.appendSync) {
+      this.addChangeSync = (change) => this.#addChangeSync(change);
+      this.rewindSync = () => this.#rewindSync();
+    }
+  }
+
+  /** Opens (or, in create mode, creates) the backup. Called by {@link openStoredBackup}. */
+  async open(): Promise<void> {
+    const storage = this.#storage;
+    if (this.#options.mode === "create") await this.#create();
+    const identity = await readIdentity(storage, this.#options.allowIncomplete ?? false);
+    this.#codec = codecFor(identity, this.#options, this.location);
+    this.#retention = retentionFor(identity, this.#options);
+    if (this.#writable) this.#lock ??= await storage.lock();
+    const updated = updatedSettings(identity, this.#codec, this.#options);
+    this.#identity = updated ?? identity;
+    const kept = new Set(await readManifest(storage, identity.legacy === true));
+    if (this.#writable) {
+      // A backup from before document checksums gets them: the manifest first, since the
+      // identity is what says that they are checked.
+      if (identity.legacy) await this.#writeManifest([...kept]);
+      if (updated || identity.legacy) await this.#writeIdentity();
+    }
+
+    const listing = await storage.listGenerations();
+    const live = listing.at(-1);
+    if (!live) throw new CorruptError(this.location, "the backup has no generation (no log)");
+    this.#nextId = live.id + 1;
+    // Readers read a damaged live log up to the damage; a writer refuses it. Damage in an older
+    // generation limits only restores into it, for readers and writers alike.
+    this.#live = await scanGeneration(storage, live.id, live.size, !this.#writable);
+    this.#retained = [];
+    for (const g of listing.slice(0, -1)) {
+      if (kept.has(g.id)) this.#retained.push(await scanGeneration(storage, g.id, g.size, true));
+    }
+    for (const g of this.#retained) {
+      if (g.damage) this.#log.warn({ ...g.damage }, "an older generation is damaged: reading it up to the damage only");
+    }
+    await this.#blobs.load();
+    if (!this.#writable) return this.#openedForReading();
+
+    const torn = this.#live.torn;
+    if (torn) {
+      this.#log.warn({ ...torn }, `dropping a torn record at the end of the log: ${torn.bytes} bytes at offset ${torn.offset} of ${torn.location} (an append cut short by a crash, never acknowledged)`);
+      await storage.truncate(this.#live.id, this.#live.end);
+      this.#live = { ...this.#live, torn: undefined } as Generation;
+    }
+    // The single writer tidies up after crashes: superseded generations, orphan blobs.
+    for (const g of listing.slice(0, -1)) if (!kept.has(g.id)) await storage.deleteGeneration(g.id);
+    await this.#checkHead();
+    await this.#collectGarbage();
+  }
+
+  async #create(): Promise<void> {
+    if (await this.#storage.readDocument("tidemark.json")) {
+      throw new TidemarkError("E_EXISTS", `a backup already exists at ${this.location}`, { hint: `inspect it with: tidemark status ${this.location}` });
+    }
+    await this.#storage.create();
+    this.#lock = await this.#storage.lock();
+    // The identity comes last: a location holds a backup once it holds one whole.
+    await this.#storage.createGeneration(1, Buffer.alloc(0));
+    this.#identity = { created: new Date().toISOString(), ...initialSettings(this.#options) };
+    await this.#writeIdentity();
+  }
+
+  #writeManifest(ids: readonly number[]): Promise<void> {
+    return this.#storage.writeDocument("generations.json", encodeManifest(ids));
+  }
+
+  #writeIdentity(): Promise<void> {
+    return this.#storage.writeDocument("tidemark.json", encodeIdentity(this.#identity));
+  }
+
+  /** A read-only open: what cannot be read is reported, and the rest stays readable. */
+  #openedForReading(): void {
+    // Nothing of the live log is readable: the newest older generation stands in for it.
+    const newest = this.#retained.at(-1);
+    if (this.#live.damage && this.#live.state.records === 0 && newest) {
+      this.#retained.pop();
+      this.#live = { ...newest, damage: { ...this.#live.damage, intactVersion: newest.state.head } };
+    }
+    if (this.#live.damage) this.#log.warn({ ...this.#live.damage }, "the live log is damaged: reading it up to the damage only");
+    if (this.#live.torn) this.#log.warn({ ...this.#live.torn }, "ignoring a torn record at the end of the log (an append cut short by a crash)");
+  }
+
+  /**
+   * A writer appends only to a head it can read back: the head record opens with the keys
+   * given, and the live base snapshot is intact. Throws otherwise.
+   */
+  async #checkHead(): Promise<void> {
+    const s = this.#live.state;
+    if (s.headEntry) s.headTimestamp = (await readRecord(this.#storage, this.#live.id, s.headEntry, this.#codec.keyring)).timestamp;
+    const damage = await checkBase(this.#storage, this.#live);
+    if (damage) throw damage;
+  }
+
+  head(): BackendHead {
+    return { version: this.#live.state.head, prevVersion: this.#live.state.prevVersion };
+  }
+
+  async status(): Promise<BackendStatus> {
+    this.#checkOpen();
+    const s = this.#live.state;
+    if (this.#baseDamage === undefined) this.#baseDamage = this.#writable ? null : damageOf(await checkBase(this.#storage, this.#live), this.#retained.at(-1)?.state.head ?? 0);
+    if (s.headTimestamp === undefined && s.headEntry) s.headTimestamp = await timestampOf(this.#storage, this.#live.id, s.headEntry, this.#codec.keyring);
+    const snapshotBytes = this.#blobs.bytes(this.#referencedBlobs());
+    const generations = [];
+    for (const g of this.#generations()) {
+      if (g.state.records === 0) continue;
+      const firstTimestamp = await this.#firstTimestamp(g);
+      generations.push({
+        baseVersion: g.state.firstEntry?.snapshot ? g.state.firstVersion : 0,
+        firstVersion: g.state.firstVersion,
+        lastVersion: g.state.head,
+        ...(firstTimestamp !== undefined && { firstTimestamp }),
+        ...(g.damage && g !== this.#live && { damage: g.damage }),
+      });
+    }
+    const damage = this.#live.damage ?? this.#baseDamage ?? undefined;
+    return {
+      version: s.head,
+      prevVersion: s.prevVersion,
+      baseVersion: s.baseVersion,
+      firstVersion: generations[0]?.firstVersion ?? 0,
+      records: s.records,
+      bytes: this.#generations().reduce((n, g) => n + g.end, 0) + snapshotBytes,
+      snapshotBytes,
+      generations,
+      ...(s.headTimestamp !== undefined && { headTimestamp: s.headTimestamp }),
+      ...(this.#live.torn && { tornTail: this.#live.torn }),
+      ...(damage && { damage }),
+      settings: shownSettings(this.#identity),
+    };
+  }
+
+  /** Every generation held, oldest first: the retained ones, then the live one. */
+  #generations(): Generation[] {
+    return [...this.#retained, this.#live];
+  }
+
+  /** Blob names that a live record of any generation points to. */
+  #referencedBlobs(): Set<string> {
+    return new Set(this.#generations().flatMap((g) => g.state.snapshots.map((x) => x.ref)));
+  }
+
+  async #firstTimestamp(g: Generation): Promise<number | undefined> {
+    if (g.firstTimestamp === undefined && g.state.firstEntry) g.firstTimestamp = await timestampOf(this.#storage, g.id, g.state.firstEntry, this.#codec.keyring);
+    return g.firstTimestamp;
+  }
+
+  streamChanges(range: ChangeRange = {}): AsyncIterable<StoredChange> {
+    this.#checkOpen();
+    if (this.#live.state.head === 0) return { [Symbol.asyncIterator]: () => ({ next: async () => ({ done: true, value: undefined }) }) };
+    const g = this.#generationFor(range);
+    const { to, start } = g.state.plan(range);
+    const storage = this.#storage;
+    const keyring = this.#codec.keyring;
+    const readers = this.#readers;
+    const limit = g.end;
+    return {
+      [Symbol.asyncIterator]: () => new ChangeStream(new RecordReader(storage.readLog(g.id, start, limit), start), storage, to, keyring, readers),
+    };
+  }
+
+  /**
+   * The generation that holds `range`: the newest whose versions cover it. The live one serves
+   * anything from its base on; a retained one serves older versions.
+   */
+  #generationFor(range: ChangeRange): Generation {
+    const to = range.to ?? this.#live.state.head;
+    const lo = Math.min(range.from ?? to, to);
+    const hi = Math.max(range.from ?? to, to);
+    const gens = this.#generations();
+    for (let i = gens.length - 1; i >= 0; i--) {
+      const g = gens[i]!;
+      if (g.state.records > 0 && g.state.firstVersion <= lo && g.state.head >= hi) return g;
+    }
+    throw rangeError(this.location, gens, lo, hi);
+  }
+
+  addChange(change: ChangeToStore): Promise<void> {
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      this.#checkFollows(change);
+      if (!change.snapshot) return this.#append(changeRecord(change, this.#codec), change.version, change.timestamp);
+      this.#asyncWrites++;
+      let ref: SnapshotRef | undefined;
+      try {
+        ref = await this.#blobs.put(change.version, change.snapshot, this.#codec);
+        await this.#append(changeRecord(change, this.#codec, ref), change.version, change.timestamp, ref.ref);
+      } catch (err) {
+        if (ref) await this.#blobs.delete(ref.ref);
+        throw err;
+      } finally {
+        if (ref) this.#blobs.settled(ref.ref);
+        this.#asyncWrites--;
+      }
+    });
+  }
+
+  #addChangeSync(change: ChangeToStore): void {
+    this.#checkWritable();
+    this.#checkNoAsyncWrite();
+    if (change.snapshot) throw new Error(`${this.kind} backend: addChangeSync takes no snapshot; use addChange`);
+    this.#checkFollows(change);
+    this.#appendSync(changeRecord(change, this.#codec), change.version, change.timestamp);
+  }
+
+  rewind(): Promise<void> {
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      const last = this.#rewindable();
+      await this.#append(encodeRewindRecord(last.version, Date.now(), this.#codec), last.version, undefined, undefined, RecordType.Rewind);
+      if (last.snapshot) await this.#blobs.delete(last.snapshot);
+    });
+  }
+
+  #rewindSync(): void {
+    this.#checkWritable();
+    this.#checkNoAsyncWrite();
+    const last = this.#rewindable();
+    this.#appendSync(encodeRewindRecord(last.version, Date.now(), this.#codec), last.version, undefined, undefined, RecordType.Rewind);
+    if (last.snapshot) void this.#blobs.delete(last.snapshot);
+  }
+
+  /** The last change, if it may be rewound; throws E_REWIND otherwise. */
+  #rewindable(): LogEntry {
+    const s = this.#live.state;
+    if (s.prevVersion === null || !s.last) {
+      throw new TidemarkError(
+        "E_REWIND",
+        s.head === 0 ? `nothing to rewind: ${this.location} is empty` : `change ${s.head} cannot be rewound: only the last change can be, and only once`,
+        { hint: "tidemark status shows the head; a host that is behind the backup must be restored" },
+      );
+    }
+    return s.last;
+  }
+
+  #checkFollows(change: ChangeToStore): void {
+    const head = this.#live.state.head;
+    if (!canFollow(head, change.version, change.snapshot !== undefined)) {
+      throw new Error(`${this.kind} backend: change ${change.version} cannot follow head ${head}; the version rules should have refused it`);
+    }
+  }
+
+  #checkNoAsyncWrite(): void {
+    if (this.#asyncWrites > 0) throw new Error(`${this.kind} backend: a synchronous write overlaps an asynchronous one; use one API at a time`);
+  }
+
+  /** Appends one sealed record to the live generation, durably, then applies it to the state. */
+  async #append(rec: Buffer, version: number, timestamp?: number, snapshot?: string, type: RecordType = RecordType.Change): Promise<void> {
+    const g = this.#live;
+    await this.#storage.append(g.id, rec);
+    this.#applied(g, rec, version, timestamp, snapshot, type);
+  }
+
+  #appendSync(rec: Buffer, version: number, timestamp?: number, snapshot?: string, type: RecordType = RecordType.Change): void {
+    const g = this.#live;
+    this.#storage.appendSync!(g.id, rec);
+    this.#applied(g, rec, version, timestamp, snapshot, type);
+  }
+
+  #applied(g: Generation, rec: Buffer, version: number, timestamp: number | undefined, snapshot: string | undefined, type: RecordType): void {
+    g.state.apply({ type, version, position: g.end, length: rec.length, ...(timestamp !== undefined && { timestamp }), ...(snapshot && { snapshot }) });
+    g.end += rec.length;
+  }
+
+  async compact(base: CompactionBase): Promise<void> {
+    this.#checkWritable();
+    if (this.#compacting) throw new TidemarkError("E_BACKEND", `[${this.kind}] compact ${this.location}: a compaction is already running`);
+    this.#compacting = true;
+    let ref: SnapshotRef | undefined;
+    try {
+      const s = this.#live.state;
+      if (base.version > s.head || (base.version === s.head && s.prevVersion !== null) || base.version < s.firstVersion) {
+        throw new Error(`compaction base ${base.version} is not a settled version of ${s.firstVersion}..${s.head}`);
+      }
+      // The snapshot is opened only now that the backup takes it.
+      ref = await this.#blobs.put(base.version, base.snapshot(), this.#codec);
+      const baseRef = ref;
+      await this.#mutex.run(() => this.#install(base, baseRef));
+      await this.#collectGarbage();
+    } catch (err) {
+      if (ref && !this.#referencedBlobs().has(ref.ref)) await this.#blobs.delete(ref.ref);
+      throw asBackendError(this.kind, "compact", this.location, err);
+    } finally {
+      if (ref) this.#blobs.settled(ref.ref);
+      this.#compacting = false;
+    }
+  }
+
+  /** Writes the new generation (base record, then every record after the base) and switches to it. */
+  async #install(base: CompactionBase, ref: SnapshotRef): Promise<void> {
+    this.#checkWritable();
+    const old = this.#live;
+    const tailStart = await endOfLiveRecord(this.#storage, old, base.version);
+    const tail = (await readLogBytes(this.#storage, old.id, tailStart, old.end - tailStart)).bytes;
+    const content = Buffer.concat([encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref }, this.#codec), tail]);
+    const id = this.#nextId;
+    const state = stateOf(content, `${this.location} (generation ${id})`);
+    // The generation about to be superseded is listed as retained first, so that a crash right
+    // after the switch keeps it; pruning by the retention policy comes after.
+    await this.#writeManifest([...this.#retained.map((g) => g.id), old.id]);
+    try {
+      await this.#storage.createGeneration(id, content);
+    } catch (err) {
+      // Whether the new generation exists decides which one is live: find out.
+      const exists = await this.#storage.listGenerations().then((l) => l.some((g) => g.id === id), () => true);
+      if (exists) {
+        this.#broken = new BackendError(this.kind, "compact", this.location, "switching to the new generation failed half-way", {
+          cause: err,
+          hint: "restart tidemark; the backup restores to the same head either way",
+        });
+        throw this.#broken;
+      }
+      throw err;
+    }
+    this.#nextId = id + 1;
+    this.#retained.push(old);
+    this.#live = { id, state, end: content.length, firstTimestamp: base.timestamp };
+    state.headTimestamp = old.state.headTimestamp;
+    await this.#prune();
+  }
+
+  /** Drops the older generations the retention policy no longer asks for. */
+  async #prune(): Promise<void> {
+    const infos = [];
+    for (const g of this.#generations()) infos.push({ id: g.id, baseTimestamp: await this.#firstTimestamp(g) });
+    const keep = retainedGenerations(infos, this.#retention, Date.now());
+    const dropped = this.#retained.filter((g) => !keep.has(g.id));
+    if (dropped.length === 0) return;
+    this.#retained = this.#retained.filter((g) => keep.has(g.id));
+    await this.#writeManifest(this.#retained.map((g) => g.id));
+    // What is no longer listed is garbage: a failed delete here is retried by the next writer.
+    for (const g of dropped) {
+      await this.#storage.deleteGeneration(g.id).catch((err: unknown) => this.#log.warn({ err, generation: g.id }, "could not delete a superseded generation; the next writer removes it"));
+    }
+  }
+
+  /** Removes the blobs no record of a kept generation points to; see SnapshotBlobs.collect. */
+  #collectGarbage(): Promise<void> {
+    return this.#blobs.collect(this.#referencedBlobs(), this.#readers, () => {
+      if (!this.#closed) void this.#mutex.run(() => this.#collectGarbage()).catch((err: unknown) => this.#log.warn({ err }, "could not delete superseded snapshots; the next writer removes them"));
+    });
+  }
+
+  reset(): Promise<void> {
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      const id = this.#nextId++;
+      await this.#storage.createGeneration(id, Buffer.alloc(0));
+      const old = this.#generations();
+      this.#live = { id, state: stateOf(Buffer.alloc(0), this.location), end: 0 };
+      this.#retained = [];
+      await this.#writeManifest([]);
+      for (const g of old) await this.#storage.deleteGeneration(g.id);
+      await this.#collectGarbage();
+    });
+  }
+
+  markIncomplete(what: string | undefined): Promise<void> {
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      const { incomplete: _was, ...rest } = this.#identity;
+      this.#identity = { ...rest, ...(what !== undefined && { incomplete: what }) };
+      await this.#writeIdentity();
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#mutex.run(async () => {
+      await this.#lock?.release().catch((err: unknown) => this.#log.warn({ err }, "could not release the writer lock"));
+      this.#lock = null;
+      await this.#storage.close();
+    });
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new TidemarkError("E_CLOSED", `[${this.kind}] ${this.location}: backend is closed`);
+  }
+
+  #checkWritable(): void {
+    this.#checkOpen();
+    if (!this.#writable) throw new TidemarkError("E_CLOSED", `[${this.kind}] ${this.location}: opened read-only`);
+    if (this.#broken) throw this.#broken;
+    this.#lock?.check();
+  }
+}
+
+function changeRecord(change: ChangeToStore, codec: Codec, ref?: SnapshotRef): Buffer {
+  return encodeChangeRecord(
+    {
+      version: change.version,
+      timestamp: change.timestamp,
+      ...(ref && { snapshot: ref }),
+      ...(change.transaction && { transaction: change.transaction }),
+    },
+    codec,
+  );
+}
