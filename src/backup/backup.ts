@@ -115,8 +115,12 @@ export interface Backend {
   /** The head as the version rules need it. Answers from memory; never does I/O. */
   head(): BackendHead;
 
-  /** Counts and sizes for `tidemark status`. */
-  status(): Promise<BackendStatus>;
+  /**
+   * Counts and sizes for `tidemark status`. With `checkBase`, a backup opened read-only also
+   * reads the live base snapshot's frames through, so that `damage` reports a damaged base (a
+   * writer checks them at open; a restore finds the damage as it reads them anyway).
+   */
+  status(options?: { readonly checkBase?: boolean }): Promise<BackendStatus>;
 
   /**
    * Stores a change after the head. Resolves only once the change is durable (fsync, or a

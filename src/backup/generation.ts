@@ -29,8 +29,8 @@ export interface Generation {
   firstTimestamp?: number;
   /** Damage in its log, which it is read up to (read-only opens, and older generations). */
   readonly damage?: Damage;
-  /** A torn tail after `end`, not yet dropped. */
-  readonly torn?: TornTail;
+  /** A torn tail after `end`, until the writer drops it. */
+  torn?: TornTail;
 }
 
 /** The state machine's view of an intact record; no key is needed for it. */

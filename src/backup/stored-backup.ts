@@ -56,7 +56,7 @@ export class StoredBackup implements Backend {
   #retained: Generation[] = [];
   #nextId = 1;
   readonly #blobs: SnapshotBlobs;
-  /** Read-only opens: damage in the live base snapshot, once checked (status checks it). */
+  /** Read-only opens: damage in the live base snapshot, once `status({ checkBase })` checked it. */
   #baseDamage: Damage | null | undefined;
   #closed = false;
   /** Set after a write fails in a way that leaves the stored state unknown. */
@@ -123,7 +123,7 @@ export class StoredBackup implements Backend {
     if (torn) {
       this.#log.warn({ ...torn }, `dropping a torn record at the end of the log: ${torn.bytes} bytes at offset ${torn.offset} of ${torn.location} (an append cut short by a crash, never acknowledged)`);
       await storage.truncate(this.#live.id, this.#live.end);
-      this.#live = { ...this.#live, torn: undefined } as Generation;
+      delete this.#live.torn;
     }
     // The single writer tidies up after crashes: superseded generations, orphan blobs.
     for (const g of listing.slice(0, -1)) if (!kept.has(g.id)) await storage.deleteGeneration(g.id);
@@ -178,10 +178,12 @@ export class StoredBackup implements Backend {
     return { version: this.#live.state.head, prevVersion: this.#live.state.prevVersion };
   }
 
-  async status(): Promise<BackendStatus> {
+  async status(options: { readonly checkBase?: boolean } = {}): Promise<BackendStatus> {
     this.#checkOpen();
     const s = this.#live.state;
-    if (this.#baseDamage === undefined) this.#baseDamage = this.#writable ? null : damageOf(await checkBase(this.#storage, this.#live), this.#retained.at(-1)?.state.head ?? 0);
+    if (options.checkBase && this.#baseDamage === undefined) {
+      this.#baseDamage = this.#writable ? null : damageOf(await checkBase(this.#storage, this.#live), this.#retained.at(-1)?.state.head ?? 0);
+    }
     if (s.headTimestamp === undefined && s.headEntry) s.headTimestamp = await timestampOf(this.#storage, this.#live.id, s.headEntry, this.#codec.keyring);
     const snapshotBytes = this.#blobs.bytes(this.#referencedBlobs());
     const generations = [];

@@ -42,7 +42,7 @@ export function registerStatus(program: Command): void {
       }
       if (!location) throw new UsageError("missing the backend (or --socket)", { hint: "tidemark status ./backup" });
       await withBackend(location, "read", async (backend) => {
-        const s = await backend.status();
+        const s = await backend.status({ checkBase: true });
         if (opts.json) printJson({ location: backend.location, ...s });
         else print(describe(`${backend.location} (${backend.kind})`, s));
         // A damaged backup is shown, then reported as the error it is.

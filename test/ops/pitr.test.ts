@@ -155,5 +155,12 @@ describe("verify", () => {
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(new RegExp(`^FAULT E_CORRUPT: .*${blob}, offset 24, version 3: snapshot frame checksum mismatch$`, "m"));
     expect(r.stderr).toMatch(/^Error: verify found 1 problem\(s\)/m);
+    // status reads the live base through too, and a writer refuses it at open.
+    const st = await runCli(["status", b]);
+    expect(st.code).toBe(1);
+    expect(st.stdout).toMatch(new RegExp(`^DAMAGED .*${blob}, offset 24, version 3: snapshot frame checksum mismatch`, "m"));
+    const w = await runCli(["ingest", b], { input: `${JSON.stringify({ version: 5, transaction: ["INSERT INTO t VALUES ('y')"] })}\n` });
+    expect(w.code).toBe(1);
+    expect(w.stderr).toMatch(new RegExp(`^Error: .*${blob}.*snapshot frame checksum mismatch`, "m"));
   });
 });
