@@ -97,8 +97,12 @@ const DOCUMENT_HINT = "do not edit it by hand; put back the document from a copy
 
 function schemaError(where: string, error: z.ZodError): CorruptError {
   const issue = error.issues[0]!;
-  const at = issue.path.length > 0 ? issue.path.join(".") : "the document";
-  return new CorruptError(where, `${at}: ${issue.message}`, {}, { hint: DOCUMENT_HINT });
+  const field = issue.path.join(".");
+  if (issue.code === "unrecognized_keys") {
+    const keys = issue.keys.map((k) => JSON.stringify(field ? `${field}.${k}` : k)).join(", ");
+    return new CorruptError(where, `unknown key ${keys}: not a setting this tidemark knows, so the document is not trusted`, {}, { hint: DOCUMENT_HINT });
+  }
+  return new CorruptError(where, `${field || "the document"}: ${issue.message}`, {}, { hint: DOCUMENT_HINT });
 }
 
 /** Reads `tidemark.json`'s bytes. */
