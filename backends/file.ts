@@ -156,7 +156,7 @@ export class FileStorage implements Storage {
           got += bytesRead;
         }
         const end = got < buf.length || offset + got >= to;
-        yield { segment: file, offset, bytes: buf.subarray(0, got), segmentEnd: end };
+        yield { segment: file, offset, segmentStart: 0, bytes: buf.subarray(0, got), segmentEnd: end };
         if (end) return;
         offset += got;
       }

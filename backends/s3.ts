@@ -259,7 +259,9 @@ export class S3Storage implements Storage {
   }
 
   async *readLog(id: number, from: number, to: number): AsyncGenerator<LogChunk> {
-    const wanted = (this.#logs.get(id) ?? []).filter((s) => s.start + s.size > from && s.start < to);
+    const segments = this.#logs.get(id);
+    if (!segments) throw vanished(DRIVER_NAME, "list", `${this.location}/log/${padded(id)}`, { code: "ENOENT" });
+    const wanted = segments.filter((s) => s.start + s.size > from && s.start < to);
     // Fetched in order, PREFETCH requests ahead.
     const inFlight: Promise<Buffer | undefined>[] = [];
     let next = 0;
@@ -273,7 +275,7 @@ export class S3Storage implements Storage {
       if (!bytes) throw vanished(DRIVER_NAME, "get", `${this.location}/${s.key}`, { code: "ENOENT" });
       const lo = Math.max(from, s.start) - s.start;
       const hi = Math.min(to, s.start + bytes.length) - s.start;
-      yield { segment: `${this.location}/${s.key}`, offset: s.start + lo, bytes: bytes.subarray(lo, Math.max(lo, hi)), segmentEnd: true };
+      yield { segment: `${this.location}/${s.key}`, offset: s.start + lo, segmentStart: s.start, bytes: bytes.subarray(lo, Math.max(lo, hi)), segmentEnd: true };
     }
   }
 

@@ -23,7 +23,8 @@ const TRAILER_RE = /,\n {2}"crc32": "([0-9a-f]{8})"\n\}\n$/;
 
 const retentionSchema = z.strictObject({
   bases: z.number().int().min(0).optional(),
-  maxAgeMs: z.number().int().min(0).optional(),
+  // Not necessarily whole: tidemark 0.1 wrote 0.7d as 60479999.99999999.
+  maxAgeMs: z.number().min(0).optional(),
 });
 
 const settingsShape = {

@@ -69,9 +69,15 @@ export async function scanGeneration(storage: Storage, id: number, size: number,
         state.apply(entryOf(step.buf, step.at, step.offset, step.header, step.segment));
         continue;
       }
-      const next = await reader.intactRecordAfter(step.offset);
-      if (next === undefined && isTornTail(step, reader.lastBytes(), storage.atomicAppends)) {
-        return { id, state, end: at, torn: { location: step.segment, offset: step.segmentOffset, bytes: size - step.offset } };
+      // An intact header vouches for the record's length: a record inside its payload (a
+      // blob parameter holding one) is not one of the log's.
+      const declared = step.kind === "short" ? step.needed : (step.length ?? 1);
+      const next = await reader.intactRecordAfter(step.offset + declared - 1);
+      if (next === undefined && !storage.atomicAppends) {
+        const tail = (await readLogBytes(storage, id, step.offset, size - step.offset)).bytes;
+        if (isTornTail(step, tail, step.offset, false)) {
+          return { id, state, end: at, torn: { location: step.segment, offset: step.segmentOffset, bytes: size - step.offset } };
+        }
       }
       throw stepError(
         step,

@@ -14,12 +14,29 @@ export type ReadStep =
   /** An intact record: `buf[at..at+header.length)`, at log offset `offset`. */
   | { readonly kind: "record"; readonly offset: number; readonly header: RecordHeader; readonly buf: Buffer; readonly at: number; readonly segment: string; readonly segmentOffset: number }
   /** Bytes at `offset` that are not an intact record. */
-  | { readonly kind: "bad"; readonly offset: number; readonly segment: string; readonly segmentOffset: number; readonly what: string; readonly version?: number }
+  | {
+      readonly kind: "bad";
+      readonly offset: number;
+      readonly segment: string;
+      readonly segmentOffset: number;
+      readonly what: string;
+      readonly version?: number;
+      /** The record's length, when its header is intact. */
+      readonly length?: number;
+    }
   /**
    * A record at `offset` that runs past the end of its segment; `last` when nothing follows
    * it in the log (the tail an interrupted append leaves).
    */
-  | { readonly kind: "short"; readonly offset: number; readonly segment: string; readonly segmentOffset: number; readonly last: boolean };
+  | {
+      readonly kind: "short";
+      readonly offset: number;
+      readonly segment: string;
+      readonly segmentOffset: number;
+      readonly last: boolean;
+      /** The bytes the record needs: its length when its header is intact, else a header's. */
+      readonly needed: number;
+    };
 
 /**
  * Reads records from a log's chunks, starting at the offset the chunks start at. Records
@@ -71,14 +88,22 @@ export class RecordReader {
       return { kind: "record", offset, header: probe, buf: this.#win, at: rel, segment: this.#segment, segmentOffset: offset - this.#segmentStart };
     }
     if (probe.kind === "bad") {
-      return { kind: "bad", offset, segment: this.#segment, segmentOffset: offset - this.#segmentStart, what: probe.what, ...(probe.version !== undefined && { version: probe.version }) };
+      return {
+        kind: "bad",
+        offset,
+        segment: this.#segment,
+        segmentOffset: offset - this.#segmentStart,
+        what: probe.what,
+        ...(probe.version !== undefined && { version: probe.version }),
+        ...(probe.length !== undefined && { length: probe.length }),
+      };
     }
-    if (this.#segmentEnd) return this.#short(offset);
+    if (this.#segmentEnd) return this.#short(offset, probe.needed);
     return this.#fill(offset, probe.needed).then(() => this.next());
   }
 
   /** A record cut short by its segment's end: the log's last bytes, or damage inside it. */
-  async #short(offset: number): Promise<ReadStep> {
+  async #short(offset: number, needed: number): Promise<ReadStep> {
     const segment = this.#segment;
     const segmentOffset = offset - this.#segmentStart;
     const tail = this.#win.subarray(offset - this.#winStart);
@@ -87,7 +112,7 @@ export class RecordReader {
       this.#win = Buffer.concat([tail, next.bytes]);
       this.#winStart = offset;
     }
-    return { kind: "short", offset, segment, segmentOffset, last: next === undefined };
+    return { kind: "short", offset, segment, segmentOffset, last: next === undefined, needed };
   }
 
   /**
@@ -114,7 +139,7 @@ export class RecordReader {
         this.#eof = true;
         return undefined;
       }
-      if (this.#segmentEnd || r.value.segment !== this.#segment) this.#segmentStart = r.value.offset;
+      this.#segmentStart = r.value.segmentStart;
       this.#segment = r.value.segment;
       this.#segmentEnd = r.value.segmentEnd;
       if (r.value.bytes.length > 0 || r.value.segmentEnd) return r.value;
@@ -145,29 +170,38 @@ export class RecordReader {
     }
   }
 
-  /** The log's last bytes (up to 4), once a search has read to its end. */
-  lastBytes(): Buffer {
-    return this.#win.subarray(Math.max(0, this.#win.length - 4));
-  }
-
-  /** Appends the next chunk to the window from `offset` on, across segments; false at the end. */
+  /** Appends the next chunk to the window, keeping what is at `offset` on, across segments; false at the end. */
   async #fillMore(offset: number): Promise<boolean> {
     const chunk = await this.#pull();
     if (!chunk) return false;
-    this.#win = Buffer.concat([this.#win.subarray(Math.max(0, offset - this.#winStart)), chunk.bytes]);
-    this.#winStart = Math.max(offset, this.#winStart);
+    const winEnd = this.#winStart + this.#win.length;
+    if (offset >= winEnd) {
+      this.#win = chunk.bytes;
+      this.#winStart = chunk.offset;
+    } else {
+      this.#win = Buffer.concat([this.#win.subarray(Math.max(0, offset - this.#winStart)), chunk.bytes]);
+      this.#winStart = Math.max(offset, this.#winStart);
+    }
     return true;
   }
 }
 
+/** File systems write data in sectors of at least this many bytes. */
+const SECTOR = 512;
+
 /**
- * Whether bytes a log ends with are what a crash leaves mid-append, rather than damage: fewer
- * bytes than the record declares (appends are not atomic), or a region the file system extended
- * with zeros before the data reached it. A complete record whose checksum fails is damage.
+ * Whether the bytes a log ends with (`tail`, from log offset `at` to the end, with no intact
+ * record after them) are what a crash leaves mid-append, rather than damage: fewer bytes than
+ * the record declares (appends are not atomic), or a record whose bytes are zero from a sector
+ * boundary on (a file system that extended the file before the data reached those sectors). A
+ * complete record whose checksum fails and that does not end in such zeros is damage: its last
+ * bytes are its CRC, which is not zero.
  */
-export function isTornTail(step: Exclude<ReadStep, { kind: "record" }>, lastBytes: Buffer, atomicAppends: boolean): boolean {
+export function isTornTail(step: Exclude<ReadStep, { kind: "record" }>, tail: Buffer, at: number, atomicAppends: boolean): boolean {
   if (atomicAppends) return false;
   if (step.kind === "short") return step.last;
-  if (step.what === "record checksum mismatch" || lastBytes.length === 0) return false;
-  return lastBytes.every((b) => b === 0);
+  let z = tail.length;
+  while (z > 0 && tail[z - 1] === 0) z--;
+  if (z === tail.length) return false;
+  return z === 0 || Math.ceil((at + z) / SECTOR) * SECTOR < at + tail.length;
 }

@@ -7,7 +7,6 @@ import type { SnapshotRef } from "../format/record-codec.js";
 import type { Codec } from "../format/sealing.js";
 import { SnapshotEncoder } from "../format/snapshot-codec.js";
 import type { Logger } from "../util/logger.js";
-import type { ReaderCount } from "./reader-count.js";
 import type { Storage } from "./storage.js";
 
 /** The blobs of one backup; see the module comment. */
@@ -38,7 +37,8 @@ export class SnapshotBlobs {
 
   /**
    * Streams a snapshot into a new blob, sealed with `codec`, durably. Returns its reference; the
-   * blob stays out of collection until `settled` is called for it.
+   * blob stays out of collection until `settled` is called for it (in this process: the next
+   * writer's open collects it if no record points to it).
    */
   async put(version: number, source: AsyncIterable<Uint8Array>, codec: Codec): Promise<SnapshotRef> {
     const name = `snap-${String(version).padStart(20, "0")}-${randomBytes(4).toString("hex")}.tms`;
@@ -53,7 +53,7 @@ export class SnapshotBlobs {
     return { ...encoder.digest, ref: name };
   }
 
-  /** The blob `put` wrote is pointed to now, or was given up: collection may consider it. */
+  /** The blob `put` wrote is pointed to now, or is known to be unused: collection may consider it. */
   settled(name: string): void {
     this.#pending.delete(name);
   }
@@ -68,13 +68,8 @@ export class SnapshotBlobs {
     }
   }
 
-  /**
-   * Removes the blobs not in `referenced`. While a reader in this process is active, they stay
-   * (a reader that started before a compaction's switch may still open them): `later` runs the
-   * collection again when the last reader finishes.
-   */
-  async collect(referenced: ReadonlySet<string>, readers: ReaderCount, later: () => void): Promise<void> {
-    if (readers.deferring(later)) return;
+  /** Removes the blobs not in `referenced`, but those still being written. */
+  async collect(referenced: ReadonlySet<string>): Promise<void> {
     for (const name of [...this.#sizes.keys()]) {
       if (!referenced.has(name) && !this.#pending.has(name)) await this.delete(name);
     }

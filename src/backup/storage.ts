@@ -41,6 +41,8 @@ export interface LogChunk {
   readonly segment: string;
   /** Offset of `bytes[0]` in the generation's log. */
   readonly offset: number;
+  /** Offset in the generation's log where the segment begins (0 for a single-file log). */
+  readonly segmentStart: number;
   readonly bytes: Buffer;
   /** True when the segment ends with this chunk: no record continues past it. */
   readonly segmentEnd: boolean;

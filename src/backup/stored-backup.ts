@@ -64,6 +64,10 @@ export class StoredBackup implements Backend {
   #compacting = false;
   /** addChange calls waiting on a snapshot upload; synchronous writes must not overlap them. */
   #asyncWrites = 0;
+  /** Set while a compaction copies the live log's tail and switches generations. */
+  #switching = false;
+  /** Superseded generations to delete once no reader in this process may still read them. */
+  readonly #garbage = new Set<number>();
 
   /** addChange for a change without a snapshot, durable when it returns (storages that can block). */
   readonly addChangeSync?: (change: ChangeToStore) => void;
@@ -126,7 +130,7 @@ export class StoredBackup implements Backend {
       delete this.#live.torn;
     }
     // The single writer tidies up after crashes: superseded generations, orphan blobs.
-    for (const g of listing.slice(0, -1)) if (!kept.has(g.id)) await storage.deleteGeneration(g.id);
+    for (const g of listing.slice(0, -1)) if (!kept.has(g.id)) this.#garbage.add(g.id);
     await this.#checkHead();
     await this.#collectGarbage();
   }
@@ -188,7 +192,7 @@ export class StoredBackup implements Backend {
     const snapshotBytes = this.#blobs.bytes(this.#referencedBlobs());
     const generations = [];
     for (const g of this.#generations()) {
-      if (g.state.records === 0) continue;
+      if (g.state.records === 0 && !g.damage) continue;
       const firstTimestamp = await this.#firstTimestamp(g);
       generations.push({
         baseVersion: g.state.firstEntry?.snapshot ? g.state.firstVersion : 0,
@@ -203,7 +207,7 @@ export class StoredBackup implements Backend {
       version: s.head,
       prevVersion: s.prevVersion,
       baseVersion: s.baseVersion,
-      firstVersion: generations[0]?.firstVersion ?? 0,
+      firstVersion: generations.find((g) => g.lastVersion > 0)?.firstVersion ?? 0,
       records: s.records,
       bytes: this.#generations().reduce((n, g) => n + g.end, 0) + snapshotBytes,
       snapshotBytes,
@@ -270,11 +274,10 @@ export class StoredBackup implements Backend {
       try {
         ref = await this.#blobs.put(change.version, change.snapshot, this.#codec);
         await this.#append(changeRecord(change, this.#codec, ref), change.version, change.timestamp, ref.ref);
-      } catch (err) {
-        if (ref) await this.#blobs.delete(ref.ref);
-        throw err;
+        this.#blobs.settled(ref.ref);
       } finally {
-        if (ref) this.#blobs.settled(ref.ref);
+        // A failed append may still have stored its record (an S3 PUT whose answer was lost):
+        // the blob stays out of collection here, and the next writer's open decides.
         this.#asyncWrites--;
       }
     });
@@ -327,6 +330,13 @@ export class StoredBackup implements Backend {
 
   #checkNoAsyncWrite(): void {
     if (this.#asyncWrites > 0) throw new Error(`${this.kind} backend: a synchronous write overlaps an asynchronous one; use one API at a time`);
+    // The tail copied into the new generation is read before the switch: an append between
+    // the two would be acknowledged into the generation being superseded, and lost.
+    if (this.#switching) {
+      throw new TidemarkError("E_UNAVAILABLE", `${this.location}: a compaction is switching to a new generation; nothing was written`, {
+        hint: "retry the change in a moment (the switch takes milliseconds)",
+      });
+    }
   }
 
   /** Appends one sealed record to the live generation, durably, then applies it to the state. */
@@ -361,12 +371,16 @@ export class StoredBackup implements Backend {
       ref = await this.#blobs.put(base.version, base.snapshot(), this.#codec);
       const baseRef = ref;
       await this.#mutex.run(() => this.#install(base, baseRef));
+      this.#blobs.settled(ref.ref);
       await this.#collectGarbage();
     } catch (err) {
-      if (ref && !this.#referencedBlobs().has(ref.ref)) await this.#blobs.delete(ref.ref);
+      // Unless the switch is in doubt (the new generation, pointing to it, may be live).
+      if (ref && !this.#broken && !this.#referencedBlobs().has(ref.ref)) {
+        this.#blobs.settled(ref.ref);
+        await this.#blobs.delete(ref.ref);
+      }
       throw asBackendError(this.kind, "compact", this.location, err);
     } finally {
-      if (ref) this.#blobs.settled(ref.ref);
       this.#compacting = false;
     }
   }
@@ -374,6 +388,16 @@ export class StoredBackup implements Backend {
   /** Writes the new generation (base record, then every record after the base) and switches to it. */
   async #install(base: CompactionBase, ref: SnapshotRef): Promise<void> {
     this.#checkWritable();
+    this.#switching = true;
+    try {
+      await this.#switchTo(base, ref);
+    } finally {
+      this.#switching = false;
+    }
+    await this.#prune();
+  }
+
+  async #switchTo(base: CompactionBase, ref: SnapshotRef): Promise<void> {
     const old = this.#live;
     const tailStart = await endOfLiveRecord(this.#storage, old, base.version);
     const tail = (await readLogBytes(this.#storage, old.id, tailStart, old.end - tailStart)).bytes;
@@ -401,7 +425,6 @@ export class StoredBackup implements Backend {
     this.#retained.push(old);
     this.#live = { id, state, end: content.length, firstTimestamp: base.timestamp };
     state.headTimestamp = old.state.headTimestamp;
-    await this.#prune();
   }
 
   /** Drops the older generations the retention policy no longer asks for. */
@@ -413,29 +436,47 @@ export class StoredBackup implements Backend {
     if (dropped.length === 0) return;
     this.#retained = this.#retained.filter((g) => keep.has(g.id));
     await this.#writeManifest(this.#retained.map((g) => g.id));
-    // What is no longer listed is garbage: a failed delete here is retried by the next writer.
-    for (const g of dropped) {
-      await this.#storage.deleteGeneration(g.id).catch((err: unknown) => this.#log.warn({ err, generation: g.id }, "could not delete a superseded generation; the next writer removes it"));
-    }
+    // What is no longer listed is garbage, deleted by #collectGarbage (or the next writer).
+    for (const g of dropped) this.#garbage.add(g.id);
   }
 
-  /** Removes the blobs no record of a kept generation points to; see SnapshotBlobs.collect. */
-  #collectGarbage(): Promise<void> {
-    return this.#blobs.collect(this.#referencedBlobs(), this.#readers, () => {
-      if (!this.#closed) void this.#mutex.run(() => this.#collectGarbage()).catch((err: unknown) => this.#log.warn({ err }, "could not delete superseded snapshots; the next writer removes them"));
-    });
+  /**
+   * Deletes superseded generations and the blobs no record of a kept generation points to.
+   * While a reader in this process is active, they stay (a reader that started before a
+   * switch may still read them), and go when the last reader finishes. While a kept
+   * generation is damaged, no blob goes: what its unreadable records point to is unknown.
+   */
+  async #collectGarbage(): Promise<void> {
+    const later = () => {
+      if (!this.#closed) void this.#mutex.run(() => this.#collectGarbage()).catch((err: unknown) => this.#log.warn({ err }, "could not delete superseded storage; the next writer removes it"));
+    };
+    if (this.#readers.deferring(later)) return;
+    for (const id of [...this.#garbage]) {
+      try {
+        await this.#storage.deleteGeneration(id);
+        this.#garbage.delete(id);
+      } catch (err) {
+        this.#log.warn({ err, generation: id }, "could not delete a superseded generation; the next writer removes it");
+      }
+    }
+    const damaged = this.#generations().find((g) => g.damage);
+    if (damaged) {
+      this.#log.warn({ generation: damaged.id }, "a kept generation is damaged: keeping every snapshot, since what its unreadable records point to is unknown");
+      return;
+    }
+    await this.#blobs.collect(this.#referencedBlobs());
   }
 
   reset(): Promise<void> {
     return this.#mutex.run(async () => {
       this.#checkWritable();
       const id = this.#nextId++;
+      // Nothing is kept from here on; the new, empty generation then makes the rest garbage.
+      await this.#writeManifest([]);
       await this.#storage.createGeneration(id, Buffer.alloc(0));
-      const old = this.#generations();
+      for (const g of this.#generations()) this.#garbage.add(g.id);
       this.#live = { id, state: stateOf(Buffer.alloc(0), this.location), end: 0 };
       this.#retained = [];
-      await this.#writeManifest([]);
-      for (const g of old) await this.#storage.deleteGeneration(g.id);
       await this.#collectGarbage();
     });
   }

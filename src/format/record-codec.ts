@@ -79,7 +79,7 @@ export type RecordProbe =
   /** Fewer bytes than the record needs: a torn append, or the end of the data. */
   | { readonly kind: "short"; readonly needed: number }
   /** Bytes that are not a valid record. */
-  | { readonly kind: "bad"; readonly what: string; readonly version?: number };
+  | { readonly kind: "bad"; readonly what: string; readonly version?: number; readonly length?: number };
 
 /**
  * Encodes a change record, sealed with `codec` (compression, then encryption with the active
@@ -197,7 +197,7 @@ export function probeRecord(buf: Buffer, offset: number): RecordProbe {
   const header = parseHeader(buf, offset);
   if (typeof header === "string") return { kind: "bad", what: header };
   if (avail < header.length) return { kind: "short", needed: header.length };
-  return { kind: "bad", what: "record checksum mismatch", version: header.version };
+  return { kind: "bad", what: "record checksum mismatch", version: header.version, length: header.length };
 }
 
 /** Parses a header whose CRC is already verified; returns a problem description instead of throwing. */

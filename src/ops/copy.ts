@@ -38,15 +38,16 @@ export async function copyBackup(src: Backend, dst: Backend, options: CopyOption
   const started = performance.now();
   const from = await src.status();
   refuseDamagedHead(from, "the head a copy would end at");
-  if (dst.head().version !== 0) {
-    if (!options.force) {
-      throw new TidemarkError("E_EXISTS", `${dst.location} already holds changes (head ${dst.head().version}); copy never merges`, {
-        hint: "copy to an empty location, or add --force to replace what it holds",
-      });
-    }
-    await dst.reset();
+  const held = await dst.status();
+  if ((held.version !== 0 || held.generations.length > 0) && !options.force) {
+    throw new TidemarkError("E_EXISTS", `${dst.location} already holds changes (head ${held.version}); copy never merges`, {
+      hint: "copy to an empty location, or add --force to replace what it holds",
+    });
   }
+  // Marked first: a copy killed from here on, even while emptying the destination, leaves
+  // something every open refuses.
   await dst.markIncomplete(`copy of ${src.location}`);
+  if (options.force) await dst.reset();
   try {
     const result = await copyInto(src, dst, from, started, options);
     await dst.markIncomplete(undefined);

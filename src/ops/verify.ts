@@ -70,6 +70,7 @@ export async function verify(backend: Backend, options: VerifyOptions = {}): Pro
   const total = status.generations.reduce((n, g) => n + g.lastVersion - g.firstVersion + 1, 0);
   let done = 0;
   for (const g of status.generations) {
+    if (g.lastVersion === 0) continue; // damaged from its start: reported above
     let prev = 0;
     try {
       for await (const change of backend.streamChanges({ from: g.firstVersion, to: g.lastVersion })) {

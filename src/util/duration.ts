@@ -12,7 +12,10 @@ export function isDuration(text: string): boolean {
   return DURATION_RE.test(text);
 }
 
-/** Parses a duration such as `30s`, `15m`, `6h`, `14d` or `100ms` into milliseconds; throws InputError otherwise. */
+/**
+ * Parses a duration such as `30s`, `15m`, `6h`, `14d` or `100ms` into whole milliseconds
+ * (`0.7d` is 60,480,000, not 60,479,999.99…); throws InputError otherwise.
+ */
 export function parseDuration(text: string): number {
   const m = DURATION_RE.exec(text);
   if (!m) {
@@ -20,5 +23,5 @@ export function parseDuration(text: string): number {
       hint: "write a number and one of the units ms, s, m, h or d",
     });
   }
-  return Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS];
+  return Math.round(Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS]);
 }

@@ -10,6 +10,7 @@ import type { Logger } from "../../src/util/logger.js";
 import { backendConformance, collect, tx, type StoredTarget } from "../helpers/backend-conformance.js";
 import { tmpDir } from "../helpers/tmp.js";
 import { decodeIdentity } from "../../src/backup/documents.js";
+import { encodeChangeRecord } from "../../src/format/record-codec.js";
 
 /** Overwrites bytes of a log or blob file in place: damage on disk. */
 async function overwrite(location: string, target: StoredTarget, bytes: Buffer): Promise<void> {
@@ -134,6 +135,41 @@ describe("file backend: torn tails", () => {
     await w.close();
     expect(fs.readFileSync(logFile).equals(intact)).toBe(true);
     expect(log.warnings.join()).toContain(`4096 bytes at offset ${intact.length}`);
+  });
+
+  it("a crash mid-append is a torn tail even when the record's payload holds a whole encoded record", async () => {
+    const { dir, logFile } = await newBackup(5);
+    const intact = fs.readFileSync(logFile);
+    const inner = encodeChangeRecord({ version: 99, timestamp: 1, transaction: ["SELECT 1"] });
+    const w = await openBackend(dir, { mode: "write" });
+    await applyChange(w, { version: 6, transaction: [{ sql: "INSERT INTO t VALUES (?, ?)", params: [inner, Buffer.alloc(3000, 1)] }] });
+    await w.close();
+    const whole = fs.readFileSync(logFile);
+    // The crash came after the embedded record reached the disk, before the rest did.
+    const cut = whole.indexOf(inner) + inner.length + 10;
+    fs.writeFileSync(logFile, whole.subarray(0, cut));
+    const again = await openBackend(dir, { mode: "write" });
+    expect(again.head().version).toBe(5);
+    await again.close();
+    expect(fs.readFileSync(logFile).equals(intact)).toBe(true);
+  });
+
+  it("a last record whose bytes are zero from a sector boundary on is a torn tail (the file grew before its data landed)", async () => {
+    const { dir, logFile } = await newBackup(5);
+    const intact = fs.readFileSync(logFile);
+    const w = await openBackend(dir, { mode: "write" });
+    await applyChange(w, { version: 6, transaction: [{ sql: "INSERT INTO t VALUES (?, ?)", params: [6n, "x".repeat(3000)] }] });
+    await w.close();
+    const whole = fs.readFileSync(logFile);
+    const boundary = Math.ceil((intact.length + 100) / 512) * 512;
+    whole.fill(0, boundary);
+    fs.writeFileSync(logFile, whole);
+    const log = recordingLogger();
+    const again = await openBackend(dir, { mode: "write", log });
+    expect(again.head().version).toBe(5);
+    await again.close();
+    expect(log.warnings.join()).toContain(`${whole.length - intact.length} bytes at offset ${intact.length}`);
+    expect(fs.readFileSync(logFile).equals(intact)).toBe(true);
   });
 
   it("a generations.json that cannot be read stops the writer; history is never deleted because a read failed", async () => {

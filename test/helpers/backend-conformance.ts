@@ -594,6 +594,48 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
         await w.close();
       });
 
+      it("a writer keeps every snapshot while a kept generation is damaged: what its unreadable records point to is unknown", async () => {
+        const location = await harness.newLocation();
+        const b = await openBackend(location, { ...harness.options, mode: "create", retention: { bases: 3 } });
+        await seed(b, 4);
+        await b.compact({ version: 3, timestamp: 3, snapshot: () => snapshotOf(Buffer.from("base-3")) });
+        await seed(b, 8, 5);
+        const older = await liveRecords(location);
+        await b.compact({ version: 7, timestamp: 7, snapshot: () => snapshotOf(Buffer.from("base-7")) });
+        await b.close();
+        const listBlobs = async () => {
+          const storage = await openStorage(location, { writable: false, log: silentLogger });
+          try {
+            return (await storage.listBlobs()).map((x) => x.name);
+          } finally {
+            await storage.close();
+          }
+        };
+        const before = await listBlobs();
+        expect(before).toHaveLength(2);
+        // Damage the generation based at 3 right after its base record.
+        const second = older.records[1]!;
+        await flipLogByte(location, older.generation, second.offset + 30, older.bytes);
+        const w = await open(location, "write");
+        await applyChange(w, { version: 9, transaction: tx(9) });
+        await w.close();
+        expect(await listBlobs()).toEqual(before);
+      });
+
+      it("a long stream of the writer's that began before a compaction reads to its end, though the compaction drops its generation", async () => {
+        await withNew(async (b) => {
+          await seed(b, 60);
+          // The daemon's own readers (a download, a replica feeder) read through the writer.
+          const it = b.streamChanges({ from: 1 })[Symbol.asyncIterator]();
+          expect((await it.next()).value?.version).toBe(1);
+          await b.compact({ version: 59, timestamp: 59, snapshot: () => snapshotOf(Buffer.from("base-59")) });
+          const rest: number[] = [];
+          for (let n = await it.next(); !n.done; n = await it.next()) rest.push(n.value.version);
+          expect(rest).toEqual(Array.from({ length: 59 }, (_, i) => i + 2));
+          expect((await collect(b, { from: 59 })).map((c) => c.version)).toEqual([59, 60]);
+        });
+      });
+
       it("a damaged live base snapshot is found at open: writers refuse it, status reports it", async () => {
         const location = await harness.newLocation();
         const b = await open(location, "create");

@@ -89,7 +89,7 @@ class MemoryStorage implements Storage {
       if (end > from && start < to) {
         const lo = Math.max(from, start) - start;
         const hi = Math.min(to, end) - start;
-        yield { segment: `${this.location} log ${id} piece ${i}`, offset: start + lo, bytes: piece.subarray(lo, hi), segmentEnd: true };
+        yield { segment: `${this.location} log ${id} piece ${i}`, offset: start + lo, segmentStart: start, bytes: piece.subarray(lo, hi), segmentEnd: true };
       }
       start = end;
     }

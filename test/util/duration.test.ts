@@ -11,6 +11,11 @@ describe("durations", () => {
     expect(parseDuration("14 d")).toBe(14 * 86_400_000);
   });
 
+  it("gives whole milliseconds, which a backup's settings can hold", () => {
+    expect(parseDuration("0.7d")).toBe(60_480_000);
+    expect(parseDuration("4.35m")).toBe(261_000);
+  });
+
   for (const text of ["", "soon", "5", "-5s", "5 days", "1e3s", ".5s", " 5s"]) {
     it(`refuses ${JSON.stringify(text)}`, () => {
       expect(isDuration(text)).toBe(false);
