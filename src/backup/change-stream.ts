@@ -7,6 +7,7 @@ import { decodeSnapshot } from "../format/snapshot-codec.js";
 import type { Keyring } from "../format/keyring.js";
 import type { StoredChange, StoredSnapshot } from "../model/change.js";
 import { TidemarkError } from "../util/errors.js";
+import type { ChangeRange } from "./backup.js";
 import type { Generation } from "./generation.js";
 import { stepError } from "./generation.js";
 import type { ReadStep, RecordReader } from "./log-reader.js";
@@ -127,8 +128,24 @@ async function* released(src: AsyncIterable<Buffer>, release: () => void): Async
   }
 }
 
+/**
+ * The generation that holds `range`: the newest whose versions cover it. The live one (last in
+ * `gens`) serves anything from its base on; a retained one serves older versions. Throws
+ * E_RANGE, or E_CORRUPT for versions lost to damage.
+ */
+export function generationFor(gens: readonly Generation[], range: ChangeRange, where: string): Generation {
+  const to = range.to ?? gens.at(-1)!.state.head;
+  const lo = Math.min(range.from ?? to, to);
+  const hi = Math.max(range.from ?? to, to);
+  for (let i = gens.length - 1; i >= 0; i--) {
+    const g = gens[i]!;
+    if (g.state.records > 0 && g.state.firstVersion <= lo && g.state.head >= hi) return g;
+  }
+  throw rangeError(where, gens, lo, hi);
+}
+
 /** E_RANGE for versions no single generation holds, naming what is held. */
-export function rangeError(where: string, gens: readonly Generation[], lo: number, hi: number): TidemarkError {
+function rangeError(where: string, gens: readonly Generation[], lo: number, hi: number): TidemarkError {
   const first = gens.find((g) => g.state.records > 0)?.state.firstVersion ?? 0;
   const head = gens.at(-1)!.state.head;
   const damaged = gens.find((g, i) => g.damage && lo > g.damage.intactVersion && (gens[i + 1]?.state.firstVersion ?? Infinity) > lo);

@@ -189,3 +189,15 @@ export function damageOf(err: CorruptError | null, intactVersion: number): Damag
   if (!err) return null;
   return { location: err.location, ...(err.offset !== undefined && { offset: err.offset }), message: err.message, intactVersion, snapshot: true };
 }
+
+/**
+ * The log of generation `id`, which compaction writes to follow `old`: `baseRecord` (the
+ * change at `baseVersion`, pointing to the new snapshot), then a copy of every record of
+ * `old` after its live record of `baseVersion`. Returns the bytes and what they mean.
+ */
+export async function generationAfter(storage: Storage, old: Generation, baseVersion: number, baseRecord: Buffer, id: number): Promise<{ content: Buffer; state: LogState }> {
+  const tailStart = await endOfLiveRecord(storage, old, baseVersion);
+  const tail = (await readLogBytes(storage, old.id, tailStart, old.end - tailStart)).bytes;
+  const content = Buffer.concat([baseRecord, tail]);
+  return { content, state: stateOf(content, `${storage.location} (generation ${id})`) };
+}

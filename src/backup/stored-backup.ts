@@ -15,9 +15,9 @@ import { BackendError, CorruptError, TidemarkError, asBackendError } from "../ut
 import { silentLogger, type Logger } from "../util/logger.js";
 import { Mutex } from "../util/mutex.js";
 import type { Backend, BackendHead, BackendOptions, BackendStatus, ChangeRange, ChangeToStore, CompactionBase, Damage } from "./backup.js";
-import { ChangeStream, rangeError } from "./change-stream.js";
+import { ChangeStream, generationFor } from "./change-stream.js";
 import { encodeIdentity, encodeManifest, readIdentity, readManifest, type Identity } from "./documents.js";
-import { checkBase, damageOf, endOfLiveRecord, readLogBytes, readRecord, scanGeneration, stateOf, timestampOf, type Generation } from "./generation.js";
+import { checkBase, damageOf, generationAfter, readRecord, scanGeneration, stateOf, timestampOf, type Generation } from "./generation.js";
 import type { LogEntry } from "./log-state.js";
 import { RecordReader } from "./log-reader.js";
 import { ReaderCount } from "./reader-count.js";
@@ -237,7 +237,7 @@ export class StoredBackup implements Backend {
   streamChanges(range: ChangeRange = {}): AsyncIterable<StoredChange> {
     this.#checkOpen();
     if (this.#live.state.head === 0) return { [Symbol.asyncIterator]: () => ({ next: async () => ({ done: true, value: undefined }) }) };
-    const g = this.#generationFor(range);
+    const g = generationFor(this.#generations(), range, this.location);
     const { to, start } = g.state.plan(range);
     const storage = this.#storage;
     const keyring = this.#codec.keyring;
@@ -248,32 +248,16 @@ export class StoredBackup implements Backend {
     };
   }
 
-  /**
-   * The generation that holds `range`: the newest whose versions cover it. The live one serves
-   * anything from its base on; a retained one serves older versions.
-   */
-  #generationFor(range: ChangeRange): Generation {
-    const to = range.to ?? this.#live.state.head;
-    const lo = Math.min(range.from ?? to, to);
-    const hi = Math.max(range.from ?? to, to);
-    const gens = this.#generations();
-    for (let i = gens.length - 1; i >= 0; i--) {
-      const g = gens[i]!;
-      if (g.state.records > 0 && g.state.firstVersion <= lo && g.state.head >= hi) return g;
-    }
-    throw rangeError(this.location, gens, lo, hi);
-  }
-
   addChange(change: ChangeToStore): Promise<void> {
     return this.#mutex.run(async () => {
       this.#checkWritable();
       this.#checkFollows(change);
-      if (!change.snapshot) return this.#append(changeRecord(change, this.#codec), change.version, change.timestamp);
+      if (!change.snapshot) return this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction }, this.#codec), change.version, change.timestamp);
       this.#asyncWrites++;
       let ref: SnapshotRef | undefined;
       try {
         ref = await this.#blobs.put(change.version, change.snapshot, this.#codec);
-        await this.#append(changeRecord(change, this.#codec, ref), change.version, change.timestamp, ref.ref);
+        await this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction, snapshot: ref }, this.#codec), change.version, change.timestamp, ref.ref);
         this.#blobs.settled(ref.ref);
       } finally {
         // A failed append may still have stored its record (an S3 PUT whose answer was lost):
@@ -288,7 +272,7 @@ export class StoredBackup implements Backend {
     this.#checkNoAsyncWrite();
     if (change.snapshot) throw new Error(`${this.kind} backend: addChangeSync takes no snapshot; use addChange`);
     this.#checkFollows(change);
-    this.#appendSync(changeRecord(change, this.#codec), change.version, change.timestamp);
+    this.#appendSync(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction }, this.#codec), change.version, change.timestamp);
   }
 
   rewind(): Promise<void> {
@@ -399,11 +383,9 @@ export class StoredBackup implements Backend {
 
   async #switchTo(base: CompactionBase, ref: SnapshotRef): Promise<void> {
     const old = this.#live;
-    const tailStart = await endOfLiveRecord(this.#storage, old, base.version);
-    const tail = (await readLogBytes(this.#storage, old.id, tailStart, old.end - tailStart)).bytes;
-    const content = Buffer.concat([encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref }, this.#codec), tail]);
     const id = this.#nextId;
-    const state = stateOf(content, `${this.location} (generation ${id})`);
+    const baseRecord = encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref }, this.#codec);
+    const { content, state } = await generationAfter(this.#storage, old, base.version, baseRecord, id);
     // The generation about to be superseded is listed as retained first, so that a crash right
     // after the switch keeps it; pruning by the retention policy comes after.
     await this.#writeManifest([...this.#retained.map((g) => g.id), old.id]);
@@ -510,16 +492,4 @@ export class StoredBackup implements Backend {
     if (this.#broken) throw this.#broken;
     this.#lock?.check();
   }
-}
-
-function changeRecord(change: ChangeToStore, codec: Codec, ref?: SnapshotRef): Buffer {
-  return encodeChangeRecord(
-    {
-      version: change.version,
-      timestamp: change.timestamp,
-      ...(ref && { snapshot: ref }),
-      ...(change.transaction && { transaction: change.transaction }),
-    },
-    codec,
-  );
 }
