@@ -44,7 +44,7 @@ export interface BackendStatus extends BackendHead {
    * before it), or a damaged live base snapshot. A writer refuses to open such a backup.
    */
   readonly damage?: Damage;
-  /** The backup's own settings (compression, encryption, retention), when the backend keeps them. */
+  /** The backup's own settings (compression, encryption, retention), from its identity. */
   readonly settings?: Omit<BackupSettings, "keys">;
 }
 

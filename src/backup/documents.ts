@@ -173,6 +173,16 @@ export async function readIdentity(storage: Storage, allowIncomplete: boolean): 
   return identity;
 }
 
+/** Writes `tidemark.json` to `storage`. */
+export function writeIdentity(storage: Storage, identity: Identity): Promise<void> {
+  return storage.writeDocument("tidemark.json", encodeIdentity(identity));
+}
+
+/** Writes `generations.json` to `storage`: the ids of the older generations kept. */
+export function writeManifest(storage: Storage, retained: readonly number[]): Promise<void> {
+  return storage.writeDocument("generations.json", encodeManifest(retained));
+}
+
 /**
  * Reads the ids of the kept older generations from `storage`. Only "not found" means none: any
  * other failure throws, so that history is never deleted because a read failed.

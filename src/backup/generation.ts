@@ -75,7 +75,7 @@ export async function scanGeneration(storage: Storage, id: number, size: number,
       const next = await reader.intactRecordAfter(step.offset + declared - 1);
       if (next === undefined && !storage.atomicAppends) {
         const tail = (await readLogBytes(storage, id, step.offset, size - step.offset)).bytes;
-        if (isTornTail(step, tail, step.offset, false)) {
+        if (isTornTail(step, tail, step.offset)) {
           return { id, state, end: at, torn: { location: step.segment, offset: step.segmentOffset, bytes: size - step.offset } };
         }
       }

@@ -195,10 +195,9 @@ const SECTOR = 512;
  * the record declares (appends are not atomic), or a record whose bytes are zero from a sector
  * boundary on (a file system that extended the file before the data reached those sectors). A
  * complete record whose checksum fails and that does not end in such zeros is damage: its last
- * bytes are its CRC, which is not zero.
+ * bytes are its CRC, which is not zero. Only for storages whose appends are not atomic.
  */
-export function isTornTail(step: Exclude<ReadStep, { kind: "record" }>, tail: Buffer, at: number, atomicAppends: boolean): boolean {
-  if (atomicAppends) return false;
+export function isTornTail(step: Exclude<ReadStep, { kind: "record" }>, tail: Buffer, at: number): boolean {
   if (step.kind === "short") return step.last;
   let z = tail.length;
   while (z > 0 && tail[z - 1] === 0) z--;

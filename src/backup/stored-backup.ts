@@ -16,7 +16,7 @@ import { silentLogger, type Logger } from "../util/logger.js";
 import { Mutex } from "../util/mutex.js";
 import type { Backend, BackendHead, BackendOptions, BackendStatus, ChangeRange, ChangeToStore, CompactionBase, Damage } from "./backup.js";
 import { ChangeStream, generationFor } from "./change-stream.js";
-import { encodeIdentity, encodeManifest, readIdentity, readManifest, type Identity } from "./documents.js";
+import { readIdentity, readManifest, writeIdentity, writeManifest, type Identity } from "./documents.js";
 import { checkBase, damageOf, generationAfter, readRecord, scanGeneration, stateOf, timestampOf, type Generation } from "./generation.js";
 import type { LogEntry } from "./log-state.js";
 import { RecordReader } from "./log-reader.js";
@@ -102,8 +102,8 @@ export class StoredBackup implements Backend {
     if (this.#writable) {
       // A backup from before document checksums gets them: the manifest first, since the
       // identity is what says that they are checked.
-      if (identity.legacy) await this.#writeManifest([...kept]);
-      if (updated || identity.legacy) await this.#writeIdentity();
+      if (identity.legacy) await writeManifest(this.#storage, [...kept]);
+      if (updated || identity.legacy) await writeIdentity(this.#storage, this.#identity);
     }
 
     const listing = await storage.listGenerations();
@@ -144,15 +144,7 @@ export class StoredBackup implements Backend {
     // The identity comes last: a location holds a backup once it holds one whole.
     await this.#storage.createGeneration(1, Buffer.alloc(0));
     this.#identity = { created: new Date().toISOString(), ...initialSettings(this.#options) };
-    await this.#writeIdentity();
-  }
-
-  #writeManifest(ids: readonly number[]): Promise<void> {
-    return this.#storage.writeDocument("generations.json", encodeManifest(ids));
-  }
-
-  #writeIdentity(): Promise<void> {
-    return this.#storage.writeDocument("tidemark.json", encodeIdentity(this.#identity));
+    await writeIdentity(this.#storage, this.#identity);
   }
 
   /** A read-only open: what cannot be read is reported, and the rest stays readable. */
@@ -388,7 +380,7 @@ export class StoredBackup implements Backend {
     const { content, state } = await generationAfter(this.#storage, old, base.version, baseRecord, id);
     // The generation about to be superseded is listed as retained first, so that a crash right
     // after the switch keeps it; pruning by the retention policy comes after.
-    await this.#writeManifest([...this.#retained.map((g) => g.id), old.id]);
+    await writeManifest(this.#storage, [...this.#retained.map((g) => g.id), old.id]);
     try {
       await this.#storage.createGeneration(id, content);
     } catch (err) {
@@ -417,7 +409,7 @@ export class StoredBackup implements Backend {
     const dropped = this.#retained.filter((g) => !keep.has(g.id));
     if (dropped.length === 0) return;
     this.#retained = this.#retained.filter((g) => keep.has(g.id));
-    await this.#writeManifest(this.#retained.map((g) => g.id));
+    await writeManifest(this.#storage, this.#retained.map((g) => g.id));
     // What is no longer listed is garbage, deleted by #collectGarbage (or the next writer).
     for (const g of dropped) this.#garbage.add(g.id);
   }
@@ -454,7 +446,7 @@ export class StoredBackup implements Backend {
       this.#checkWritable();
       const id = this.#nextId++;
       // Nothing is kept from here on; the new, empty generation then makes the rest garbage.
-      await this.#writeManifest([]);
+      await writeManifest(this.#storage, []);
       await this.#storage.createGeneration(id, Buffer.alloc(0));
       for (const g of this.#generations()) this.#garbage.add(g.id);
       this.#live = { id, state: stateOf(Buffer.alloc(0), this.location), end: 0 };
@@ -468,7 +460,7 @@ export class StoredBackup implements Backend {
       this.#checkWritable();
       const { incomplete: _was, ...rest } = this.#identity;
       this.#identity = { ...rest, ...(what !== undefined && { incomplete: what }) };
-      await this.#writeIdentity();
+      await writeIdentity(this.#storage, this.#identity);
     });
   }
 

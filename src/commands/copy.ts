@@ -19,7 +19,8 @@ export function registerCopy(program: Command): void {
       "Copy a backup between any two backends (a directory, s3://…), verifying every checksum on the way.\n" +
         "The destination is created if missing; one that already holds changes is refused unless --force,\n" +
         "which empties it first. The source is only read: stop its writer first for an exact copy of the\n" +
-        "head, or the copy fails and says so. A copy that fails leaves the destination empty.\n\n" +
+        "head, or the copy fails and says so. A copy that fails leaves the destination empty; one that is\n" +
+        "killed leaves it marked incomplete, and every command refuses it until copy --force finishes it.\n\n" +
         "The copy keeps the source's compression and retention unless flags say otherwise. An encrypted\n" +
         "source is copied encrypted: pass the key to write with (--key) and any older ones (--decrypt-key).",
     )
