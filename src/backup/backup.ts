@@ -80,6 +80,8 @@ export interface ChangeToStore {
   readonly timestamp: number;
   readonly snapshot?: SnapshotSource;
   readonly transaction?: readonly Statement[];
+  /** Set for a continuation of the head version (see `ChangeInput.continuation`). */
+  readonly continuation?: true;
 }
 
 /** The new base that compaction installs. */

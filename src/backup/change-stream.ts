@@ -17,8 +17,9 @@ import type { Storage } from "./storage.js";
 const DONE: IteratorReturnResult<undefined> = Object.freeze({ done: true, value: undefined });
 
 /**
- * The live changes of a log up to a version. A change is held back until the next record is
- * read, because a rewind record directly after it cancels it.
+ * The live changes of a log up to a version, continuations of that version included. A change
+ * is held back until the next record is read, because a rewind record directly after it
+ * cancels it.
  *
  * A hand-written iterator rather than an async generator: it answers from the reader's window
  * without a promise hop per record.
@@ -64,7 +65,7 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
       this.#finished = true;
       const last = this.#held;
       this.#held = null;
-      return last ? Promise.resolve({ done: false, value: last }) : this.#end();
+      return last && last.version <= this.#to ? Promise.resolve({ done: false, value: last }) : this.#end();
     }
     // The log was read whole at open: anything but an intact record now is damage.
     if (step.kind !== "record") throw stepError(step);
@@ -76,9 +77,12 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
     const ready = this.#held;
     this.#held = this.#change(rec);
     if (!ready) return undefined;
-    if (ready.version === this.#to) {
+    // A change past `to` that no rewind cancelled ends it: until then a continuation of `to`
+    // may still come (after a later change and its rewind).
+    if (ready.version > this.#to) {
       this.#finished = true;
       this.#held = null;
+      return this.#end();
     }
     return Promise.resolve({ done: false, value: ready });
   }
@@ -87,6 +91,7 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
     const change: { -readonly [K in keyof StoredChange]: StoredChange[K] } = { version: rec.version, timestamp: rec.timestamp };
     if (rec.snapshot) change.snapshot = storedSnapshot(this.#storage, rec.snapshot, rec.version, this.#keyring, this.#readers);
     if (rec.transaction) change.transaction = rec.transaction;
+    if (rec.continuation) change.continuation = true;
     return change;
   }
 

@@ -4,7 +4,7 @@
  * wrong with it, if anything.
  */
 import { checkSnapshotFrames } from "../format/snapshot-codec.js";
-import { decodeRecord, probeRecord, recordSnapshotRef, RecordType, type DecodedRecord, type RecordHeader } from "../format/record-codec.js";
+import { decodeRecord, FLAG_CONTINUATION, probeRecord, recordSnapshotRef, RecordType, type DecodedRecord, type RecordHeader } from "../format/record-codec.js";
 import type { Keyring } from "../format/keyring.js";
 import { CorruptError, TidemarkError } from "../util/errors.js";
 import type { Damage } from "./backup.js";
@@ -36,7 +36,8 @@ export interface Generation {
 /** The state machine's view of an intact record; no key is needed for it. */
 export function entryOf(buf: Buffer, at: number, offset: number, header: RecordHeader, location: string): LogEntry {
   const snapshot = recordSnapshotRef(buf, at, header, location);
-  return { type: header.type, version: header.version, position: offset, length: header.length, ...(snapshot && { snapshot }) };
+  const continuation = header.type === RecordType.Change && (header.flags & FLAG_CONTINUATION) !== 0;
+  return { type: header.type, version: header.version, position: offset, length: header.length, ...(snapshot && { snapshot }), ...(continuation && { continuation: true }) };
 }
 
 /** The error for bytes that are not an intact record, where reading cannot go on. */
@@ -153,13 +154,17 @@ export async function endOfLiveRecord(storage: Storage, g: Generation, version: 
   // Not the head or the change before it: walk the log's records.
   const reader = new RecordReader(storage.readLog(g.id, 0, g.end), 0);
   let found = -1;
+  /** Where the record of `version` before the last one ended: a rewind of the last returns there. */
+  let before = -1;
   try {
     for (;;) {
       let step = reader.next();
       if (step instanceof Promise) step = await step;
       if (step === null) break;
       if (step.kind !== "record") throw stepError(step, " (a record verified at open no longer reads)");
-      if (step.header.version === version) found = step.header.type === RecordType.Change ? step.offset + step.header.length : -1;
+      if (step.header.version !== version) continue;
+      if (step.header.type === RecordType.Change) [before, found] = [found, step.offset + step.header.length];
+      else [found, before] = [before, -1];
     }
   } finally {
     await reader.close();

@@ -19,6 +19,8 @@ export interface LogEntry {
   readonly length: number;
   /** The change's timestamp, when the backend knows it without a read. */
   readonly timestamp?: number;
+  /** Set for a change record that continues the head version (it keeps the head where it is). */
+  readonly continuation?: true;
 }
 
 /** A live change that carries a snapshot. */
@@ -72,15 +74,18 @@ export class LogState {
       return;
     }
     const { version } = entry;
-    const ok = canFollow(this.head, version, entry.snapshot !== undefined);
+    const ok = canFollow(this.head, version, entry.snapshot !== undefined, entry.continuation === true);
     if (!ok) {
       this.#fail(
         entry,
-        entry.snapshot
-          ? `snapshot change ${version} does not come after head ${this.head}`
-          : `change ${version} does not follow head ${this.head}`,
+        entry.continuation
+          ? `continuation of version ${version} does not continue head ${this.head}`
+          : entry.snapshot
+            ? `snapshot change ${version} does not come after head ${this.head}`
+            : `change ${version} does not follow head ${this.head}`,
       );
     }
+    // After a continuation this is the head itself: a rewind removes that record only.
     this.prevVersion = this.head;
     this.head = version;
     this.#prevTimestamp = this.headTimestamp;

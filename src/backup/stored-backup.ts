@@ -6,7 +6,7 @@
  * bytes. Writes are serialised by a mutex; readers stream at any time, from the view they
  * opened with.
  */
-import { RecordType, encodeChangeRecord, encodeRewindRecord, type SnapshotRef } from "../format/record-codec.js";
+import { FLAG_CONTINUATION, RecordType, encodeChangeRecord, encodeRewindRecord, type SnapshotRef } from "../format/record-codec.js";
 import { PLAIN, type Codec } from "../format/sealing.js";
 import type { StoredChange } from "../model/change.js";
 import { retainedGenerations, type RetentionPolicy } from "../model/retention.js";
@@ -244,7 +244,7 @@ export class StoredBackup implements Backend {
     return this.#mutex.run(async () => {
       this.#checkWritable();
       this.#checkFollows(change);
-      if (!change.snapshot) return this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction }, this.#codec), change.version, change.timestamp);
+      if (!change.snapshot) return this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction, continuation: change.continuation }, this.#codec), change.version, change.timestamp);
       this.#asyncWrites++;
       let ref: SnapshotRef | undefined;
       try {
@@ -264,7 +264,7 @@ export class StoredBackup implements Backend {
     this.#checkNoAsyncWrite();
     if (change.snapshot) throw new Error(`${this.kind} backend: addChangeSync takes no snapshot; use addChange`);
     this.#checkFollows(change);
-    this.#appendSync(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction }, this.#codec), change.version, change.timestamp);
+    this.#appendSync(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction, continuation: change.continuation }, this.#codec), change.version, change.timestamp);
   }
 
   rewind(): Promise<void> {
@@ -299,7 +299,7 @@ export class StoredBackup implements Backend {
 
   #checkFollows(change: ChangeToStore): void {
     const head = this.#live.state.head;
-    if (!canFollow(head, change.version, change.snapshot !== undefined)) {
+    if (!canFollow(head, change.version, change.snapshot !== undefined, change.continuation === true)) {
       throw new Error(`${this.kind} backend: change ${change.version} cannot follow head ${head}; the version rules should have refused it`);
     }
   }
@@ -329,7 +329,8 @@ export class StoredBackup implements Backend {
   }
 
   #applied(g: Generation, rec: Buffer, version: number, timestamp: number | undefined, snapshot: string | undefined, type: RecordType): void {
-    g.state.apply({ type, version, position: g.end, length: rec.length, ...(timestamp !== undefined && { timestamp }), ...(snapshot && { snapshot }) });
+    const continuation = (rec[6]! & FLAG_CONTINUATION) !== 0;
+    g.state.apply({ type, version, position: g.end, length: rec.length, ...(timestamp !== undefined && { timestamp }), ...(snapshot && { snapshot }), ...(continuation && { continuation: true }) });
     g.end += rec.length;
   }
 

@@ -31,6 +31,8 @@ export type RecordType = (typeof RecordType)[keyof typeof RecordType];
 /** Header flag bits. */
 export const FLAG_SNAPSHOT = 1;
 export const FLAG_TRANSACTION = 2;
+/** The change continues the version of the change record before it (docs/format.md, "Continuations"). */
+export const FLAG_CONTINUATION = 0x80;
 
 /** Where a change's snapshot blob is and what it must hash to. */
 export interface SnapshotRef {
@@ -62,6 +64,8 @@ export interface DecodedRecord {
   readonly timestamp: number;
   readonly snapshot?: SnapshotRef;
   readonly transaction?: Statement[];
+  /** Set for a continuation of the version of the record before it. */
+  readonly continuation?: true;
 }
 
 /** What encodeChangeRecord needs. */
@@ -70,6 +74,8 @@ export interface ChangeRecordInput {
   readonly timestamp: number;
   readonly snapshot?: SnapshotRef;
   readonly transaction?: readonly Statement[];
+  /** Marks the record as a continuation of the version before it; it takes no snapshot. */
+  readonly continuation?: boolean;
 }
 
 /** Outcome of looking for a whole, intact record at an offset. */
@@ -99,6 +105,10 @@ export function encodeChangeRecord(change: ChangeRecordInput, codec: Codec = PLA
     flags |= FLAG_TRANSACTION;
     w.u32(change.transaction.length);
     change.transaction.forEach((st, i) => writeStatement(w, st, i));
+  }
+  if (change.continuation) {
+    if (change.snapshot) throw new InputError(`change ${change.version}: a continuation takes no snapshot`);
+    flags |= FLAG_CONTINUATION;
   }
   return frame(RecordType.Change, flags, change.version, change.snapshot?.ref, w.finish(), codec);
 }
@@ -257,6 +267,7 @@ export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, 
   const timestamp = r.u64();
   const record: { -readonly [K in keyof DecodedRecord]: DecodedRecord[K] } = { type: header.type, version: header.version, timestamp };
   if (header.type === RecordType.Change) {
+    if (header.flags & FLAG_CONTINUATION) record.continuation = true;
     if (ref !== undefined) record.snapshot = { size: r.u64(), crc32: r.u32(), ref };
     if (header.flags & FLAG_TRANSACTION) {
       const count = r.u32();

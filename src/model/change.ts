@@ -24,6 +24,13 @@ export interface ChangeInput {
   readonly snapshot?: SnapshotSource;
   /** Statements applied in order. */
   readonly transaction?: readonly Statement[];
+  /**
+   * Set when the change continues the backup's head version rather than making a new one:
+   * statements the host committed after that version without bumping its data version (Core
+   * Lightning's PRAGMAs around a table rebuild). Its version equals the head; it carries no
+   * snapshot; a restore replays it after the records of that version before it.
+   */
+  readonly continuation?: boolean;
 }
 
 /** A snapshot held by a backend, opened as often as needed. */
@@ -40,6 +47,8 @@ export interface StoredChange {
   readonly timestamp: number;
   readonly snapshot?: StoredSnapshot;
   readonly transaction?: readonly Statement[];
+  /** Set for a continuation: a further record of the same version as the change before it. */
+  readonly continuation?: true;
 }
 
 /** Returns the SQL text of a statement. */

@@ -67,6 +67,9 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
     durationMs: performance.now() - started,
   });
   if (head.version === 0) return skip("the backup is empty");
+  // The last record continues the head version and may be rewound alone: no whole version
+  // before it is known to be settled without a walk of the log, and the next version settles it.
+  if (head.prevVersion === head.version) return skip(`the last change continues version ${head.version}; compact after the next version`);
   // The live generation's start: older generations kept by retention do not count, or each
   // compaction would install the same base again.
   const liveFirst = before.generations.at(-1)?.firstVersion ?? before.firstVersion;

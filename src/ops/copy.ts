@@ -97,6 +97,7 @@ async function copyInto(src: Backend, dst: Backend, from: BackendStatus, started
         timestamp: change.timestamp,
         ...(change.snapshot && { snapshot: change.snapshot.open() }),
         ...(change.transaction && { transaction: change.transaction }),
+        ...(change.continuation && { continuation: true }),
       });
       changes++;
       if (change.snapshot) snapshots++;

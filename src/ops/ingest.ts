@@ -42,7 +42,8 @@ function plan(backend: Backend, change: ChangeInput): { action: Action; toStore:
   if (change.snapshot === undefined && change.transaction === undefined) {
     throw new InputError(`change ${change.version} carries neither a transaction nor a snapshot`);
   }
-  const action = decide(backend.head(), { version: change.version, hasSnapshot: change.snapshot !== undefined });
+  const continuation = change.continuation === true;
+  const action = decide(backend.head(), { version: change.version, hasSnapshot: change.snapshot !== undefined, continuation });
   return {
     action,
     toStore: {
@@ -50,6 +51,7 @@ function plan(backend: Backend, change: ChangeInput): { action: Action; toStore:
       timestamp: change.timestamp ?? Date.now(),
       ...(change.snapshot && { snapshot: change.snapshot }),
       ...(change.transaction && { transaction: change.transaction }),
+      ...(continuation && { continuation: true }),
     },
   };
 }

@@ -75,7 +75,7 @@ export async function verify(backend: Backend, options: VerifyOptions = {}): Pro
     try {
       for await (const change of backend.streamChanges({ from: g.firstVersion, to: g.lastVersion })) {
         const v = change.version;
-        const follows = canFollow(prev, v, change.snapshot !== undefined);
+        const follows = canFollow(prev, v, change.snapshot !== undefined, change.continuation === true);
         if (!follows) problems.push({ code: "E_CORRUPT", version: v, message: `version ${v} does not follow version ${prev}` });
         prev = v;
         records++;
