@@ -2,6 +2,13 @@
  * tidemark as a Core Lightning plugin: the `db_write` hook, the `backup-compact` method, and
  * the version checks of the Python backup plugin, on the shared version rules.
  *
+ * Real lightningd reports some writes without bumping data_version: around a table rebuild in
+ * a migration it commits, then reports `PRAGMA foreign_keys = OFF;` (later `= ON;`) with the
+ * version it just committed. Within one run, a write whose data_version equals the version just
+ * acknowledged is therefore a continuation of that version, stored as a further record of it;
+ * only the first write after a start can be a redo (lightningd stopped between our ack and its
+ * commit), as in the Python plugin.
+ *
  * lightningd calls `db_write` with each transaction before it commits it. The plugin answers
  * `{"result": "continue"}` only once the change is durable; any other answer makes lightningd
  * stop without committing. So every failure (a version the rules refuse, a backend error, bad
@@ -202,10 +209,17 @@ export class ClnPlugin {
           });
         }
         const destination = await this.#open();
+        if (!firstWrite && write.dataVersion === this.#head) {
+          // lightningd committed the version just acknowledged, then reported more writes
+          // without a new data_version (PRAGMAs around a table rebuild): a continuation of it.
+          await destination.addChange({ version: write.dataVersion, transaction: write.writes, continuation: true });
+          return CONTINUE;
+        }
         const head: BackendHead = firstWrite ? await destination.head() : { version: this.#head!, prevVersion: null };
         // lightningd has committed data_version - 1. At start-up, a backup one ahead means it
-        // stopped between our ack and its commit, and applyChange rewinds that change; within a
-        // session, only the next version is acceptable (prevVersion null rules out a rewind).
+        // stopped between our ack and its commit, and applyChange rewinds that change (its last
+        // record); within a session, only the next version or a continuation is acceptable
+        // (prevVersion null rules out a rewind).
         if (reconcile(write.dataVersion - 1, head) === "rewind") {
           this.log(
             "info",

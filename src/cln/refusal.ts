@@ -44,7 +44,7 @@ export function refusalMessage(err: unknown, ctx: RefusalContext): string {
     const why = ctx.firstWrite
       ? `lightningd lost state: it is at data_version ${v - 1}, but ${backup} already holds version ${h} ` +
         `(was ${NODE_DB_FILE} replaced by an older copy?)`
-      : `lightningd repeated data_version ${v} after version ${h} was acknowledged (is a second lightningd using this database?)`;
+      : `lightningd went back to data_version ${v} after version ${h} was acknowledged (is a second lightningd using this database?)`;
     const dest = path.join(ctx.lightningDir, NODE_DB_FILE);
     const restore = ctx.restoreCommand
       ? `restore the node database from the backup: move ${dest} aside, then ${ctx.restoreCommand(dest)}`

@@ -126,6 +126,7 @@ export function connect(options: ConnectOptions): DaemonClient {
           version: change.version,
           ...(change.timestamp !== undefined && { timestamp: change.timestamp }),
           transaction: statementsToWire(change.transaction ?? []),
+          ...(change.continuation && { continuation: true }),
         }),
       );
       return request("POST", `${base}/changes`, () => json);

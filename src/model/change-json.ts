@@ -14,6 +14,8 @@ export interface WireChange {
   readonly timestamp?: number;
   readonly transaction?: Statement[];
   readonly snapshotPath?: string;
+  /** `"continuation": true`: the change continues the head version (ChangeInput.continuation). */
+  readonly continuation?: true;
 }
 
 /** Options for {@link parseWireChange}. */
@@ -49,12 +51,13 @@ export function parseWireChange(text: string, options: WireOptions = {}): WireCh
  */
 export function changeFromWire(wire: WireChange, openSnapshot?: (file: string) => SnapshotSource): ChangeInput {
   // Only reachable with a WireChange built by hand: wireChange refuses the field without allowSnapshotPath.
-  if (wire.snapshotPath !== undefined && !openSnapshot) throw bad("snapshot_path", "unknown field; expected one of version, timestamp, transaction");
+  if (wire.snapshotPath !== undefined && !openSnapshot) throw bad("snapshot_path", "unknown field; expected one of version, timestamp, transaction, continuation");
   return {
     version: wire.version,
     ...(wire.timestamp !== undefined && { timestamp: wire.timestamp }),
     ...(wire.transaction && { transaction: wire.transaction }),
     ...(wire.snapshotPath !== undefined && { snapshot: openSnapshot!(wire.snapshotPath) }),
+    ...(wire.continuation && { continuation: true }),
   };
 }
 
@@ -62,8 +65,8 @@ export function changeFromWire(wire: WireChange, openSnapshot?: (file: string) =
 export function wireChange(value: unknown, options: WireOptions = {}): WireChange {
   if (!isPlainObject(value)) throw bad("", `expected a JSON object, got ${describe(value)}`);
   const allowed = options.allowSnapshotPath
-    ? ["version", "timestamp", "transaction", "snapshot_path"]
-    : ["version", "timestamp", "transaction"];
+    ? ["version", "timestamp", "transaction", "continuation", "snapshot_path"]
+    : ["version", "timestamp", "transaction", "continuation"];
   for (const key of Object.keys(value)) {
     if (!allowed.includes(key)) throw bad(key, `unknown field; expected one of ${allowed.join(", ")}`);
   }
@@ -84,6 +87,13 @@ export function wireChange(value: unknown, options: WireOptions = {}): WireChang
       throw bad("snapshot_path", `expected a file path, got ${describe(value.snapshot_path)}`);
     }
     change.snapshotPath = value.snapshot_path;
+  }
+  if (value.continuation !== undefined) {
+    if (typeof value.continuation !== "boolean") throw bad("continuation", `expected true or false, got ${describe(value.continuation)}`);
+    if (value.continuation) {
+      if (change.snapshotPath !== undefined) throw bad("continuation", "a continuation carries a transaction only, not a snapshot");
+      change.continuation = true;
+    }
   }
   if (change.transaction === undefined && change.snapshotPath === undefined) {
     throw bad(

@@ -108,18 +108,50 @@ describe("cln-plugin: the db_write hook", () => {
     expect(node.logsAt("broken")).toEqual([]);
   });
 
-  it("within one session, a repeated data_version is refused: lightningd never redoes a write without restarting", async () => {
+  it("within one session, a repeat of the data_version just acknowledged is a continuation of it: acked, stored after it, restored in order", async () => {
+    const { root, dir, backup, node } = await setup();
+    node.startPlugin();
+    await node.handshake();
+    await transactions(node, 3);
+    // lightningd commits version 3, then reports writes without a new data_version.
+    const continued = ["PRAGMA foreign_keys = OFF;", "INSERT INTO payments (id, label) VALUES (900, 'committed without a version bump')"];
+    expect(await node.request("db_write", { data_version: 3, writes: continued })).toEqual({ result: "continue" });
+    node.db.exec(continued[1]!);
+    expect(await node.request("db_write", { data_version: 3, writes: ["PRAGMA foreign_keys = ON;"] })).toEqual({ result: "continue" });
+    await transactions(node, 2);
+    expect(await node.stopPlugin()).toBe(0);
+    expect(node.logsAt("broken")).toEqual([]);
+    expect(await head(backup)).toBe(5);
+    await expectRestoresTo(backup, path.join(dir, "lightningd.sqlite3"));
+    const at3 = path.join(root, "at-3.sqlite3");
+    expect((await runCli(["restore", backup, at3, "--version", "3"])).code).toBe(0);
+    const db = new Database(at3, { readonly: true });
+    expect(db.prepare("SELECT label FROM payments WHERE id = 900").pluck().get()).toBe("committed without a version bump");
+    db.close();
+
+    // After a restart, lightningd one version behind a continued version lost state: refused.
+    node.startPlugin();
+    await node.handshake();
+    expect(await node.request("db_write", { data_version: 5, writes: ["INSERT INTO payments (id) VALUES (901)"] })).toEqual({ result: "continue" });
+    expect(await node.request("db_write", { data_version: 5, writes: ["PRAGMA foreign_keys = OFF;"] })).toEqual({ result: "continue" });
+    await node.killPlugin();
+    node.startPlugin();
+    await node.handshake();
+    expect(await node.request("db_write", { data_version: 5, writes: ["INSERT INTO payments (id) VALUES (902)"] })).toEqual({ result: "abort" });
+    expect(node.logsAt("broken").at(-1)).toMatch(/lightningd lost state: it is at data_version 4, but .* already holds version 5/);
+  });
+
+  it("within one session, a data_version older than the one acknowledged is refused: lightningd never goes back without restarting", async () => {
     const { backup, node } = await setup();
     node.startPlugin();
     await node.handshake();
     await transactions(node, 3);
-    expect(await node.hook(["INSERT INTO payments (id) VALUES (100)"])).toBe("continue");
-    expect(await node.hook(["INSERT INTO payments (id) VALUES (200)"])).toBe("abort");
+    expect(await node.request("db_write", { data_version: 2, writes: ["INSERT INTO payments (id) VALUES (200)"] })).toEqual({ result: "abort" });
     const [line] = node.logsAt("broken");
-    expect(line).toMatch(/refusing db_write for data_version 4: lightningd repeated data_version 4 after version 4 was acknowledged/);
+    expect(line).toMatch(/refusing db_write for data_version 2: lightningd went back to data_version 2 after version 3 was acknowledged/);
     expect(line).toMatch(/must not run on this database again/);
     await node.stopPlugin();
-    expect(await head(backup)).toBe(4);
+    expect(await head(backup)).toBe(3);
   });
 
   it("refuses a node that lost state, logs how to restore it, and the logged restore brings it back", async () => {

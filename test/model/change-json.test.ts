@@ -89,6 +89,17 @@ describe("JSON wire form", () => {
     expect(() => changeFromWire({ version: 4, snapshotPath: "/tmp/x.db" })).toThrow(/change\.snapshot_path: unknown field/);
   });
 
+  it("carries continuation: true through to the change, and refuses a continuation that is not a boolean or carries a snapshot", () => {
+    expect(changeFromWire(parseWireChange('{"version":3,"continuation":true,"transaction":["PRAGMA foreign_keys = ON;"]}'))).toEqual({
+      version: 3,
+      transaction: ["PRAGMA foreign_keys = ON;"],
+      continuation: true,
+    });
+    expect(changeFromWire(parseWireChange('{"version":3,"continuation":false,"transaction":[]}'))).toEqual({ version: 3, transaction: [] });
+    expect(() => parseWireChange('{"version":3,"continuation":"yes","transaction":[]}')).toThrow(/change\.continuation: expected true or false/);
+    expect(() => parseWireChange('{"version":3,"continuation":true,"snapshot_path":"/x"}', { allowSnapshotPath: true })).toThrow(/change\.continuation: a continuation carries a transaction only/);
+  });
+
   it("gives the caller's hint with invalid JSON", () => {
     expect(() => parseWireChange("{", { jsonHint: "send one" })).toThrow(expect.objectContaining({ hint: "send one" }));
   });
