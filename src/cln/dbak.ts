@@ -7,10 +7,18 @@
  * u8 type (1 transaction, 2 snapshot), then the payload: UTF-8 statements joined by NUL bytes,
  * or a whole SQLite file. There are no checksums.
  *
- * The original's rewind only moved the header back, and it opened the file for appending, so
- * the replacement landed *after* the rewound record: a file can hold 5, 5 again, then 6. Only
- * the last record of each version is live. Its header offsets are wrong after such a rewind,
- * so this reader trusts only the head version and walks the records themselves.
+ * A version can have several records, for two reasons the file tells apart:
+ * - Continuations. Real lightningd reports some writes without bumping data_version (PRAGMAs
+ *   around a table rebuild), and the original appended them as further records of the version:
+ *   a fresh node's file holds 1, 1, 2, 2, 3, … Its own restore replays every record in order.
+ * - Rewinds. The original's rewind only moved the header back, and it opened the file for
+ *   appending, so the replacement landed *after* the rewound record (5, 5 again, then 6). A
+ *   record written just before a crash, before the header acknowledged it, is left in the same
+ *   way. Its own restore replays those too, which replays a rolled-back transaction.
+ * The header's next-write offset counts only the records the original still held, so the bytes
+ * of the records after the first one that lie beyond it are exactly the rewound (or never
+ * acknowledged) ones. When there are none, every record is live, as the original's restore has
+ * it; otherwise the repeated records that add up to them are left out (see {@link rewoundRecords}).
  */
 import fs from "node:fs";
 import { CorruptError, TidemarkError } from "../util/errors.js";
@@ -28,10 +36,12 @@ const TYPE_SNAPSHOT = 2;
 const SQLITE_MAGIC = Buffer.from("SQLite format 3\0", "latin1");
 const SNAPSHOT_CHUNK = 1 << 20;
 
-/** The header field tidemark uses; the offsets and previous version are wrong after a rewind. */
+/** The header fields tidemark uses. */
 export interface DbakHeader {
   /** The version of the last acknowledged change. */
   readonly headVersion: number;
+  /** Where the original would write its next record, had it not opened the file for appending: 512 plus the bytes of the records it still held. */
+  readonly nextOffset: number;
 }
 
 /** One record of the file, located but not read. */
@@ -49,9 +59,9 @@ export interface DbakScan {
   readonly file: string;
   readonly bytes: number;
   readonly header: DbakHeader;
-  /** The live records in order: one per version, from the first base up to the head. */
+  /** The live records in order, from the first base up to the head; a version's continuations follow its first record. */
   readonly records: readonly DbakRecord[];
-  /** Records superseded by a later record of the same version (the rewind bug). */
+  /** Records of a repeated version that the original rewound, or wrote and never acknowledged. */
   readonly superseded: readonly DbakRecord[];
   /** Whole records after the head: written, but the header never acknowledged them. */
   readonly beyondHead: readonly DbakRecord[];
@@ -85,7 +95,6 @@ function scanOpen(fd: number, file: string): DbakScan {
   const bytes = fs.fstatSync(fd).size;
   const header = readHeader(fd, file, bytes);
   const chain: DbakRecord[] = [];
-  const superseded: DbakRecord[] = [];
   const recordHeader = Buffer.alloc(DBAK_RECORD_HEADER_BYTES);
   let tornTail: DbakScan["tornTail"] = null;
   const reachedHead = () => (chain.at(-1)?.version ?? 0) >= header.headVersion;
@@ -112,7 +121,8 @@ function scanOpen(fd: number, file: string): DbakScan {
     }
     const record: DbakRecord = { offset, version, kind: type === TYPE_SNAPSHOT ? "snapshot" : "transaction", length };
     checkPayload(fd, file, record);
-    place(file, chain, superseded, record);
+    checkOrder(file, chain, record);
+    chain.push(record);
     offset += DBAK_RECORD_HEADER_BYTES + length;
   }
 
@@ -126,7 +136,76 @@ function scanOpen(fd: number, file: string): DbakScan {
       hint: "the file is incomplete; import the most recent copy of it",
     });
   }
-  return { file, bytes, header, records: chain, superseded, beyondHead, tornTail };
+  const end = last === 0 ? DBAK_HEADER_BYTES : chain.at(-1)!.offset + DBAK_RECORD_HEADER_BYTES + chain.at(-1)!.length;
+  const superseded = rewoundRecords(fd, file, chain, end, header.nextOffset);
+  const records = chain.filter((r) => !superseded.has(r));
+  const repeatedSnapshot = records.find((r, i) => r.kind === "snapshot" && records[i - 1]?.version === r.version);
+  if (repeatedSnapshot) {
+    throw new CorruptError(file, "a snapshot record repeats the version of the record before it, and the header does not count it as rewound", { offset: repeatedSnapshot.offset, version: repeatedSnapshot.version }, { hint: CORRUPT_HINT });
+  }
+  return { file, bytes, header, records, superseded: chain.filter((r) => superseded.has(r)), beyondHead, tornTail };
+}
+
+/** How many repeated records {@link rewoundRecords} searches through for a set that adds up; beyond this, it refuses. */
+const MAX_SEARCHED = 20;
+
+/** lightningd's own data_version bump, the last statement of every transaction it numbers. */
+const DATA_VERSION_BUMP = /^\s*UPDATE\s+vars\s+SET\s+intval\s*=\s*intval\s*\+\s*1\s+WHERE\s+name\s*=\s*'data_version'/i;
+
+/**
+ * The records of `chain` that the original no longer held: the `excess` bytes by which `end`
+ * (where the last record ends) lies beyond the header's `nextOffset`, as whole records among
+ * those of repeated versions. None when `excess` is 0.
+ * A repeated record that carries lightningd's data_version bump again redoes its version, so
+ * the record before it was rolled back: those are tried first. Otherwise the one set of
+ * repeated records whose sizes add up to `excess` and leave every version a record is taken;
+ * no such set, or more than one, is refused as E_CORRUPT.
+ */
+function rewoundRecords(fd: number, file: string, chain: readonly DbakRecord[], end: number, nextOffset: number): Set<DbakRecord> {
+  const excess = end - nextOffset;
+  if (excess === 0) return new Set();
+  const size = (r: DbakRecord) => DBAK_RECORD_HEADER_BYTES + r.length;
+  const refuse = (what: string) =>
+    new CorruptError(file, what, { offset: DBAK_HEADER_BYTES }, {
+      hint: "restore this file with the Python plugin's backup-cli restore, then start a tidemark backup from the restored database with tidemark cln init",
+    });
+  if (excess < 0) {
+    throw new CorruptError(file, `the header's next-write offset is ${-excess} bytes beyond the end of the last record`, { offset: end }, {
+      hint: "the file is incomplete; import the most recent copy of it",
+    });
+  }
+  const repeated = chain.filter((r, i) => chain[i - 1]?.version === r.version || chain[i + 1]?.version === r.version);
+  const redone = chain.filter((r, i) => {
+    const next = chain[i + 1];
+    return next?.version === r.version && next.kind === "transaction" && readStatements(fd, file, next).some((st) => DATA_VERSION_BUMP.test(st));
+  });
+  if (redone.reduce((n, r) => n + size(r), 0) === excess && leavesEveryVersion(chain, new Set(redone))) return new Set(redone);
+  if (repeated.length > MAX_SEARCHED) {
+    throw refuse(`${excess} bytes of records were rewound, among ${repeated.length} records of repeated versions: too many to tell which`);
+  }
+  const found: Set<DbakRecord>[] = [];
+  for (let mask = 1; mask < 1 << repeated.length && found.length < 2; mask++) {
+    const pick = repeated.filter((_, j) => mask & (1 << j));
+    if (pick.reduce((n, r) => n + size(r), 0) !== excess) continue;
+    const set = new Set(pick);
+    if (leavesEveryVersion(chain, set)) found.push(set);
+  }
+  if (found.length !== 1) {
+    const versions = [...new Set(repeated.map((r) => r.version))].join(", ");
+    throw refuse(
+      found.length === 0
+        ? `the header says ${excess} bytes of records were rewound, but no set of the records of repeated versions (${versions || "none"}) adds up to that`
+        : `the header says ${excess} bytes of records were rewound, and more than one set of the records of repeated versions (${versions}) adds up to that`,
+    );
+  }
+  return found[0]!;
+}
+
+/** Whether leaving `out` out of `chain` still leaves a record of every version in it. */
+function leavesEveryVersion(chain: readonly DbakRecord[], out: ReadonlySet<DbakRecord>): boolean {
+  const all = new Set(chain.map((r) => r.version));
+  const kept = new Set(chain.filter((r) => !out.has(r)).map((r) => r.version));
+  return kept.size === all.size;
 }
 
 const CORRUPT_HINT = "the file is damaged; import an intact copy of it (the node's other backups, a replica)";
@@ -137,7 +216,7 @@ function readHeader(fd: number, file: string, bytes: number): DbakHeader {
       hint: "is this the .dbak file of Core Lightning's backup plugin? Its backup.lock names it as backend_url",
     });
   }
-  const head = Buffer.alloc(8);
+  const head = Buffer.alloc(16);
   readAll(fd, head, 0);
   const format = head.readUInt32BE(0);
   if (format !== DBAK_FORMAT_VERSION) {
@@ -145,7 +224,7 @@ function readHeader(fd: number, file: string, bytes: number): DbakHeader {
       hint: "give the .dbak file named in the old backup.lock (backend_url)",
     });
   }
-  return { headVersion: head.readUInt32BE(4) };
+  return { headVersion: head.readUInt32BE(4), nextOffset: Number(head.readBigUInt64BE(8)) };
 }
 
 function truncated(file: string, offset: number, what: string, header: DbakHeader, chain: DbakRecord[], version?: number): CorruptError {
@@ -171,24 +250,23 @@ function checkPayload(fd: number, file: string, record: DbakRecord): void {
   }
 }
 
-/** Adds a record to the chain of live records: a record that repeats a version replaces it. */
-function place(file: string, chain: DbakRecord[], superseded: DbakRecord[], record: DbakRecord): void {
+/** Checks that a record may follow the ones before it: it repeats the last version, follows it by one, or is a snapshot. */
+function checkOrder(file: string, chain: readonly DbakRecord[], record: DbakRecord): void {
   const v = record.version;
   const fail = (what: string) => new CorruptError(file, what, { offset: record.offset, version: v }, { hint: CORRUPT_HINT });
   if (v === 0) throw fail("version 0: versions start at 1");
-  if (chain.at(-1)?.version === v) superseded.push(chain.pop()!);
   const last = chain.at(-1);
+  if (last?.version === v) return;
   if (!last) {
     if (record.kind === "transaction" && v !== 1) {
       throw fail(`the first record is a transaction at version ${v}: a backup starts with a snapshot or with version 1`);
     }
   } else if (v !== last.version + 1 && !(record.kind === "snapshot" && v > last.version)) {
     throw fail(
-      `version ${v} after version ${last.version}: each record repeats the previous version (a rewind), ` +
+      `version ${v} after version ${last.version}: each record repeats the previous version (a continuation or a rewind), ` +
         "follows it by one, or is a snapshot",
     );
   }
-  chain.push(record);
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });

@@ -3,8 +3,9 @@
  *
  * The whole file is checked first (`scanDbak`), so a damaged file is refused before anything
  * is written. Then each live record becomes one change under the version rules: a snapshot
- * record is streamed from the file as a new base, and a transaction record becomes its
- * statements. Rewound records are left out, so a restore never replays them.
+ * record is streamed from the file as a new base, a transaction record becomes its statements,
+ * and a further record of the same version becomes a continuation of it. Rewound records are
+ * left out, so a restore never replays them.
  */
 import fs from "node:fs";
 import type { Backend } from "../backup/backup.js";
@@ -14,16 +15,18 @@ import { applyChange } from "../ops/ingest.js";
 
 /** What an import did. */
 export interface DbakImportResult {
-  /** Changes written: one per live version. */
+  /** Changes written: one per live record. */
   readonly changes: number;
   /** Of those, snapshots. */
   readonly snapshots: number;
+  /** Of those, continuations: further records of a version, replayed after its first. */
+  readonly continuations: number;
   /** Statements written. */
   readonly statements: number;
   /** The first and last versions written; 0 for an empty backup. */
   readonly firstVersion: number;
   readonly headVersion: number;
-  /** Versions whose first record was superseded by a later one (rewound, never replayed). */
+  /** Versions with a record the original rewound or never acknowledged (left out, never replayed). */
   readonly supersededVersions: readonly number[];
   /** Versions written after the head that the original never acknowledged (left out). */
   readonly unacknowledgedVersions: readonly number[];
@@ -39,10 +42,17 @@ export async function importDbak(scan: DbakScan, backend: Backend, onProgress?: 
   const fd = fs.openSync(scan.file, "r");
   let snapshots = 0;
   let statements = 0;
+  let continuations = 0;
   try {
     for (const [i, record] of scan.records.entries()) {
       try {
-        if (record.kind === "snapshot") {
+        if (record.version === scan.records[i - 1]?.version) {
+          // scanDbak refuses a kept snapshot that repeats a version: this is a transaction.
+          const transaction = readStatements(fd, scan.file, record);
+          await applyChange(backend, { version: record.version, transaction, continuation: true });
+          continuations++;
+          statements += transaction.length;
+        } else if (record.kind === "snapshot") {
           await applyChange(backend, { version: record.version, snapshot: readSnapshot(scan.file, record) });
           snapshots++;
         } else {
@@ -61,6 +71,7 @@ export async function importDbak(scan: DbakScan, backend: Backend, onProgress?: 
   return {
     changes: scan.records.length,
     snapshots,
+    continuations,
     statements,
     firstVersion: scan.records[0]?.version ?? 0,
     headVersion: scan.records.at(-1)?.version ?? 0,

@@ -142,10 +142,13 @@ function registerImport(cln: Command): void {
     .summary("convert a backup of the Python backup plugin (.dbak)")
     .description(
       "Convert a .dbak file written by Core Lightning's Python backup plugin into\n" +
-        "a new tidemark backup, with its history. The last record of each version is\n" +
-        "the live one: a record the original rewound (and wrote again after it) is\n" +
-        "left out, and never replayed. Records past the header's head version were\n" +
-        "never acknowledged, and are left out too.\n" +
+        "a new tidemark backup, with its history. A version may have several\n" +
+        "records: continuations (writes lightningd committed without a new\n" +
+        "data_version), which are kept and replayed in order, as the original's\n" +
+        "restore does; and records the original rewound (or wrote and never\n" +
+        "acknowledged), which its header leaves out of its byte count: those are left\n" +
+        "out, and never replayed. Records past the header's head version were never\n" +
+        "acknowledged, and are left out too.\n" +
         "\n" +
         "The whole file is checked before anything is written: a damaged or\n" +
         "truncated file is refused with the byte offset, and no backup is created.\n" +
@@ -196,12 +199,12 @@ function registerImport(cln: Command): void {
 
 function importSummary(file: string, backend: string, result: DbakImportResult, lockFile?: string, node?: NodeComparison): string {
   const lines = [
-    `imported ${result.changes} changes (${result.snapshots} snapshots, ${result.statements} statements), ` +
+    `imported ${result.changes} changes (${result.snapshots} snapshots, ${result.continuations} continuations, ${result.statements} statements), ` +
       `versions ${result.firstVersion}..${result.headVersion}, from ${file} into ${backend}`,
   ];
   if (result.supersededVersions.length > 0) {
     lines.push(
-      `left out ${result.supersededVersions.length} rewound record(s), each superseded by a later record of the same version: ` +
+      `left out ${result.supersededVersions.length} rewound record(s), superseded by a later record of the same version: ` +
         `versions ${result.supersededVersions.join(", ")}`,
     );
   }

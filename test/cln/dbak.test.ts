@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { runCli } from "../helpers/cli.js";
+import { expectSameDb } from "../helpers/sqlite.js";
 import { tmpDir } from "../helpers/tmp.js";
 import { buildDbak, type DbakRecordSpec } from "../fixtures/cln/dbak-writer.js";
 
@@ -69,26 +70,112 @@ describe("cln import: the real pre-4090 backup", () => {
   });
 });
 
-describe("cln import: generated files", () => {
-  it("keeps only the last record of a rewound version: the rewound one is never replayed", async () => {
+const FRESH_NODE = path.join(path.dirname(fileURLToPath(import.meta.url)), "../fixtures/core-lightning/fresh-node-v26.06.6.dbak");
+
+/**
+ * The Python plugin's own restore (`backup-cli restore`, FileBackend.stream_changes), as the
+ * reference: every record from offset 512 in file order, until the first one whose version
+ * reaches the header's, each statement executed on a connection with foreign keys on.
+ */
+function pythonRestore(file: string, dest: string): void {
+  const bytes = fs.readFileSync(file);
+  const head = bytes.readUInt32BE(4);
+  const db = new Database(dest);
+  db.pragma("foreign_keys = 1");
+  try {
+    let version = -1;
+    for (let at = 512; version < head; ) {
+      const length = bytes.readUInt32BE(at);
+      version = bytes.readUInt32BE(at + 4);
+      expect(bytes[at + 8]).toBe(1); // the fixture holds transactions only
+      for (const st of bytes.subarray(at + 9, at + 9 + length).toString("utf8").split("\0")) db.exec(st);
+      at += 9 + length;
+    }
+  } finally {
+    db.close();
+  }
+}
+
+describe("cln import: the .dbak of a brand-new node under the real lightningd v26.06.6", () => {
+  it("keeps the repeated versions as continuations and restores what the Python plugin's restore restores, row for row", async () => {
     const dir = tmpDir();
-    // The original's rewind bug: 5, then its replacement 5 written after it, then 6.
+    const backup = path.join(dir, "tidemark");
+    const imported = await runCli(["cln", "import", FRESH_NODE, backup, "--json"]);
+    expect(imported.code, imported.stderr).toBe(0);
+    expect(JSON.parse(imported.stdout)).toMatchObject({ changes: 33, continuations: 2, firstVersion: 1, headVersion: 31, supersededVersions: [] });
+
+    const restored = path.join(dir, "restored.sqlite3");
+    const r = await runCli(["restore", backup, restored, "--rules", "core-lightning"]);
+    expect(r.code, r.stderr).toBe(0);
+    const reference = path.join(dir, "python-restore.sqlite3");
+    pythonRestore(FRESH_NODE, reference);
+    expectSameDb(restored, reference);
+    expect(query(restored, "SELECT count(*) AS n FROM sqlite_master")).toEqual([{ n: 71 }]);
+    expect(query(restored, "SELECT intval FROM vars WHERE name = 'data_version'")).toEqual([{ intval: 31 }]);
+  });
+});
+
+describe("cln import: generated files", () => {
+  it("leaves out a rewound record: the original's replacement came after it, and its header does not count it", async () => {
+    const dir = tmpDir();
+    // The original's rewind bug: 5, then its replacement 5 written after it, then 6. The two
+    // records of 5 are the same size, and neither bumps lightningd's data_version: the header's
+    // byte count alone says which one is gone.
     const records = [
       ...history(4),
-      { version: 5, transaction: ["INSERT INTO t VALUES (5, 'rolled back')"] },
-      { version: 5, transaction: ["INSERT INTO t VALUES (5, 'replacement')"] },
+      { version: 5, transaction: ["INSERT INTO t VALUES (5, 'rolled back')"], dropped: true },
+      { version: 5, transaction: ["INSERT INTO t VALUES (5, 'replacement!')"] },
       { version: 6, transaction: ["INSERT INTO t VALUES (6, 'v6')"] },
     ];
     const { stdout, restored } = await importAndRestore(write(dir, buildDbak(records).bytes), dir);
-    expect(stdout).toMatch(/imported 6 changes .*versions 1\.\.6/);
+    expect(stdout).toMatch(/imported 6 changes \(0 snapshots, 0 continuations, .*versions 1\.\.6/);
     expect(stdout).toMatch(/left out 1 rewound record\(s\).*versions 5/);
     expect(query(restored, "SELECT v, tag FROM t ORDER BY v")).toEqual([
       { v: 2, tag: "v2" },
       { v: 3, tag: "v3" },
       { v: 4, tag: "v4" },
-      { v: 5, tag: "replacement" },
+      { v: 5, tag: "replacement!" },
       { v: 6, tag: "v6" },
     ]);
+  });
+
+  it("keeps continuations and leaves out a rewind in the same file: a redo carries lightningd's data_version bump again", async () => {
+    const dir = tmpDir();
+    const bump = (v: number) => `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ${v - 1}`;
+    const records: DbakRecordSpec[] = [
+      { version: 1, transaction: ["CREATE TABLE vars (name TEXT PRIMARY KEY, intval INTEGER)", "INSERT INTO vars VALUES ('data_version', 0)", "CREATE TABLE t (v INTEGER, tag TEXT)", bump(1)] },
+      { version: 1, transaction: ["PRAGMA foreign_keys = OFF;"] },
+      { version: 2, transaction: ["INSERT INTO t VALUES (2, 'rebuilt')", bump(2)] },
+      { version: 2, transaction: ["PRAGMA foreign_keys = ON;"] },
+      { version: 3, transaction: ["INSERT INTO t VALUES (3, 'rolled back')", bump(3)], dropped: true },
+      // The same size as the rolled-back record: only its data_version bump tells them apart.
+      { version: 3, transaction: ["INSERT INTO t VALUES (3, 'redone back')", bump(3)] },
+      { version: 3, transaction: ["INSERT INTO t VALUES (3, 'continued')"] },
+      { version: 4, transaction: ["INSERT INTO t VALUES (4, 'v4')", bump(4)] },
+    ];
+    const { stdout, restored } = await importAndRestore(write(dir, buildDbak(records).bytes), dir);
+    expect(stdout).toMatch(/imported 7 changes \(0 snapshots, 3 continuations, /);
+    expect(stdout).toMatch(/left out 1 rewound record\(s\).*versions 3/);
+    expect(query(restored, "SELECT v, tag FROM t ORDER BY rowid")).toEqual([
+      { v: 2, tag: "rebuilt" },
+      { v: 3, tag: "redone back" },
+      { v: 3, tag: "continued" },
+      { v: 4, tag: "v4" },
+    ]);
+    expect(query(restored, "SELECT intval FROM vars")).toEqual([{ intval: 4 }]);
+  });
+
+  it("refuses a file whose header counts bytes that no set of repeated records adds up to, and creates nothing", async () => {
+    const dir = tmpDir();
+    const { bytes } = buildDbak([...history(3), { version: 3, transaction: ["INSERT INTO t VALUES (3, 'again')"] }, { version: 4, transaction: ["SELECT 1"] }]);
+    bytes.writeBigUInt64BE(bytes.readBigUInt64BE(8) - 5n, 8); // 5 bytes: no record is that small
+    const file = write(dir, bytes);
+    const backup = path.join(dir, "tidemark");
+    const r = await runCli(["cln", "import", file, backup]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/the header says 5 bytes of records were rewound, but no set of the records of repeated versions \(3\) adds up to that/);
+    expect(r.stderr).toMatch(/Try: restore this file with the Python plugin's backup-cli restore/);
+    expect(fs.existsSync(backup)).toBe(false);
   });
 
   it("imports a snapshot record as a new base, streamed, then the transactions after it", async () => {
@@ -108,7 +195,7 @@ describe("cln import: generated files", () => {
       { version: 12, transaction: ["DELETE FROM big WHERE rowid > 40"] },
     ];
     const { stdout, restored } = await importAndRestore(write(dir, buildDbak(records).bytes), dir);
-    expect(stdout).toMatch(/imported 3 changes \(1 snapshots, 3 statements\), versions 10\.\.12/);
+    expect(stdout).toMatch(/imported 3 changes \(1 snapshots, 0 continuations, 3 statements\), versions 10\.\.12/);
     const expected = new Database(source);
     expected.exec("INSERT INTO t VALUES (11, 'a'); INSERT INTO t VALUES (11, 'b'); DELETE FROM big WHERE rowid > 40");
     expected.close();
