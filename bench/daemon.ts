@@ -18,12 +18,16 @@ import { ms, percentile, timed, type Row } from "./table.js";
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../src/cli.js");
 
-interface Daemon {
+/** A daemon started for a benchmark. */
+export interface Daemon {
   socket: string;
+  /** The daemon process, for its CPU time. */
+  pid: number;
   stop(): Promise<void>;
 }
 
-async function startDaemon(dir: string, config: object): Promise<Daemon> {
+/** Starts `tidemark daemon` with `config` in `dir` and waits for its socket. */
+export async function startDaemon(dir: string, config: object): Promise<Daemon> {
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, "tidemark.json");
   fs.writeFileSync(file, JSON.stringify({ log: { level: "warn" }, ...config }));
@@ -33,6 +37,7 @@ async function startDaemon(dir: string, config: object): Promise<Daemon> {
   await new Promise((r) => setTimeout(r, 100));
   return {
     socket,
+    pid: child.pid!,
     stop: () =>
       new Promise<void>((resolve) => {
         child.once("exit", () => resolve());

@@ -11,10 +11,13 @@
  *   s3               see bench/s3.ts: S3 ack latency, restore from S3, replica lag
  *   protection       see bench/protection.ts: ack latency, restore throughput and bytes stored
  *                    with gzip, brotli, AES-256-GCM and brotli + AES-256-GCM, each vs none
+ *   cln              see bench/cln.ts: the Core Lightning plugin's cost per db_write beyond one
+ *                    fdatasync, direct and through the daemon, with CPU time
  *
  * Environment: BENCH_DIR (default: a temp dir), BENCH_CHANGES (default 100000),
  * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 5000),
- * BENCH_PROTECTION_CHANGES (default 50000), BENCH_ONLY (core,daemon,s3,protection; default all).
+ * BENCH_PROTECTION_CHANGES (default 50000), BENCH_CLN_WRITES (default 2000),
+ * BENCH_ONLY (core,daemon,s3,protection,cln; default all).
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -29,6 +32,7 @@ import { compact } from "../src/ops/compaction.js";
 import { applyChange } from "../src/ops/ingest.js";
 import { restore } from "../src/ops/restore.js";
 import { writeAll } from "../src/util/durable-fs.js";
+import { benchCln } from "./cln.js";
 import { benchDaemon } from "./daemon.js";
 import { benchProtection } from "./protection.js";
 import { benchS3 } from "./s3.js";
@@ -202,7 +206,7 @@ async function benchRestoreRss(): Promise<void> {
 
 try {
   process.stderr.write(`bench: ${os.cpus().length} cores, node ${process.version}, dir ${ROOT}\n`);
-  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection").split(","));
+  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln").split(","));
   if (only.has("core")) {
     await benchAckLatency();
     await benchRestoreAndCompaction();
@@ -213,6 +217,7 @@ try {
   if (only.has("protection")) {
     await benchProtection(path.join(ROOT, "protection"), rows, Number(process.env.BENCH_PROTECTION_CHANGES ?? 50_000));
   }
+  if (only.has("cln")) await benchCln(path.join(ROOT, "cln"), rows, Number(process.env.BENCH_CLN_WRITES ?? 2000));
   printTable(rows);
 } finally {
   fs.rmSync(ROOT, { recursive: true, force: true });
