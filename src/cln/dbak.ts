@@ -23,6 +23,7 @@
 import fs from "node:fs";
 import { CorruptError, TidemarkError } from "../util/errors.js";
 import { readAll } from "../util/durable-fs.js";
+import { bumpsDataVersion } from "./node-db.js";
 
 /** Size of the file header. */
 const DBAK_HEADER_BYTES = 512;
@@ -149,8 +150,6 @@ function scanOpen(fd: number, file: string): DbakScan {
 /** How many repeated records {@link rewoundRecords} searches through for a set that adds up; beyond this, it refuses. */
 const MAX_SEARCHED = 20;
 
-/** lightningd's own data_version bump, the last statement of every transaction it numbers. */
-const DATA_VERSION_BUMP = /^\s*UPDATE\s+vars\s+SET\s+intval\s*=\s*intval\s*\+\s*1\s+WHERE\s+name\s*=\s*'data_version'/i;
 
 /**
  * The records of `chain` that the original no longer held: the `excess` bytes by which `end`
@@ -177,7 +176,7 @@ function rewoundRecords(fd: number, file: string, chain: readonly DbakRecord[], 
   const repeated = chain.filter((r, i) => chain[i - 1]?.version === r.version || chain[i + 1]?.version === r.version);
   const redone = chain.filter((r, i) => {
     const next = chain[i + 1];
-    return next?.version === r.version && next.kind === "transaction" && readStatements(fd, file, next).some((st) => DATA_VERSION_BUMP.test(st));
+    return next?.version === r.version && next.kind === "transaction" && bumpsDataVersion(readStatements(fd, file, next));
   });
   if (redone.reduce((n, r) => n + size(r), 0) === excess && leavesEveryVersion(chain, new Set(redone))) return new Set(redone);
   if (repeated.length > MAX_SEARCHED) {

@@ -10,6 +10,19 @@ import { openReadonly, snapshotSqlite, type SqliteSnapshot } from "../ops/sqlite
 /** The node database's file name in the lightning directory. */
 export const NODE_DB_FILE = "lightningd.sqlite3";
 
+/** lightningd's data_version bump (`db_data_version_incr`), a statement of every transaction it numbers. */
+const DATA_VERSION_BUMP = /^\s*UPDATE\s+vars\s+SET\s+intval\s*=\s*intval\s*\+\s*1\s+WHERE\s+name\s*=\s*'data_version'/i;
+
+/**
+ * Whether a db_write's statements bump lightningd's data_version. Every transaction lightningd
+ * numbers does; the writes it reports without a new version (the PRAGMAs around a table
+ * rebuild) do not. So a write that repeats a version and bumps it is a redo of that version,
+ * and one that does not is a continuation of it.
+ */
+export function bumpsDataVersion(statements: readonly string[]): boolean {
+  return statements.some((st) => DATA_VERSION_BUMP.test(st));
+}
+
 /** A consistent copy of the node database, in a temp directory the caller removes with `dispose`. */
 export interface NodeSnapshot extends SqliteSnapshot {
   /** `data_version` as of the copy. */

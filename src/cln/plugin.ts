@@ -7,7 +7,8 @@
  * version it just committed. Within one run, a write whose data_version equals the version just
  * acknowledged is therefore a continuation of that version, stored as a further record of it;
  * only the first write after a start can be a redo (lightningd stopped between our ack and its
- * commit), as in the Python plugin.
+ * commit), as in the Python plugin, and only when it bumps data_version as every numbered
+ * transaction does.
  *
  * lightningd calls `db_write` with each transaction before it commits it. The plugin answers
  * `{"result": "continue"}` only once the change is durable; any other answer makes lightningd
@@ -27,6 +28,7 @@ import type { BackendHead } from "../backup/backup.js";
 import { openDestination, type ClnDestination } from "./destination.js";
 import { JsonStreamSplitter } from "./json-stream.js";
 import { readBackupLock } from "./lock.js";
+import { bumpsDataVersion } from "./node-db.js";
 import { refusalMessage } from "./refusal.js";
 import type { CompactionStats } from "../ops/compaction.js";
 import { InputError, TidemarkError } from "../util/errors.js";
@@ -209,13 +211,16 @@ export class ClnPlugin {
           });
         }
         const destination = await this.#open();
-        if (!firstWrite && write.dataVersion === this.#head) {
-          // lightningd committed the version just acknowledged, then reported more writes
-          // without a new data_version (PRAGMAs around a table rebuild): a continuation of it.
+        const head: BackendHead = firstWrite ? await destination.head() : { version: this.#head!, prevVersion: null };
+        // A repeat of the version just acknowledged: lightningd committed it, then reported
+        // more writes without a new data_version (PRAGMAs around a table rebuild). At a start,
+        // a repeat of the backup's head is that too when it does not bump data_version (a
+        // migration's table rebuild can be the first write); otherwise it is a redo, below.
+        if (write.dataVersion === head.version && (!firstWrite || !bumpsDataVersion(write.writes))) {
           await destination.addChange({ version: write.dataVersion, transaction: write.writes, continuation: true });
+          this.#head = write.dataVersion;
           return CONTINUE;
         }
-        const head: BackendHead = firstWrite ? await destination.head() : { version: this.#head!, prevVersion: null };
         // lightningd has committed data_version - 1. At start-up, a backup one ahead means it
         // stopped between our ack and its commit, and applyChange rewinds that change (its last
         // record); within a session, only the next version or a continuation is acceptable

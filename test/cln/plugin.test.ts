@@ -129,16 +129,26 @@ describe("cln-plugin: the db_write hook", () => {
     expect(db.prepare("SELECT label FROM payments WHERE id = 900").pluck().get()).toBe("committed without a version bump");
     db.close();
 
+    // After a restart, a first write that repeats the head without bumping data_version is a
+    // continuation too (a migration's table rebuild at start-up), not a redo: version 5 stays.
+    node.startPlugin();
+    await node.handshake();
+    expect(await node.request("db_write", { data_version: 5, writes: ["PRAGMA foreign_keys = OFF;"] })).toEqual({ result: "continue" });
+    await transactions(node, 1);
+    expect(await node.stopPlugin()).toBe(0);
+    expect(node.logs.filter((l) => /replacing the backup's copy/.test(l.message))).toEqual([]);
+    await expectRestoresTo(backup, path.join(dir, "lightningd.sqlite3"));
+
     // After a restart, lightningd one version behind a continued version lost state: refused.
     node.startPlugin();
     await node.handshake();
-    expect(await node.request("db_write", { data_version: 5, writes: ["INSERT INTO payments (id) VALUES (901)"] })).toEqual({ result: "continue" });
-    expect(await node.request("db_write", { data_version: 5, writes: ["PRAGMA foreign_keys = OFF;"] })).toEqual({ result: "continue" });
+    expect(await node.request("db_write", { data_version: 6, writes: ["PRAGMA foreign_keys = ON;"] })).toEqual({ result: "continue" });
     await node.killPlugin();
     node.startPlugin();
     await node.handshake();
-    expect(await node.request("db_write", { data_version: 5, writes: ["INSERT INTO payments (id) VALUES (902)"] })).toEqual({ result: "abort" });
-    expect(node.logsAt("broken").at(-1)).toMatch(/lightningd lost state: it is at data_version 4, but .* already holds version 5/);
+    const redo = ["INSERT INTO payments (id) VALUES (902)", "UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = 5"];
+    expect(await node.request("db_write", { data_version: 6, writes: redo })).toEqual({ result: "abort" });
+    expect(node.logsAt("broken").at(-1)).toMatch(/lightningd lost state: it is at data_version 5, but .* already holds version 6/);
   });
 
   it("within one session, a data_version older than the one acknowledged is refused: lightningd never goes back without restarting", async () => {
