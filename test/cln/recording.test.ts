@@ -10,6 +10,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { runCli } from "../helpers/cli.js";
+import { startDaemon } from "../helpers/daemon.js";
 import { expectSameDb } from "../helpers/sqlite.js";
 import { tmpDir } from "../helpers/tmp.js";
 import { FakeLightningd } from "../fixtures/cln/fake-lightningd.js";
@@ -90,5 +91,27 @@ describe("cln-plugin: the traffic of a real lightningd", () => {
     const first = path.join(root, "restored-1.sqlite3");
     const r1 = await runCli(["restore", backup, first, "--version", "1"]);
     expect(r1.code, r1.stderr).toBe(0);
+  }, 240_000);
+
+  it("acks the same traffic through a running daemon, and the daemon's backup restores the final database row for row", async () => {
+    const root = tmpDir();
+    const dir = path.join(root, "regtest");
+    fs.mkdirSync(dir);
+    const backendPath = path.join(root, "data", "cln");
+    const daemon = await startDaemon(root, { socket: "tidemark.sock", databases: [{ name: "cln", backend: backendPath, rules: "core-lightning" }] });
+    onTestFinished(async () => void (await daemon.stop()));
+    const init = await runCli(["cln", "init", backendPath, "--lightning-dir", dir, "--daemon-socket", daemon.socket, "--daemon-db", "cln"]);
+    expect(init.code, init.stderr).toBe(0);
+
+    const { answers, node } = await replay(dir, recording());
+    expect(node.logsAt("broken")).toEqual([]);
+    expect(answers.filter((a) => a !== "continue")).toEqual([]);
+    expect(answers).toHaveLength(710);
+    await daemon.stop();
+
+    const restored = path.join(root, "restored.sqlite3");
+    const r = await runCli(["restore", backendPath, restored, "--rules", "core-lightning"]);
+    expect(r.code, r.stderr).toBe(0);
+    expectSameDb(restored, FINAL_DB);
   }, 240_000);
 });
