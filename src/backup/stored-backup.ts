@@ -195,6 +195,7 @@ export class StoredBackup implements Backend {
       });
     }
     const damage = this.#live.damage ?? this.#baseDamage ?? undefined;
+    const writer = await this.#storage.writer?.();
     return {
       version: s.head,
       prevVersion: s.prevVersion,
@@ -208,6 +209,7 @@ export class StoredBackup implements Backend {
       ...(this.#live.torn && { tornTail: this.#live.torn }),
       ...(damage && { damage }),
       settings: shownSettings(this.#identity),
+      ...(writer && { writer }),
     };
   }
 
