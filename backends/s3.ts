@@ -61,8 +61,9 @@ const LEASE = "lease.json";
 /** Parts of a snapshot upload, and how many upload at once (memory: PART_SIZE x QUEUE). */
 const PART_SIZE = 8 << 20;
 const UPLOAD_QUEUE = 2;
-/** Log objects fetched ahead while reading. */
+/** Log objects fetched ahead while reading, and the most bytes they may hold (memory). */
 const PREFETCH = 16;
+const PREFETCH_BYTES = 32 << 20;
 /** DeleteObjects takes at most this many keys. */
 const DELETE_BATCH = 1000;
 /** Request retries: from 100 ms, doubling to 5 s, full jitter. */
@@ -378,16 +379,19 @@ export class S3Storage implements Storage {
     const segments = this.#logs.get(id);
     if (!segments) throw vanished(DRIVER_NAME, "list", `${this.location}/log/${padded(id)}`, { code: "ENOENT" });
     const wanted = segments.filter((s) => s.start + s.size > from && s.start < to);
-    // Fetched in order, PREFETCH requests ahead.
+    // Fetched in order and in parallel, up to PREFETCH requests and PREFETCH_BYTES ahead.
     const inFlight: Promise<Buffer | undefined>[] = [];
     let next = 0;
+    let ahead = 0;
     for (const s of wanted) {
-      while (inFlight.length < PREFETCH && next < wanted.length) {
+      while (next < wanted.length && (inFlight.length === 0 || (inFlight.length < PREFETCH && ahead + wanted[next]!.size <= PREFETCH_BYTES))) {
+        ahead += wanted[next]!.size;
         const p = this.#get(wanted[next++]!.key, true);
         p.catch(() => {}); // awaited in turn below
         inFlight.push(p);
       }
       const bytes = await inFlight.shift()!;
+      ahead -= s.size;
       if (!bytes) throw vanished(DRIVER_NAME, "get", `${this.location}/${s.key}`, { code: "ENOENT" });
       const lo = Math.max(from, s.start) - s.start;
       const hi = Math.min(to, s.start + bytes.length) - s.start;

@@ -133,6 +133,13 @@ export interface Backend {
   addChange(change: ChangeToStore): Promise<void>;
 
   /**
+   * Stores several changes after the head in one write (one object on S3): each without a
+   * snapshot and one version after the one before, the first after the head. All are durable
+   * when it resolves; on failure none is. How a replica catches up in few requests.
+   */
+  addChanges(changes: readonly ChangeToStore[]): Promise<void>;
+
+  /**
    * Drops the last change, durably, so that it never reappears in a restore. Throws
    * E_REWIND when `head().prevVersion` is null.
    */

@@ -261,6 +261,20 @@ export class StoredBackup implements Backend {
     });
   }
 
+  addChanges(changes: readonly ChangeToStore[]): Promise<void> {
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      const records = changes.map((c, i) => {
+        if (c.snapshot || c.version !== this.#live.state.head + 1 + i) throw new Error(`${this.kind} backend: addChanges takes consecutive changes after the head, without snapshots`);
+        return encodeChangeRecord({ version: c.version, timestamp: c.timestamp, transaction: c.transaction }, this.#codec);
+      });
+      if (records.length === 0) return;
+      const g = this.#live;
+      await this.#storage.append(g.id, Buffer.concat(records));
+      records.forEach((rec, i) => this.#applied(g, rec, changes[i]!.version, changes[i]!.timestamp, undefined, RecordType.Change));
+    });
+  }
+
   #addChangeSync(change: ChangeToStore): void {
     this.#checkWritable();
     this.#checkNoAsyncWrite();
