@@ -15,8 +15,13 @@
  *
  * Keys are zero-padded, so listing order is log order. The bucket is listed once, at open;
  * after that the logs are tracked in memory.
+ *
+ * Fencing: a writer probes at open what the server does with conditional PUTs
+ * (`s3-conditions.ts`). Where `If-None-Match: *` is honoured, every log object is written with
+ * it, so a writer that lost its lease can never overwrite another's acknowledged change, and
+ * the documents are written with `If-Match` on the ETag this writer last saw. Before each
+ * write and before each ack the lease must still be valid (`s3-lease.ts`).
  */
-import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import {
   DeleteObjectCommand,
@@ -43,19 +48,22 @@ import {
   type StorageOptions,
   type WriterLock,
 } from "../src/backend-kit.js";
-import { Lease, type LeaseRecord, type LeaseStore } from "./s3-lease.js";
-import { describeFailure, isNotFound, isPreconditionFailed, isTransient, parseS3Url, type S3Failure, type S3Location } from "./s3-requests.js";
+import { conditionalLeaseStore, describeConditions, fences, probeConditions, type Conditions, type PutCondition } from "./s3-conditions.js";
+import { Lease, describe, parseLeaseRecord, type LeaseRecord } from "./s3-lease.js";
+import { credentialProvider, describeFailure, isNotFound, isPreconditionFailed, isTransient, parseS3Url, type S3Failure, type S3Location } from "./s3-requests.js";
 
 export { parseS3Url } from "./s3-requests.js";
 
 const DRIVER_NAME = "s3";
 const LOG_KEY_RE = /^log\/(\d{10})\/(\d{10})\.tml$/;
 const SNAPSHOT_PREFIX = "snapshots/";
+const LEASE = "lease.json";
 /** Parts of a snapshot upload, and how many upload at once (memory: PART_SIZE x QUEUE). */
 const PART_SIZE = 8 << 20;
 const UPLOAD_QUEUE = 2;
-/** Log objects fetched ahead while reading. */
+/** Log objects fetched ahead while reading, and the most bytes they may hold (memory). */
 const PREFETCH = 16;
+const PREFETCH_BYTES = 32 << 20;
 /** DeleteObjects takes at most this many keys. */
 const DELETE_BATCH = 1000;
 /** Request retries: from 100 ms, doubling to 5 s, full jitter. */
@@ -84,17 +92,24 @@ export class S3Storage implements Storage {
   readonly #loc: S3Location;
   readonly #log: Logger;
   readonly #onRetry: StorageOptions["onRetry"];
+  readonly #writable: boolean;
   #client: S3Client | null = null;
   /** Each generation's log objects, from the listing at open and the writes since. */
   readonly #logs = new Map<number, Segment[]>();
   /** Blobs from the listing at open, until listBlobs takes them. */
   #blobs: BlobListing[] | null = null;
+  /** The writer's lease and what the server does with conditions, once `lock` took it. */
+  #lease: Lease | null = null;
+  #conditions: Conditions | null = null;
+  /** The documents' ETags as last read or written (null: absent), for conditional replaces. */
+  readonly #docEtags = new Map<DocumentName, string | null>();
 
   constructor(loc: S3Location, options: StorageOptions) {
     this.#loc = loc;
     this.location = `s3://${loc.bucket}/${loc.prefix}`;
     this.#log = options.log;
     this.#onRetry = options.onRetry;
+    this.#writable = options.writable;
   }
 
   // ------------------------------------------------------------ requests
@@ -106,6 +121,7 @@ export class S3Storage implements Storage {
       region: loc.region,
       ...(loc.endpoint && { endpoint: loc.endpoint }),
       forcePathStyle: loc.forcePathStyle,
+      credentials: credentialProvider(),
       // Retries are ours (below), with backoff, jitter and metrics.
       maxAttempts: 1,
       // Several S3-compatible servers store streamed bodies with aws-chunked framing when the
@@ -138,7 +154,7 @@ export class S3Storage implements Storage {
           await new Promise((r) => setTimeout(r, backoffDelay(attempt, RETRY)));
           continue;
         }
-        throw describeFailure(op, where, e, this.#loc, attempt);
+        throw describeFailure(op, where, e, this.#loc, attempt, this.#writable);
       }
     }
   }
@@ -149,8 +165,12 @@ export class S3Storage implements Storage {
   }
 
   async #get(rel: string, notFound: boolean): Promise<Buffer | undefined> {
+    return (await this.#getTagged(rel, notFound))?.bytes;
+  }
+
+  async #getTagged(rel: string, notFound: boolean): Promise<{ bytes: Buffer; etag: string } | undefined> {
     // https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html
-    const res = await this.#send<{ Body?: { transformToByteArray(): Promise<Uint8Array> } }>(
+    const res = await this.#send<{ Body?: { transformToByteArray(): Promise<Uint8Array> }; ETag?: string }>(
       "get",
       rel,
       () => new GetObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key(rel) }),
@@ -158,7 +178,58 @@ export class S3Storage implements Storage {
     );
     if (!res?.Body) return undefined;
     const bytes = await res.Body.transformToByteArray();
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    return { bytes: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), etag: res.ETag ?? "" };
+  }
+
+  /** A conditional PUT: the new ETag, or null when the server refused the condition (412). */
+  #putIf: (rel: string, body: string | Buffer, condition: PutCondition) => Promise<string | null> = async (rel, body, condition) => {
+    try {
+      const res = await this.#put(rel, body, condition);
+      return (res as { ETag?: string } | undefined)?.ETag ?? "";
+    } catch (err) {
+      if ((err as TidemarkError).cause && isPreconditionFailed((err as TidemarkError).cause as S3Failure)) return null;
+      throw err;
+    }
+  };
+
+  #deleteKey = async (rel: string): Promise<void> => {
+    // https://docs.aws.amazon.com/AmazonS3/latest/API/API_DeleteObject.html
+    await this.#send("delete", rel, () => new DeleteObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key(rel) }));
+  };
+
+  /** Resolves while this writer's lease is certainly its own; throws E_LOCKED otherwise. */
+  async #fence(): Promise<void> {
+    await this.#lease?.ensureValid();
+  }
+
+  /**
+   * The check before an ack, after the write landed: a lease that ran out meanwhile makes the
+   * write unacknowledged, and this writer stops (what it wrote is an unacknowledged change, as
+   * after a crash between the write and the ack, which the version rules rewind).
+   */
+  async #fenceAck(): Promise<void> {
+    try {
+      await this.#fence();
+    } catch (err) {
+      this.#lease?.abandon(err as TidemarkError);
+      throw err;
+    }
+  }
+
+  /**
+   * PUTs a key that must not exist: with `If-None-Match: *` where the server honours it. A 412
+   * is this writer's own earlier attempt (the same bytes are there) or another writer's object:
+   * then this writer has lost the backup.
+   */
+  async #putNew(rel: string, bytes: Buffer): Promise<void> {
+    if (!this.#conditions || !fences(this.#conditions)) {
+      await this.#put(rel, bytes);
+      return;
+    }
+    if ((await this.#putIf(rel, bytes, { IfNoneMatch: "*" })) !== null) return;
+    const there = await this.#get(rel, true);
+    if (there?.equals(bytes)) return;
+    throw this.#lease ? this.#lease.fenced(rel) : new TidemarkError("E_LOCKED", `${this.location}: another writer wrote ${rel}`);
   }
 
   /** Lists keys that start with `under` (relative to the prefix), sorted, up to `max`. */
@@ -220,29 +291,75 @@ export class S3Storage implements Storage {
     }
   }
 
-  readDocument(name: DocumentName): Promise<Buffer | undefined> {
-    return this.#get(name, true);
+  async readDocument(name: DocumentName): Promise<Buffer | undefined> {
+    const got = await this.#getTagged(name, true);
+    this.#docEtags.set(name, got?.etag ?? null);
+    return got?.bytes;
   }
 
   async writeDocument(name: DocumentName, bytes: Buffer): Promise<void> {
-    await this.#put(name, bytes, { ContentType: "application/json" });
+    await this.#fence();
+    const c = this.#conditions;
+    const seen = this.#docEtags.get(name);
+    // Replaced only if it is still what this writer last saw: a writer that lost the backup
+    // cannot overwrite the next one's manifest. Where the server cannot say, a plain PUT.
+    const condition: PutCondition | null =
+      !c || seen === undefined ? null : seen === null ? (c.ifNoneMatch ? { IfNoneMatch: "*" } : null) : c.ifMatch === "quoted" || c.ifMatch === "unquoted" ? { IfMatch: etagFor(seen, c) } : null;
+    if (!condition) {
+      const res = (await this.#put(name, bytes, { ContentType: "application/json" })) as { ETag?: string } | undefined;
+      this.#docEtags.set(name, res?.ETag ?? null);
+    } else {
+      let etag = await this.#putIf(name, bytes, condition);
+      if (etag === null) {
+        const there = await this.#getTagged(name, true);
+        if (!there?.bytes.equals(bytes)) throw this.#lease ? this.#lease.fenced(name) : new TidemarkError("E_LOCKED", `${this.location}: another writer wrote ${name}`);
+        etag = there.etag;
+      }
+      this.#docEtags.set(name, etag);
+    }
+    await this.#fenceAck();
   }
 
   async lock(): Promise<WriterLock> {
-    const lease = new Lease(await this.#leaseStore(), this.location, this.#log);
+    const conditions = (this.#conditions = await probeConditions(this.#putIf, this.#deleteKey));
+    const fencing = describeConditions(conditions);
+    if (!fences(conditions)) this.#log.warn({ fencing }, "this S3-compatible server ignores conditional writes: one writer at a time is the operator's promise (see docs/format.md)");
+    const store = conditionalLeaseStore(conditions, this.#putIf, () => this.#readLease(), () => this.#deleteKey(LEASE));
+    const lease = new Lease(store, this.location, this.#log, { ...(this.#loc.leaseMs && { ttlMs: this.#loc.leaseMs }) }, fencing);
     await lease.acquire();
+    this.#lease = lease;
     return {
       check() {
         if (lease.lost) throw lease.lost;
       },
-      release: () => lease.release().catch((err: unknown) => this.#log.warn({ err }, "could not release the writer lease; it expires by itself")),
+      release: async () => {
+        this.#lease = null;
+        await lease.release().catch((err: unknown) => this.#log.warn({ err }, "could not release the writer lease; it expires by itself"));
+      },
     };
+  }
+
+  /** Who holds the writer lease, and how the server fences writers, as the holder found it. */
+  async writer(): Promise<{ holder?: string; expiresAt?: number; fencing?: string }> {
+    const lease = await this.#readLease();
+    if (!lease?.record) return { fencing: this.#conditions ? describeConditions(this.#conditions) : "not known while no writer runs (each writer probes the server at open)" };
+    const r = lease.record;
+    return { holder: describe(r), expiresAt: r.expiresAt, ...(r.fencing && { fencing: r.fencing }) };
+  }
+
+  async #readLease(): Promise<{ record: LeaseRecord | null; etag: string } | null> {
+    const got = await this.#getTagged(LEASE, true);
+    if (!got) return null;
+    return { record: parseLeaseRecord(got.bytes), etag: got.etag };
   }
 
   async listGenerations(): Promise<GenerationListing[]> {
     const objects = await this.#list("", Infinity);
     this.#logs.clear();
     this.#blobs = [];
+    // Probe objects a writer killed mid-probe left behind: tidied by the writer.
+    const probes = objects.filter((o) => o.key.startsWith(".probe-")).map((o) => o.key);
+    if (this.#lease && probes.length > 0) await this.#deleteKeys(probes);
     for (const o of objects) {
       if (o.key.startsWith(SNAPSHOT_PREFIX)) this.#blobs.push({ name: o.key.slice(SNAPSHOT_PREFIX.length), size: o.size });
       const m = LOG_KEY_RE.exec(o.key);
@@ -262,16 +379,19 @@ export class S3Storage implements Storage {
     const segments = this.#logs.get(id);
     if (!segments) throw vanished(DRIVER_NAME, "list", `${this.location}/log/${padded(id)}`, { code: "ENOENT" });
     const wanted = segments.filter((s) => s.start + s.size > from && s.start < to);
-    // Fetched in order, PREFETCH requests ahead.
+    // Fetched in order and in parallel, up to PREFETCH requests and PREFETCH_BYTES ahead.
     const inFlight: Promise<Buffer | undefined>[] = [];
     let next = 0;
+    let ahead = 0;
     for (const s of wanted) {
-      while (inFlight.length < PREFETCH && next < wanted.length) {
+      while (next < wanted.length && (inFlight.length === 0 || (inFlight.length < PREFETCH && ahead + wanted[next]!.size <= PREFETCH_BYTES))) {
+        ahead += wanted[next]!.size;
         const p = this.#get(wanted[next++]!.key, true);
         p.catch(() => {}); // awaited in turn below
         inFlight.push(p);
       }
       const bytes = await inFlight.shift()!;
+      ahead -= s.size;
       if (!bytes) throw vanished(DRIVER_NAME, "get", `${this.location}/${s.key}`, { code: "ENOENT" });
       const lo = Math.max(from, s.start) - s.start;
       const hi = Math.min(to, s.start + bytes.length) - s.start;
@@ -284,7 +404,9 @@ export class S3Storage implements Storage {
     const last = segments?.at(-1);
     if (!segments || !last) throw new BackendError(DRIVER_NAME, "append", `${this.location}/log/${padded(id)}`, "no such generation");
     const key = `log/${padded(id)}/${padded(last.seq + 1)}.tml`;
-    await this.#put(key, bytes);
+    await this.#fence();
+    await this.#putNew(key, bytes);
+    await this.#fenceAck();
     segments.push({ key, seq: last.seq + 1, start: last.start + last.size, size: bytes.length });
   }
 
@@ -294,11 +416,14 @@ export class S3Storage implements Storage {
 
   async createGeneration(id: number, bytes: Buffer): Promise<void> {
     const key = `log/${padded(id)}/${padded(0)}.tml`;
-    await this.#put(key, bytes);
+    await this.#fence();
+    await this.#putNew(key, bytes);
+    await this.#fenceAck();
     this.#logs.set(id, [{ key, seq: 0, start: 0, size: bytes.length }]);
   }
 
   async deleteGeneration(id: number): Promise<void> {
+    await this.#fence();
     const keys = (await this.#list(`log/${padded(id)}/`, Infinity)).map((o) => o.key);
     // The first object last: until it goes, the generation is whole or listed as garbage.
     await this.#deleteKeys(keys.slice(1).reverse());
@@ -308,6 +433,9 @@ export class S3Storage implements Storage {
 
   async putBlob(name: string, source: AsyncIterable<Uint8Array>): Promise<number> {
     const rel = SNAPSHOT_PREFIX + name;
+    // Blob names are new and random (the core's), so no writer can shadow another's blob; a
+    // blob counts only once an acknowledged record names it.
+    await this.#fence();
     let size = 0;
     const counted = async function* () {
       for await (const chunk of source) {
@@ -331,6 +459,7 @@ export class S3Storage implements Storage {
       if (err instanceof TidemarkError) throw err;
       throw describeFailure("upload snapshot", `s3://${this.#loc.bucket}/${this.#key(rel)}`, err as S3Failure, this.#loc, 1);
     }
+    await this.#fenceAck();
     return size;
   }
 
@@ -360,77 +489,18 @@ export class S3Storage implements Storage {
   }
 
   async deleteBlob(name: string): Promise<void> {
-    // https://docs.aws.amazon.com/AmazonS3/latest/API/API_DeleteObject.html
-    await this.#send("delete", SNAPSHOT_PREFIX + name, () => new DeleteObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key(SNAPSHOT_PREFIX + name) }));
+    await this.#fence();
+    await this.#deleteKey(SNAPSHOT_PREFIX + name);
   }
 
   async close(): Promise<void> {
     this.#client?.destroy();
     this.#client = null;
   }
+}
 
-  // ------------------------------------------------------------ lease
-
-  /** The lease's store, after finding out whether this server honours conditional writes. */
-  async #leaseStore(): Promise<LeaseStore> {
-    const conditional = await this.#probeConditionalWrites();
-    if (!conditional) {
-      this.#log.info({}, "this S3-compatible server ignores conditional writes; the single-writer lease is best effort (see docs/format.md)");
-    }
-    const key = this.#key("lease.json");
-    const bucket = this.#loc.bucket;
-    const put = async (record: LeaseRecord, condition: { IfNoneMatch?: string; IfMatch?: string }) => {
-      try {
-        const res = await this.#send<{ ETag?: string }>("put", "lease.json", () => new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify(record), ...condition }));
-        return res?.ETag ?? "";
-      } catch (err) {
-        if ((err as TidemarkError).cause && isPreconditionFailed((err as TidemarkError).cause as S3Failure)) return null;
-        throw err;
-      }
-    };
-    const get = async () => {
-      const res = await this.#send<{ Body?: { transformToString(): Promise<string> }; ETag?: string }>(
-        "get",
-        "lease.json",
-        () => new GetObjectCommand({ Bucket: bucket, Key: key }),
-        true,
-      );
-      if (!res?.Body) return null;
-      let record: LeaseRecord | null = null;
-      try {
-        record = JSON.parse(await res.Body.transformToString()) as LeaseRecord;
-      } catch {
-        record = null;
-      }
-      return { record, etag: res.ETag ?? "" };
-    };
-    return {
-      get,
-      // Where the server ignores the conditions, they are checked by reading first: enough to
-      // refuse a second writer, not enough to settle a race between two that start together.
-      putIfAbsent: async (record) => (conditional ? put(record, { IfNoneMatch: "*" }) : (await get()) ? null : put(record, {})),
-      putIfMatch: async (record, etag) => (conditional ? put(record, { IfMatch: etag }) : (await get())?.etag === etag ? put(record, {}) : null),
-      delete: async () => {
-        await this.#send("delete", "lease.json", () => new DeleteObjectCommand({ Bucket: bucket, Key: key }));
-      },
-    };
-  }
-
-  /** PUTs a probe object twice with If-None-Match: *; a server that honours it refuses the second. */
-  async #probeConditionalWrites(): Promise<boolean> {
-    const rel = `.probe-${randomBytes(6).toString("hex")}`;
-    const put = () => new PutObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key(rel), Body: "probe", IfNoneMatch: "*" });
-    try {
-      await this.#send("put", rel, put);
-      try {
-        await this.#send("put", rel, put);
-        return false;
-      } catch (err) {
-        if ((err as TidemarkError).cause && isPreconditionFailed((err as TidemarkError).cause as S3Failure)) return true;
-        throw err;
-      }
-    } finally {
-      await this.#send("delete", rel, () => new DeleteObjectCommand({ Bucket: this.#loc.bucket, Key: this.#key(rel) })).catch(() => {});
-    }
-  }
+/** An ETag in the form the server's `If-Match` matches. */
+function etagFor(etag: string, c: Conditions): string {
+  const bare = etag.replace(/^"|"$/g, "");
+  return c.ifMatch === "unquoted" ? bare : `"${bare}"`;
 }

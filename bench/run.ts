@@ -15,7 +15,7 @@
  *                    fdatasync, direct and through the daemon, with CPU time
  *
  * Environment: BENCH_DIR (default: a temp dir), BENCH_CHANGES (default 100000),
- * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 5000),
+ * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 10000),
  * BENCH_PROTECTION_CHANGES (default 50000), BENCH_CLN_WRITES (default 2000),
  * BENCH_ONLY (core,daemon,s3,protection,cln; default all).
  */
@@ -213,7 +213,7 @@ try {
     await benchRestoreRss();
   }
   if (only.has("daemon")) await benchDaemon(path.join(ROOT, "daemon"), rows, CHANGES);
-  if (only.has("s3")) await benchS3(path.join(ROOT, "s3"), rows, Number(process.env.BENCH_S3_CHANGES ?? 5000));
+  if (only.has("s3")) await benchS3(path.join(ROOT, "s3"), rows, Number(process.env.BENCH_S3_CHANGES ?? 10_000));
   if (only.has("protection")) {
     await benchProtection(path.join(ROOT, "protection"), rows, Number(process.env.BENCH_PROTECTION_CHANGES ?? 50_000));
   }

@@ -14,6 +14,7 @@ export type {
   Storage,
   StorageFactory,
   StorageOptions,
+  WriterInfo,
   WriterLock,
 } from "./backup/storage.js";
 export { vanished } from "./backup/storage.js";
@@ -22,4 +23,5 @@ export type { Logger } from "./util/logger.js";
 export { Mutex } from "./util/mutex.js";
 export { isProcessAlive } from "./util/pid.js";
 export { backoffDelay } from "./util/backoff.js";
+export { parseDuration } from "./util/duration.js";
 export { TMP_SUFFIX, fsyncDir, readAll, writeAll, writeFileDurably } from "./util/durable-fs.js";

@@ -13,6 +13,7 @@ import type { Keyring } from "../format/keyring.js";
 import type { Logger } from "../util/logger.js";
 import type { RetentionPolicy } from "../model/retention.js";
 import type { BackupSettings } from "./settings.js";
+import type { WriterInfo } from "./storage.js";
 
 export type { BackendHead } from "../model/version-rules.js";
 import type { BackendHead } from "../model/version-rules.js";
@@ -46,6 +47,8 @@ export interface BackendStatus extends BackendHead {
   readonly damage?: Damage;
   /** The backup's own settings (compression, encryption, retention), from its identity. */
   readonly settings?: Omit<BackupSettings, "keys">;
+  /** Who holds the writer lock and how writers are fenced, where the storage says (S3). */
+  readonly writer?: WriterInfo;
 }
 
 /** Where a backup is damaged. */
@@ -130,6 +133,13 @@ export interface Backend {
    * Throws E_CLOSED when the backend was opened read-only.
    */
   addChange(change: ChangeToStore): Promise<void>;
+
+  /**
+   * Stores several changes after the head in one write (one object on S3): each without a
+   * snapshot and one version after the one before, the first after the head. All are durable
+   * when it resolves; on failure none is. How a replica catches up in few requests.
+   */
+  addChanges(changes: readonly ChangeToStore[]): Promise<void>;
 
   /**
    * Drops the last change, durably, so that it never reappears in a restore. Throws

@@ -56,6 +56,16 @@ export interface WriterLock {
   release(): Promise<void>;
 }
 
+/** Who holds a backup's writer lock, and how the store keeps a second writer out, for status. */
+export interface WriterInfo {
+  /** The holder, as "PID n on host h"; absent when no writer holds the backup. */
+  readonly holder?: string;
+  /** When the holder's lease runs out unless renewed (ms since the epoch), where there is one. */
+  readonly expiresAt?: number;
+  /** What keeps a second writer out: what the store was found to honour, in a sentence. */
+  readonly fencing?: string;
+}
+
 /** How a backend is opened. */
 export interface StorageOptions {
   /** Whether the core will write: a read-only storage never writes or deletes anything. */
@@ -147,6 +157,11 @@ export interface Storage {
 
   /** Deletes a blob. Deleting one that is gone is not an error. */
   deleteBlob(name: string): Promise<void>;
+
+  /**
+   * Who holds the writer lock and how writers are fenced, for `status`. Reads only; optional.
+   */
+  writer?(): Promise<WriterInfo>;
 
   /** Releases handles and clients. Safe to call twice. The core releases the lock first. */
   close(): Promise<void>;

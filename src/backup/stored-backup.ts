@@ -195,6 +195,7 @@ export class StoredBackup implements Backend {
       });
     }
     const damage = this.#live.damage ?? this.#baseDamage ?? undefined;
+    const writer = await this.#storage.writer?.();
     return {
       version: s.head,
       prevVersion: s.prevVersion,
@@ -208,6 +209,7 @@ export class StoredBackup implements Backend {
       ...(this.#live.torn && { tornTail: this.#live.torn }),
       ...(damage && { damage }),
       settings: shownSettings(this.#identity),
+      ...(writer && { writer }),
     };
   }
 
@@ -256,6 +258,20 @@ export class StoredBackup implements Backend {
         // the blob stays out of collection here, and the next writer's open decides.
         this.#asyncWrites--;
       }
+    });
+  }
+
+  addChanges(changes: readonly ChangeToStore[]): Promise<void> {
+    return this.#mutex.run(async () => {
+      this.#checkWritable();
+      const records = changes.map((c, i) => {
+        if (c.snapshot || c.version !== this.#live.state.head + 1 + i) throw new Error(`${this.kind} backend: addChanges takes consecutive changes after the head, without snapshots`);
+        return encodeChangeRecord({ version: c.version, timestamp: c.timestamp, transaction: c.transaction }, this.#codec);
+      });
+      if (records.length === 0) return;
+      const g = this.#live;
+      await this.#storage.append(g.id, Buffer.concat(records));
+      records.forEach((rec, i) => this.#applied(g, rec, changes[i]!.version, changes[i]!.timestamp, undefined, RecordType.Change));
     });
   }
 

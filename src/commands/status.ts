@@ -92,6 +92,11 @@ function describe(title: string, s: BackendStatus): [string, string][] {
     lines.push(["generations", list.join("; ")]);
   }
   if (s.settings) lines.push(["settings", describeSettings(s.settings)]);
+  if (s.writer) {
+    const w = s.writer;
+    lines.push(["writer", w.holder ? `${w.holder}${w.expiresAt ? `, lease until ${iso(w.expiresAt)}` : ""}` : "none"]);
+    if (w.fencing) lines.push(["fencing", w.fencing]);
+  }
   if (s.damage) lines.push(["DAMAGED", `${s.damage.message}; restorable up to version ${s.damage.intactVersion} only`]);
   if (s.tornTail) {
     lines.push(["torn tail", `${s.tornTail.bytes} bytes at offset ${s.tornTail.offset} of ${s.tornTail.location}, ignored (dropped by the next writer)`]);

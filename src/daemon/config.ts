@@ -45,6 +45,8 @@ const databaseSchema = z.strictObject({
   compaction: compactionSchema.default({ everyChanges: 100_000, every: "6h", logRatio: 4 }),
   retention: z.strictObject({ bases: z.number().int().min(0).optional(), for: duration.optional() }).optional(),
   validationInterval: duration.optional(),
+  /** The least time between two writes to each replica (a duration; default 1s). */
+  replicaInterval: duration.optional(),
   compression: z.enum(COMPRESSION_NAMES).optional(),
   brotliQuality: z.number().int().min(0).max(11).optional(),
   encryption: z
@@ -96,6 +98,8 @@ export interface DatabaseConfig {
   readonly compaction: CompactionPolicy;
   /** How often to run verify with a test restore (ms); never when absent. */
   readonly validationMs?: number;
+  /** The least time between two writes to each replica (ms); 1 s when absent. */
+  readonly replicaIntervalMs?: number;
   /** How much history compaction keeps (the backup's own setting when absent). */
   readonly retention?: RetentionPolicy;
   /** How new records and snapshots are compressed (the backup's own setting when absent). */
@@ -211,6 +215,7 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
         },
       }),
       ...(db.validationInterval !== undefined && { validationMs: durationMs(db.validationInterval) }),
+      ...(db.replicaInterval !== undefined && { replicaIntervalMs: durationMs(db.replicaInterval) }),
       ...(db.compression !== undefined && { compression: db.compression }),
       ...(db.brotliQuality !== undefined && { brotliQuality: db.brotliQuality }),
       keys: (db.encryption?.keys ?? []).map((k) => ({

@@ -139,6 +139,7 @@ export class ManagedDatabase {
       const feeder = new ReplicaFeeder(backend, location, {
         log: deps.log.child({ db: config.name }),
         backendOptions: options,
+        ...(config.replicaIntervalMs !== undefined && { intervalMs: config.replicaIntervalMs }),
         onStatus: (s) => {
           deps.metrics.replicaLagVersions.set({ db: config.name, replica: location }, s.lagVersions);
           deps.metrics.replicaLagSeconds.set({ db: config.name, replica: location }, s.lagSeconds);

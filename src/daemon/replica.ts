@@ -11,9 +11,15 @@
  * - when the primary compacts, the replica installs the same base snapshot;
  * - a replica that is down is retried with backoff and catches up when it returns; one that
  *   fell behind the primary's oldest version starts again from the primary's base.
+ *
+ * Requests: a pass writes the changes it finds in segments, each many changes in one write
+ * (`Backend.addChanges`: one object on S3), of up to {@link SEGMENT_BYTES}; and passes start at
+ * most once per interval (default 1 s). A replica in step costs one PUT per interval however
+ * many changes the primary acknowledges, and a catch-up after an outage a few large objects.
  */
 import { backoffDelay, type Backoff } from "../util/backoff.js";
-import type { Backend, BackendOptions, BackendStatus } from "../backup/backup.js";
+import type { Backend, BackendOptions, BackendStatus, ChangeToStore } from "../backup/backup.js";
+import type { Statement } from "../model/change.js";
 import { openOrCreateBackend } from "../backup/registry.js";
 import { TidemarkError } from "../util/errors.js";
 import { applyChange } from "../ops/ingest.js";
@@ -21,6 +27,11 @@ import type { Logger } from "../util/logger.js";
 
 /** How often a replica with nothing to do checks again. */
 const IDLE_MS = 1_000;
+/** The least time between the starts of two passes, by default. */
+export const REPLICA_INTERVAL_MS = 1_000;
+/** A segment is written once its changes' statements reach about this many bytes, or this many changes. */
+const SEGMENT_BYTES = 4 << 20;
+const SEGMENT_CHANGES = 10_000;
 /** Retry delays after a failure: doubling from half a second, up to 30 s. */
 const BACKOFF: Backoff = { baseMs: 500, maxMs: 30_000, jitter: 0 };
 
@@ -44,6 +55,8 @@ export interface ReplicaDeps {
   readonly backendOptions?: Omit<BackendOptions, "mode" | "log">;
   /** Called after every sync with the replica's status (for metrics). */
   readonly onStatus?: (status: ReplicaStatus) => void;
+  /** The least time between two passes (ms): at most one write per interval while in step. */
+  readonly intervalMs?: number;
 }
 
 /** Feeds one replica from a primary. */
@@ -116,8 +129,15 @@ export class ReplicaFeeder {
 
   async #run(): Promise<void> {
     let failures = 0;
+    const interval = this.#deps.intervalMs ?? REPLICA_INTERVAL_MS;
+    let lastPass = -Infinity;
     while (!this.#closed) {
       try {
+        // Changes that arrive meanwhile wait for the next pass, and go in one segment.
+        const wait = lastPass + interval - performance.now();
+        if (wait > 0) await this.#sleep(wait, false);
+        if (this.#closed) return;
+        lastPass = performance.now();
         this.#dirty = false;
         this.#replica ??= (await openOrCreateBackend(this.location, this.#backendOptions())).backend;
         await this.#sync();
@@ -168,10 +188,29 @@ export class ReplicaFeeder {
       const next = mine.version + 1;
       const inOne = mine.version > 0 && primary.generations.some((g) => g.firstVersion <= next && g.lastVersion >= primary.version);
       const from = inOne ? next : (primary.generations.at(-1)?.firstVersion ?? primary.firstVersion);
+      let segment: ChangeToStore[] = [];
+      let bytes = 0;
+      const flush = async () => {
+        if (segment.length === 0) return;
+        await replica.addChanges(segment);
+        this.#version = replica.head().version;
+        this.#timestamp = segment.at(-1)!.timestamp;
+        segment = [];
+        bytes = 0;
+      };
       for await (const change of this.#primary.streamChanges({ from, to: primary.version })) {
-        if (this.#closed) return;
+        if (this.#closed) return flush();
         // The stream starts at the newest base at or before `from`, which the replica may hold already.
         if (change.version <= mine.version) continue;
+        // A plain change right after the head goes in the segment; anything else (a base, a
+        // redo the version rules must rewind first) is applied alone, after the segment.
+        if (!change.snapshot && change.version === replica.head().version + 1 + segment.length) {
+          segment.push({ version: change.version, timestamp: change.timestamp, transaction: change.transaction ?? [] });
+          bytes += statementBytes(change.transaction ?? []);
+          if (bytes >= SEGMENT_BYTES || segment.length >= SEGMENT_CHANGES) await flush();
+          continue;
+        }
+        await flush();
         await applyChange(replica, {
           version: change.version,
           timestamp: change.timestamp,
@@ -182,6 +221,7 @@ export class ReplicaFeeder {
         this.#version = replica.head().version;
         this.#timestamp = change.timestamp;
       }
+      await flush();
       mine = await replica.status();
     }
 
@@ -198,7 +238,8 @@ export class ReplicaFeeder {
     await this.#publish(mine.version, mine.headTimestamp);
   }
 
-  #sleep(ms: number): Promise<void> {
+  /** Sleeps `ms`; `notify` (when `wakes`) and `close` end it early. */
+  #sleep(ms: number, wakes = true): Promise<void> {
     return new Promise((resolve) => {
       const timer = setTimeout(done, ms);
       timer.unref();
@@ -207,8 +248,10 @@ export class ReplicaFeeder {
         resolve();
       }
       this.#wake = () => {
-        this.#wake = null;
-        done();
+        if (wakes || this.#closed) {
+          this.#wake = null;
+          done();
+        }
       };
     });
   }
@@ -225,4 +268,17 @@ function diverged(location: string, mine: BackendStatus, primary: BackendStatus)
     `replica ${location} is at version ${mine.version}, which the primary (at ${primary.version}) does not hold and it cannot rewind`,
     { hint: `re-seed it: tidemark copy <primary> ${location} --force` },
   );
+}
+
+/** About how many bytes a change's statements take: what a segment's size is judged by. */
+function statementBytes(statements: readonly Statement[]): number {
+  let n = 0;
+  for (const st of statements) {
+    if (typeof st === "string") n += st.length;
+    else {
+      n += st.sql.length;
+      for (const p of Object.values(st.params ?? {}) as unknown[]) n += typeof p === "string" ? p.length : p instanceof Uint8Array ? p.byteLength : 8;
+    }
+  }
+  return n;
 }

@@ -8,7 +8,7 @@ import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, spawnCli } from "../helpers/cli.js";
 import { runCrashScenario } from "../helpers/crash.js";
-import { startS3, type S3Server } from "../helpers/s3.js";
+import { S3_RESTARTABLE, startS3, type S3Server } from "../helpers/s3.js";
 import { expectSameDb } from "../helpers/sqlite.js";
 import { tmpDir } from "../helpers/tmp.js";
 
@@ -43,7 +43,7 @@ describe("S3 backend: crashes", () => {
       {
         location,
         lockHeld: () => s3.has(`${prefix}/lease.json`),
-        leftovers: () => s3.keys(prefix).filter((k) => k.includes("lease") || k.includes(".probe-")),
+        leftovers: async () => (await s3.keys(prefix)).filter((k) => k.includes("lease") || k.includes(".probe-")),
       },
       30,
     );
@@ -52,7 +52,7 @@ describe("S3 backend: crashes", () => {
 });
 
 describe("S3 backend: the server goes away", () => {
-  it("an ingest fails clearly while the server is down, and resumes with nothing lost once it is back", async () => {
+  it.runIf(S3_RESTARTABLE)("an ingest fails clearly while the server is down, and resumes with nothing lost once it is back", async () => {
     const dir = tmpDir();
     const location = `${s3.location()}&attempts=3`;
     await runCli(["init", location]);
@@ -119,6 +119,23 @@ describe("S3 backend: errors name the bucket and key, never the credentials", ()
     } finally {
       server.close();
     }
+  });
+
+  it("no credentials at all: one line naming the variables, E_CONFIG, without a long wait for an instance role", async () => {
+    const home = tmpDir();
+    const none = { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_SESSION_TOKEN: undefined, AWS_PROFILE: undefined, HOME: home, AWS_CONFIG_FILE: path.join(home, "none"), AWS_SHARED_CREDENTIALS_FILE: path.join(home, "none") };
+    const r = await runCli(["status", s3.location()], { env: none });
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n")).toHaveLength(2);
+    expect(r.stderr).toMatch(/^Error: \[s3\] get s3:\/\/tidemark-test\/.*tidemark\.json: no AWS credentials found$/m);
+    expect(r.stderr).toMatch(/^Try: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE/m);
+  });
+
+  it("a read-only command that cannot reach the store does not speak of acknowledged changes", async () => {
+    const r = await runCli(["status", "s3://bucket/x?endpoint=http://127.0.0.1:9&attempts=1"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^Try: the store did not answer after 1 attempts: retry once it is reachable$/m);
+    expect(r.stderr).not.toMatch(/acknowledged/);
   });
 
   it("credentials in the URL are refused without echoing them", async () => {

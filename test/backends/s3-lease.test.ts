@@ -1,13 +1,15 @@
 /**
- * The S3 writer lease at the unit level. The S3-compatible server the tests run (s3rver)
- * ignores conditional PUTs, and none that honours them can be run here, so the lease runs
- * against an in-memory store that implements If-None-Match and If-Match the way S3, MinIO and
- * R2 do. The rest of the S3 backend is tested against s3rver itself.
+ * The S3 writer lease at the unit level, against an in-memory store that implements
+ * If-None-Match and If-Match the way S3, MinIO and R2 do, and an in-memory object server with
+ * each quirk the probe must tell apart (a stand-in: one process cannot run AWS, and the quirks
+ * are what is under test). The lease against real servers (radosgw, s3rver) is tested in
+ * s3-server.test.ts and s3-fencing.test.ts.
  */
 import { spawn } from "node:child_process";
 import os from "node:os";
 import { describe, expect, it } from "vitest";
 import { Lease, type LeaseRecord, type LeaseStore } from "../../backends/s3-lease.js";
+import { conditionalLeaseStore, describeConditions, probeConditions, type ConditionalPut, type PutCondition } from "../../backends/s3-conditions.js";
 import { TidemarkError } from "../../src/util/errors.js";
 import { silentLogger } from "../../src/util/logger.js";
 
@@ -89,20 +91,21 @@ describe("S3 writer lease (in-memory conditional store)", () => {
 
   it("a renewal that finds another holder marks the lease lost, and writes must stop", async () => {
     const store = new ConditionalStore();
-    const lease = new Lease(store, "s3://b/p", silentLogger, 60_000);
+    const lease = new Lease(store, "s3://b/p", silentLogger, { ttlMs: 60_000 });
     await lease.acquire();
     // Another writer took over (after an expiry this process did not notice).
     store.value = { record: { id: "thief", pid: 4242, host: "other-host", expiresAt: Date.now() + 60_000 }, etag: '"stolen"' };
     await lease.renew();
     expect(lease.lost?.code).toBe("E_LOCKED");
-    expect(lease.lost?.message).toMatch(/lost the writer lease .* to PID 4242 on host other-host/);
+    expect(lease.lost?.message).toMatch(/lost the writer lease .*: PID 4242 on host other-host holds it now/);
+    await expect(lease.ensureValid()).rejects.toMatchObject({ code: "E_LOCKED" });
     await lease.release();
     expect(store.value.record.id).toBe("thief"); // not ours to delete
   });
 
   it("renewal extends the expiry", async () => {
     const store = new ConditionalStore();
-    const lease = new Lease(store, "s3://b/p", silentLogger, 60_000);
+    const lease = new Lease(store, "s3://b/p", silentLogger, { ttlMs: 60_000 });
     await lease.acquire();
     const first = store.value!.record.expiresAt;
     await new Promise((r) => setTimeout(r, 5));
@@ -110,5 +113,87 @@ describe("S3 writer lease (in-memory conditional store)", () => {
     expect(store.value!.record.expiresAt).toBeGreaterThan(first);
     expect(lease.lost).toBeNull();
     await lease.release();
+  });
+
+  it("a retried PUT whose first attempt landed is recognised as this writer's own lease", async () => {
+    const store = new ConditionalStore();
+    const lease = new Lease(store, "s3://b/p", silentLogger, { ttlMs: 60_000 });
+    // The acquire's PUT lands, then reports a refusal, as a retry after a lost answer would.
+    const putIfAbsent = store.putIfAbsent.bind(store);
+    store.putIfAbsent = async (r) => (await putIfAbsent(r), null);
+    await lease.acquire();
+    expect(store.value!.record.id).toBe(lease.id);
+    // The same for a renewal: the object changed, but it is still ours.
+    store.value = { record: { ...store.value!.record }, etag: '"changed"' };
+    await lease.renew();
+    expect(lease.lost).toBeNull();
+    await lease.ensureValid();
+    await lease.release();
+    expect(store.value).toBeNull();
+  });
+
+  it("a lease whose validity ran out (a paused writer) is renewed before the next write, or the write is refused", async () => {
+    const store = new ConditionalStore();
+    const lease = new Lease(store, "s3://b/p", silentLogger, { ttlMs: 1000, marginMs: 100 });
+    await lease.acquire();
+    await new Promise((r) => setTimeout(r, 1100));
+    await lease.ensureValid(); // nobody took it: renewed
+    expect(lease.lost).toBeNull();
+    store.value = { record: { id: "b", pid: 7, host: "other", expiresAt: Date.now() + 60_000 }, etag: '"b"' };
+    await new Promise((r) => setTimeout(r, 1100));
+    const err = await refused(lease.ensureValid());
+    expect(err.message).toMatch(/PID 7 on host other holds it now/);
+  });
+
+  it("the hint of a refusal gives the true expiry, in the future", async () => {
+    const store = new ConditionalStore();
+    const expiresAt = Date.now() + 20_000;
+    store.value = { record: { id: "other", pid: 1, host: "elsewhere", expiresAt }, etag: '"x"' };
+    const err = await refused(new Lease(store, "s3://b/p", silentLogger).acquire());
+    expect(err.hint).toContain(new Date(expiresAt).toISOString());
+    expect(err.hint).toMatch(/in (19|20) s/);
+  });
+});
+
+/** One object key on an in-memory server with a chosen way of treating conditions. */
+function quirkyServer(quirk: "aws" | "rgw" | "none") {
+  const objects = new Map<string, { body: string; etag: string }>();
+  let n = 0;
+  const put: ConditionalPut = async (rel, body, c: PutCondition) => {
+    await Promise.resolve();
+    const cur = objects.get(rel);
+    if (quirk !== "none") {
+      if (c.IfNoneMatch === "*" && cur) return null;
+      if (c.IfMatch !== undefined && (!cur || (quirk === "aws" ? c.IfMatch.replace(/"/g, "") : c.IfMatch) !== cur.etag.replace(/"/g, "") || (quirk === "rgw" && c.IfMatch.startsWith('"')))) return null;
+    }
+    const etag = `"${body === cur?.body ? cur.etag.replace(/"/g, "") : `e${++n}`}"`;
+    objects.set(rel, { body: String(body), etag });
+    return etag;
+  };
+  const get = async () => {
+    const cur = objects.get("lease.json");
+    return cur ? { record: JSON.parse(cur.body) as LeaseRecord, etag: cur.etag } : null;
+  };
+  return { objects, put, get, del: async (rel: string) => void objects.delete(rel) };
+}
+
+describe("S3 conditions probe (in-memory servers with each quirk)", () => {
+  it("tells AWS-style, RGW-style and condition-ignoring servers apart, and the lease renews on each", async () => {
+    const found: Record<string, string> = {};
+    for (const quirk of ["aws", "rgw", "none"] as const) {
+      const server = quirkyServer(quirk);
+      const c = await probeConditions(server.put, server.del);
+      found[quirk] = `${c.ifNoneMatch}/${c.ifMatch}`;
+      expect([...server.objects.keys()]).toEqual([]); // the probe object is gone
+      const store = conditionalLeaseStore(c, server.put, server.get, () => server.del("lease.json"));
+      const lease = new Lease(store, "s3://b/p", silentLogger, { ttlMs: 60_000 }, describeConditions(c));
+      await lease.acquire();
+      for (let i = 0; i < 3; i++) await lease.renew();
+      expect(lease.lost, quirk).toBeNull();
+      const second = new Lease(store, "s3://b/p", silentLogger);
+      await refused(second.acquire());
+      await lease.release();
+    }
+    expect(found).toEqual({ aws: "true/quoted", rgw: "true/unquoted", none: "false/ignored" });
   });
 });

@@ -20,9 +20,9 @@ export interface CrashTarget {
   /** The backup location, as the CLI takes it. */
   readonly location: string;
   /** True while a writer holds the backup (its lock file, its lease object). */
-  lockHeld(): boolean;
+  lockHeld(): boolean | Promise<boolean>;
   /** Temp files or objects left behind, which must be none at the end. */
-  leftovers(): string[];
+  leftovers(): string[] | Promise<string[]>;
 }
 
 /** Kills counted per command. */
@@ -46,13 +46,14 @@ function exited(child: ChildProcess): Promise<{ code: number | null; signal: Nod
  */
 async function killWhileWorking(child: ChildProcess, target: CrashTarget, rng: Rng, maxDelayMs: number): Promise<boolean> {
   let killed = false;
-  const poll = setInterval(() => {
-    if (!target.lockHeld()) return;
-    clearInterval(poll);
-    setTimeout(() => (killed = child.kill("SIGKILL")), rng.int(0, maxDelayMs));
-  }, 1);
+  let done = false;
+  const poll = async () => {
+    while (!done && !(await target.lockHeld())) await new Promise((r) => setTimeout(r, 1));
+    if (!done) setTimeout(() => (killed = child.kill("SIGKILL")), rng.int(0, maxDelayMs));
+  };
+  void poll();
   const r = await exited(child);
-  clearInterval(poll);
+  done = true;
   return killed && r.signal === "SIGKILL";
 }
 
@@ -183,7 +184,7 @@ export async function runCrashScenario(dir: string, target: CrashTarget, rounds:
     expectSameDb(out, hostFile);
 
     // No temp files anywhere, no lock, and the killed processes did get killed.
-    expect(target.leftovers()).toEqual([]);
+    expect(await target.leftovers()).toEqual([]);
     const verify = await runCli(["verify", backup]);
     expect(verify.code, verify.stdout + verify.stderr).toBe(0);
     const again = await runCli(["restore", backup, path.join(dir, "killed-restore.db"), "--force"]);
