@@ -49,13 +49,8 @@ export function formatMs(ms: number): string {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
-/** Formats a duration in the largest unit that divides it (7d, 36h, 90m, 45s), as flags take it. */
-export function formatDuration(ms: number): string {
-  for (const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}
+/** Formats a duration for people and flags (one implementation, in util/duration.ts). */
+export { formatDuration } from "../util/duration.js";
 
 /** Prints a JSON document on stdout. */
 export function printJson(value: unknown): void {
@@ -148,7 +143,7 @@ function parseDurationFlag(value: string): number {
     return parseDuration(value);
   } catch {
     // commander words the error itself ("option '--keep-for <duration>' argument '…' is invalid.") from this class.
-    throw new InvalidArgumentError("expected a duration like 30s, 15m, 6h or 7d.");
+    throw new InvalidArgumentError("expected a duration like 30s, 15m, 6h, 7d or 1h30m.");
   }
 }
 

@@ -12,6 +12,7 @@ import { parseDuration, isDuration } from "../util/duration.js";
 import { ConfigError } from "../util/errors.js";
 import type { KeySource } from "../format/keyring.js";
 import type { RetentionPolicy } from "../model/retention.js";
+import type { RateLimit } from "./rate-limit.js";
 
 /** A database name: lowercase letters, digits, `_` and `-`; never used as a path unchecked. */
 export const DB_NAME_RE = /^[a-z0-9_-]{1,64}$/;
@@ -21,7 +22,7 @@ const RESERVED_NAMES = new Set(["rejected"]);
 /** Fields whose values are secrets: never echoed in errors or logs. */
 const SECRET_KEYS = new Set(["apiKey"]);
 
-const duration = z.union([z.number().positive(), z.string().refine(isDuration, "expected a duration like 30s, 15m, 6h or 1d")]);
+const duration = z.union([z.number().positive(), z.string().refine(isDuration, "expected a duration like 30s, 15m, 6h, 1d or 1h30m")]);
 const size = z.union([z.number().int().positive(), z.string().regex(/^\d+\s*(B|KiB|MiB|GiB)$/, "expected a size like 512KiB, 16MiB or 1GiB")]);
 
 const compactionSchema = z.strictObject({
@@ -75,6 +76,10 @@ const configSchema = z.strictObject({
   maxChangeBytes: size.default("16MiB"),
   groupCommit: z.enum(["auto", "on", "off"]).default("auto"),
   tmpDir: z.string().min(1).optional(),
+  /** Backup downloads and verify-now, per client: a burst, then one per `every`. */
+  rateLimit: z
+    .strictObject({ burst: z.number().int().min(0).default(5), every: duration.default("1m") })
+    .default({ burst: 5, every: "1m" }),
   log: z.strictObject({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info") }).default({ level: "info" }),
   databases: z.array(databaseSchema).min(1, "expected at least one database"),
 });
@@ -116,6 +121,8 @@ export interface Config {
   /** Overlap the flushes of several databases: "auto" does when more than one is configured. */
   readonly groupCommit: "auto" | "on" | "off";
   readonly tmpDir?: string;
+  /** The token bucket each client gets for downloads and verify-now (burst 0: no limit). */
+  readonly rateLimit: RateLimit;
   readonly log: { readonly level: string };
   readonly databases: readonly DatabaseConfig[];
   /** Where the configuration came from: a file path, or "embedded default". */
@@ -197,6 +204,7 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
     maxChangeBytes: parseSize(c.maxChangeBytes),
     groupCommit: c.groupCommit,
     ...(c.tmpDir !== undefined && { tmpDir: resolvePath(c.tmpDir) }),
+    rateLimit: { burst: c.rateLimit.burst, everyMs: durationMs(c.rateLimit.every) },
     log: { level: c.log.level },
     databases: c.databases.map((db) => ({
       name: db.name,

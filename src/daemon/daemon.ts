@@ -13,6 +13,7 @@ import { createApiHandler, type ApiContext } from "./http-api.js";
 import type { Logger } from "../util/logger.js";
 import { Metrics } from "./metrics.js";
 import { Spool } from "./spool.js";
+import { TokenBuckets } from "./rate-limit.js";
 
 /** A database that could not be opened, kept so that requests and status can say why. */
 interface FailedDatabase {
@@ -29,6 +30,7 @@ export class Daemon {
   readonly #servers: http.Server[] = [];
   #config: Config;
   #spool: Spool | null = null;
+  #limiter: TokenBuckets;
   #draining = false;
   #stopping: Promise<void> | null = null;
   #reloading: Promise<void> = Promise.resolve();
@@ -36,6 +38,7 @@ export class Daemon {
   private constructor(config: Config, log: Logger) {
     this.#config = config;
     this.#log = log;
+    this.#limiter = new TokenBuckets(config.rateLimit);
   }
 
   /** Opens every database, then listens; resolves once the daemon is ready. */
@@ -129,6 +132,7 @@ export class Daemon {
       tmpDir: () => this.#config.tmpDir ?? os.tmpdir(),
       draining: () => this.#draining,
       failures: () => [...this.#failed.values()].map((f) => ({ name: f.config.name, code: f.error.code, error: f.error.message })),
+      limiter: () => this.#limiter,
     };
   }
 
@@ -151,6 +155,7 @@ export class Daemon {
     ] as const) {
       if (changed) this.#log.warn({ setting: what }, "this setting changes only when the daemon restarts");
     }
+    if (JSON.stringify(prev.rateLimit) !== JSON.stringify(next.rateLimit)) this.#limiter = new TokenBuckets(next.rateLimit);
     this.#config = { ...next, socket: prev.socket, ...(prev.tcp ? { tcp: prev.tcp } : {}), ...(prev.spool ? { spool: prev.spool } : {}) } as Config;
     const wanted = new Map(next.databases.map((db) => [db.name, db]));
     const current = new Map<string, DatabaseConfig>([

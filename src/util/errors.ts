@@ -27,6 +27,7 @@ export const ERROR_CODES = {
   E_NOT_FOUND: "no database with that name is configured",
   E_AUTH: "the request has no API key, or the wrong one",
   E_TOO_LARGE: "the request body exceeds the configured limit",
+  E_RATE_LIMIT: "a client asked for downloads or verifies faster than the daemon's rate limit allows",
   E_UNAVAILABLE: "the daemon cannot take the request now (it is shutting down, or unreachable)",
   E_NONDETERMINISTIC: "a statement would give a different result when replayed",
   E_INTERNAL: "an unexpected internal error (a bug); the log has the stack trace",

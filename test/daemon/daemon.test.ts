@@ -30,6 +30,7 @@ describe("daemon HTTP API on the Unix socket", () => {
     d = await startDaemon(dir, {
       socket: "tidemark.sock",
       maxChangeBytes: 2048,
+      rateLimit: { burst: 100, every: "1m" },
       tmpDir: "tmp",
       databases: [
         { name: "main", backend: "data/main" },
