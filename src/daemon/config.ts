@@ -42,6 +42,8 @@ const databaseSchema = z.strictObject({
   backend: z.string().min(1, "expected a backend location"),
   replicas: z.array(z.string().min(1, "expected a backend location")).default([]),
   create: z.boolean().default(true),
+  /** The host's database file: restored from the backup at start, before serving, when it is missing. */
+  restoreIfMissing: z.string().min(1).optional(),
   rules: z.string().min(1).default("none"),
   compaction: compactionSchema.default({ everyChanges: 100_000, every: "6h", logRatio: 4 }),
   retention: z.strictObject({ bases: z.number().int().min(0).optional(), for: duration.optional() }).optional(),
@@ -96,6 +98,8 @@ export interface DatabaseConfig {
   readonly replicas: readonly string[];
   /** Create the backup if it does not exist yet. */
   readonly create: boolean;
+  /** The host's database file (absolute): restored at start, before serving, when it does not exist. */
+  readonly restoreIfMissing?: string;
   /** A rule set name or a rules file path. */
   readonly rules: string;
   readonly compaction: CompactionPolicy;
@@ -211,6 +215,7 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
       backend: resolveLocation(db.backend, baseDir),
       replicas: db.replicas.map((r) => resolveLocation(r, baseDir)),
       create: db.create,
+      ...(db.restoreIfMissing !== undefined && { restoreIfMissing: resolvePath(db.restoreIfMissing) }),
       rules: db.rules in { none: 1, "core-lightning": 1 } ? db.rules : resolvePath(db.rules),
       ...(db.retention && {
         retention: {

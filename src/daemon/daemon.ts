@@ -46,7 +46,11 @@ export class Daemon {
     const d = new Daemon(config, log);
     try {
       if (config.tmpDir) fs.mkdirSync(config.tmpDir, { recursive: true, mode: 0o700 });
+      // Before any database opens: a second daemon must say the socket is taken, not fail on
+      // every backup's writer lock first.
+      await checkSocket(config.socket);
       await Promise.all(config.databases.map((db) => d.#open(db)));
+      await d.#restoreMissing();
       const handler = createApiHandler(d.#api());
       d.#servers.push(await listenOnSocket(config.socket, handler));
       if (config.tcp) {
@@ -111,6 +115,36 @@ export class Daemon {
       this.#metrics.databaseUp.set({ db: config.name }, 0);
       this.#metrics.errors.inc({ db: config.name, code: error.code });
       this.#log.error({ db: config.name, err: error, code: error.code }, "database failed to open; requests to it get 503 until a reload");
+    }
+  }
+
+  /**
+   * Restores each database whose `restoreIfMissing` file does not exist, before anything is
+   * served, so that a host started after the daemon finds its data. A failure stops the start:
+   * a host must not begin again from an empty file while a backup exists.
+   */
+  async #restoreMissing(): Promise<void> {
+    for (const cfg of this.#config.databases) {
+      const file = cfg.restoreIfMissing;
+      if (file === undefined || fs.existsSync(file)) continue;
+      const failed = this.#failed.get(cfg.name);
+      if (failed) {
+        throw new TidemarkError(failed.error.code, `database ${cfg.name}: ${file} is missing and cannot be restored: ${failed.error.message}`, {
+          ...(failed.error.hint && { hint: failed.error.hint }),
+        });
+      }
+      const db = this.#dbs.get(cfg.name)!;
+      if (db.head().version === 0) {
+        this.#log.info({ db: cfg.name, file }, "database file missing and the backup holds nothing yet: nothing to restore");
+        continue;
+      }
+      try {
+        const r = await db.restoreTo(file);
+        this.#log.info({ db: cfg.name, file, version: r.version, bytes: r.bytes, ms: Math.round(r.durationMs) }, "restored the missing database file before serving");
+      } catch (err) {
+        const e = err instanceof TidemarkError ? err : new TidemarkError("E_INTERNAL", String((err as Error)?.message ?? err));
+        throw new TidemarkError(e.code, `database ${cfg.name}: restoring the missing ${file} failed: ${e.message}`, { ...(e.hint && { hint: e.hint }), cause: err });
+      }
     }
   }
 
@@ -206,6 +240,21 @@ export class Daemon {
  * stale and removed; a live one, or a path that is not a socket, is refused.
  */
 async function listenOnSocket(file: string, handler: http.RequestListener): Promise<http.Server> {
+  await checkSocket(file);
+  const server = http.createServer(handler);
+  // The socket is created 0600: no moment exists in which others could connect.
+  const umask = process.umask(0o177);
+  try {
+    await listen(server, () => server.listen(file));
+  } finally {
+    process.umask(umask);
+  }
+  fs.chmodSync(file, 0o600);
+  return server;
+}
+
+/** Refuses a live socket, or a path that is not a socket; removes a stale socket. */
+async function checkSocket(file: string): Promise<void> {
   let stat: fs.Stats | undefined;
   try {
     stat = fs.lstatSync(file);
@@ -219,20 +268,12 @@ async function listenOnSocket(file: string, handler: http.RequestListener): Prom
       });
     }
     if (await answers(file)) {
-      throw new TidemarkError("E_LOCKED", `another daemon is listening on ${file}`, { hint: "stop it first, or set another socket path" });
+      throw new TidemarkError("E_LOCKED", `another daemon is listening on ${file}`, {
+        hint: "one daemon serves every database: ask it (tidemark status --socket), stop it first, or set another socket path",
+      });
     }
     fs.rmSync(file);
   }
-  const server = http.createServer(handler);
-  // The socket is created 0600: no moment exists in which others could connect.
-  const umask = process.umask(0o177);
-  try {
-    await listen(server, () => server.listen(file));
-  } finally {
-    process.umask(umask);
-  }
-  fs.chmodSync(file, 0o600);
-  return server;
 }
 
 function answers(file: string): Promise<boolean> {
