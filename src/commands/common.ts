@@ -8,6 +8,7 @@ import { Keyring, parseKeySpec, type KeySource } from "../format/keyring.js";
 import { openBackend } from "../backup/registry.js";
 import { parseDuration } from "../util/duration.js";
 import { terminalLogger } from "../util/logger.js";
+import { TidemarkError } from "../util/errors.js";
 
 /** Opens the backend at `location`, runs `fn`, and always closes it. */
 export async function withBackend<T>(
@@ -21,6 +22,24 @@ export async function withBackend<T>(
     return await fn(backend);
   } finally {
     await backend.close();
+  }
+}
+
+/**
+ * Runs `fn`; a backup locked by another writer (most often the daemon that serves it) is
+ * refused with a hint to ask that daemon for `endpoint` instead of stopping it.
+ */
+export async function viaDaemonWhenLocked<T>(endpoint: "compact" | "rewind", fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (!(err instanceof TidemarkError) || err.code !== "E_LOCKED") throw err;
+    throw new TidemarkError("E_LOCKED", err.message, {
+      hint:
+        `if the writer is the tidemark daemon, ask it: curl -X POST --unix-socket <socket> http://tidemark/v1/dbs/<db>/${endpoint}` +
+        (err.hint ? `; otherwise: ${err.hint}` : ""),
+      cause: err,
+    });
   }
 }
 
@@ -119,7 +138,11 @@ export interface RetentionFlags {
 export function addRetentionOptions(cmd: Command): Command {
   return cmd
     .option("--keep-bases <n>", "keep this many older bases (with their changes) for restores of older versions; becomes the backup's setting", parseCount)
-    .option("--keep-for <duration>", "keep what restores to any moment of this long ago need (30s, 15m, 6h, 7d); becomes the backup's setting", parseDurationFlag);
+    .option(
+      "--keep-for <duration>",
+      "keep what restores to any moment of this long ago need (30s, 15m, 6h, 7d; default 24h); 0 keeps the live generation only; becomes the backup's setting",
+      parseKeepFor,
+    );
 }
 
 /** Backend options from the retention flags (none when neither was given: the backup's own setting applies). */
@@ -136,6 +159,10 @@ export function retentionOptions(flags: RetentionFlags): Omit<BackendOptions, "m
 function parseCount(value: string): number {
   if (!/^\d+$/.test(value)) throw new InvalidArgumentError("expected a whole number.");
   return Number(value);
+}
+
+function parseKeepFor(value: string): number {
+  return value === "0" ? 0 : parseDurationFlag(value);
 }
 
 function parseDurationFlag(value: string): number {

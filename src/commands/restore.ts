@@ -5,9 +5,11 @@
 import fs from "node:fs";
 import type { Command } from "commander";
 import { createProgress } from "./progress.js";
+import { interruptible } from "./interrupt.js";
 import { restore } from "../ops/restore.js";
 import { loadRules } from "../ops/rewrite.js";
 import { TidemarkError, UsageError } from "../util/errors.js";
+import { count } from "../util/plural.js";
 import { addCodecOptions, codecOptions, parseTime, formatBytes, formatMs, formatRewrites, parseVersion, printJson, withBackend, type CodecFlags } from "./common.js";
 
 interface RestoreCliOptions extends CodecFlags {
@@ -60,22 +62,21 @@ export function registerRestore(program: Command): void {
       await withBackend(location, "read", async (backend) => {
         if (opts.ifReplicaExists && backend.head().version === 0) return skip(`${backend.location} holds no changes yet`);
         const progress = createProgress("restore", "versions", opts.quiet || opts.json);
-        let result;
-        try {
-          result = await restore(backend, dest, {
+        const result = await interruptible(dest, progress, (signal) =>
+          restore(backend, dest, {
             ...(opts.version !== undefined && { version: opts.version }),
             ...(opts.time !== undefined && { time: opts.time }),
             rules,
             force: opts.force ?? false,
             onProgress: progress.update,
-          });
-        } finally {
-          progress.stop();
-        }
+            onPhase: progress.phase,
+            signal,
+          }),
+        );
         if (opts.json) return printJson(result);
         if (opts.quiet) return;
         process.stdout.write(
-          `restored version ${result.version} to ${result.dest}: ${result.changes} changes, ${result.statements} statements, ` +
+          `restored version ${result.version} to ${result.dest}: ${count(result.changes, "change")}, ${count(result.statements, "statement")}, ` +
             `${formatBytes(result.bytes)} in ${formatMs(result.durationMs)}\n`,
         );
         const rewrites = formatRewrites(result.rewrites);

@@ -46,7 +46,9 @@ const databaseSchema = z.strictObject({
   restoreIfMissing: z.string().min(1).optional(),
   rules: z.string().min(1).default("none"),
   compaction: compactionSchema.default({ everyChanges: 100_000, every: "6h", logRatio: 4 }),
-  retention: z.strictObject({ bases: z.number().int().min(0).optional(), for: duration.optional() }).optional(),
+  retention: z
+    .strictObject({ bases: z.number().int().min(0).optional(), for: z.union([z.literal(0), duration]).optional() })
+    .optional(),
   validationInterval: duration.optional(),
   compression: z.enum(COMPRESSION_NAMES).optional(),
   brotliQuality: z.number().int().min(0).max(11).optional(),
@@ -75,6 +77,15 @@ const configSchema = z.strictObject({
     })
     .optional(),
   spool: z.string().min(1).optional(),
+  /** A listener that serves only GET /metrics, without the API key, for Prometheus. */
+  metrics: z
+    .strictObject({
+      listen: z.union([
+        z.number().int().min(0).max(65535),
+        z.string().regex(/^(?:(\[[0-9a-fA-F:.]+\]|[^:\s]+):)?\d{1,5}$/, 'expected "PORT" or "HOST:PORT", like "127.0.0.1:9090"'),
+      ]),
+    })
+    .optional(),
   maxChangeBytes: size.default("16MiB"),
   groupCommit: z.enum(["auto", "on", "off"]).default("auto"),
   tmpDir: z.string().min(1).optional(),
@@ -82,7 +93,13 @@ const configSchema = z.strictObject({
   rateLimit: z
     .strictObject({ burst: z.number().int().min(0).default(5), every: duration.default("1m") })
     .default({ burst: 5, every: "1m" }),
-  log: z.strictObject({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info") }).default({ level: "info" }),
+  log: z
+    .strictObject({
+      level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+      /** json lines (the default), or one readable line per entry. */
+      format: z.enum(["json", "text"]).default("json"),
+    })
+    .default({ level: "info", format: "json" }),
   databases: z.array(databaseSchema).min(1, "expected at least one database"),
 });
 
@@ -121,13 +138,15 @@ export interface Config {
   readonly tcp?: { readonly host: string; readonly port: number; readonly apiKey: string };
   /** Absolute path of the spool directory, if any. */
   readonly spool?: string;
+  /** The metrics-only listener, if any (loopback unless a host is given). */
+  readonly metrics?: { readonly host: string; readonly port: number };
   readonly maxChangeBytes: number;
   /** Overlap the flushes of several databases: "auto" does when more than one is configured. */
   readonly groupCommit: "auto" | "on" | "off";
   readonly tmpDir?: string;
   /** The token bucket each client gets for downloads and verify-now (burst 0: no limit). */
   readonly rateLimit: RateLimit;
-  readonly log: { readonly level: string };
+  readonly log: { readonly level: string; readonly format: "json" | "text" };
   readonly databases: readonly DatabaseConfig[];
   /** Where the configuration came from: a file path, or "embedded default". */
   readonly source: string;
@@ -154,9 +173,32 @@ export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.en
   try {
     raw = file.endsWith(".json") ? JSON.parse(text) : YAML.parse(text, { prettyErrors: true });
   } catch (err) {
-    throw new ConfigError("", `config file ${file} does not parse: ${(err as Error).message.split("\n")[0]}`);
+    throw parseError(file, text, err);
   }
   return buildConfig(raw, path.dirname(path.resolve(file)), path.resolve(file), env);
+}
+
+/** A parse error that names the line and column, and shows the line (YAML's or JSON's own position). */
+function parseError(file: string, text: string, err: unknown): ConfigError {
+  const message = (err as Error).message ?? String(err);
+  let at: { line: number; col: number } | undefined;
+  let reason = message.split("\n")[0]!;
+  if (err instanceof YAML.YAMLParseError && err.linePos) {
+    at = err.linePos[0];
+    reason = reason.replace(/ at line \d+, column \d+:?$/, "");
+  } else {
+    const pos = /at position (\d+)/.exec(message);
+    if (pos) {
+      const before = text.slice(0, Number(pos[1])).split("\n");
+      at = { line: before.length, col: before.at(-1)!.length + 1 };
+      reason = reason.replace(/ in JSON at position \d+.*$/, "");
+    }
+  }
+  if (!at) return new ConfigError("", `config file ${file} does not parse: ${reason}`);
+  const shown = (text.split("\n")[at.line - 1] ?? "").slice(0, 120);
+  return new ConfigError("", `config file ${file} does not parse at line ${at.line}, column ${at.col}: ${reason}`, {
+    hint: `check line ${at.line} (${JSON.stringify(shown)}) and the line before it${file.endsWith(".json") ? "" : "; YAML nests by indentation, with spaces"}`,
+  });
 }
 
 /** The embedded default, with paths relative to `cwd`. */
@@ -205,11 +247,12 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
     socket: resolvePath(c.socket),
     ...(c.tcp && { tcp: { host: c.tcp.host, port: c.tcp.port, apiKey: c.tcp.apiKey! } }),
     ...(c.spool !== undefined && { spool: resolvePath(c.spool) }),
+    ...(c.metrics && { metrics: parseListen(c.metrics.listen) }),
     maxChangeBytes: parseSize(c.maxChangeBytes),
     groupCommit: c.groupCommit,
     ...(c.tmpDir !== undefined && { tmpDir: resolvePath(c.tmpDir) }),
     rateLimit: { burst: c.rateLimit.burst, everyMs: durationMs(c.rateLimit.every) },
-    log: { level: c.log.level },
+    log: { level: c.log.level, format: c.log.format },
     databases: c.databases.map((db) => ({
       name: db.name,
       backend: resolveLocation(db.backend, baseDir),
@@ -291,6 +334,14 @@ function describeValue(root: unknown, at: readonly PropertyKey[]): string {
 /** Converts a configured duration (a duration string, or a number of seconds) into milliseconds. */
 function durationMs(v: string | number): number {
   return typeof v === "number" ? v * 1000 : parseDuration(v);
+}
+
+/** Parses `PORT`, `HOST:PORT` or `[IPv6]:PORT`; the host is 127.0.0.1 when not given. */
+function parseListen(listen: string | number): { host: string; port: number } {
+  const m = /^(?:(\[[0-9a-fA-F:.]+\]|[^:\s]+):)?(\d{1,5})$/.exec(String(listen))!;
+  const port = Number(m[2]);
+  if (port > 65535) throw new ConfigError("metrics.listen", `port ${port} is out of range`);
+  return { host: m[1] === undefined ? "127.0.0.1" : m[1].replace(/^\[|\]$/g, ""), port };
 }
 
 /** Parses a size (`512KiB`, `16MiB`, or a number of bytes) into bytes. */

@@ -28,6 +28,7 @@ export class Daemon {
   readonly #dbs = new Map<string, ManagedDatabase>();
   readonly #failed = new Map<string, FailedDatabase>();
   readonly #servers: http.Server[] = [];
+  #metricsServer: http.Server | null = null;
   #config: Config;
   #spool: Spool | null = null;
   #limiter: TokenBuckets;
@@ -58,6 +59,7 @@ export class Daemon {
         await listen(tcp, () => tcp.listen(config.tcp!.port, config.tcp!.host));
         d.#servers.push(tcp);
       }
+      if (config.metrics) d.#metricsServer = await d.#listenForMetrics(config.metrics);
       if (config.spool) {
         d.#spool = new Spool(config.spool, d.#api(), log);
         await d.#spool.start(config.databases.map((db) => db.name));
@@ -71,6 +73,7 @@ export class Daemon {
         socket: config.socket,
         ...(config.tcp && { tcp: `${config.tcp.host}:${d.tcpPort}` }),
         ...(config.spool && { spool: config.spool }),
+        ...(config.metrics && { metrics: `${config.metrics.host}:${d.metricsPort}` }),
         databases: [...d.#dbs.keys()],
         failed: [...d.#failed.keys()],
         config: config.source,
@@ -86,6 +89,39 @@ export class Daemon {
     return addr && typeof addr === "object" ? addr.port : undefined;
   }
 
+  /** The metrics listener's port, if there is one. */
+  get metricsPort(): number | undefined {
+    const addr = this.#metricsServer?.address();
+    return addr && typeof addr === "object" ? addr.port : undefined;
+  }
+
+  /** Serves GET /metrics, and nothing else, without a key: Prometheus cannot reach a Unix socket. */
+  async #listenForMetrics(at: { host: string; port: number }): Promise<http.Server> {
+    if (!/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(at.host)) {
+      this.#log.warn({ host: at.host }, "the metrics listener is not on loopback: anyone who can reach it reads the metrics (names of databases, sizes, errors)");
+    }
+    const server = http.createServer((req, res) => {
+      const url = new URL(req.url ?? "/", "http://tidemark.invalid");
+      if (url.pathname !== "/metrics" || (req.method !== "GET" && req.method !== "HEAD")) {
+        res.writeHead(404, { "content-type": "text/plain" });
+        res.end("only GET /metrics is served here\n");
+        return;
+      }
+      this.#metrics.registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { "content-type": this.#metrics.registry.contentType });
+          res.end(text);
+        },
+        (err: unknown) => {
+          this.#log.error({ err }, "metrics could not be collected");
+          res.writeHead(500).end();
+        },
+      );
+    });
+    await listen(server, () => server.listen(at.port, at.host));
+    return server;
+  }
+
   /** The databases being served (those that failed to open are in `failures`). */
   get databaseNames(): string[] {
     return [...this.#dbs.keys()];
@@ -97,6 +133,7 @@ export class Daemon {
   }
 
   async #open(config: DatabaseConfig): Promise<void> {
+    this.#metrics.addDatabase(config.name);
     try {
       const c = this.#config;
       const db = await ManagedDatabase.open(config, {
@@ -186,11 +223,18 @@ export class Daemon {
       ["socket", prev.socket !== next.socket],
       ["tcp", JSON.stringify(prev.tcp) !== JSON.stringify(next.tcp)],
       ["spool", prev.spool !== next.spool],
+      ["metrics", JSON.stringify(prev.metrics) !== JSON.stringify(next.metrics)],
     ] as const) {
       if (changed) this.#log.warn({ setting: what }, "this setting changes only when the daemon restarts");
     }
     if (JSON.stringify(prev.rateLimit) !== JSON.stringify(next.rateLimit)) this.#limiter = new TokenBuckets(next.rateLimit);
-    this.#config = { ...next, socket: prev.socket, ...(prev.tcp ? { tcp: prev.tcp } : {}), ...(prev.spool ? { spool: prev.spool } : {}) } as Config;
+    this.#config = {
+      ...next,
+      socket: prev.socket,
+      ...(prev.tcp ? { tcp: prev.tcp } : {}),
+      ...(prev.spool ? { spool: prev.spool } : {}),
+      ...(prev.metrics ? { metrics: prev.metrics } : {}),
+    } as Config;
     const wanted = new Map(next.databases.map((db) => [db.name, db]));
     const current = new Map<string, DatabaseConfig>([
       ...[...this.#dbs].map(([k, v]) => [k, v.config] as const),
@@ -223,6 +267,7 @@ export class Daemon {
       this.#draining = true;
       this.#log.info({}, "draining");
       await Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      await new Promise<void>((resolve) => (this.#metricsServer ? this.#metricsServer.close(() => resolve()) : resolve()));
       await this.#spool?.close();
       await this.#reloading.catch(() => {});
       await Promise.all([...this.#dbs.values()].map((db) => db.close()));
