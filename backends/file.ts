@@ -81,6 +81,11 @@ export class FileStorage implements Storage {
 
   async create(): Promise<void> {
     try {
+      if (fs.statSync(this.#dir, { throwIfNoEntry: false })?.isFile()) {
+        throw new TidemarkError("E_EXISTS", `${this.#dir} is a file, not a directory`, {
+          hint: "a file backup is a directory: give init the path of a new or empty one",
+        });
+      }
       fs.mkdirSync(this.#dir, { recursive: true });
       const entries = fs.readdirSync(this.#dir);
       if (entries.length > 0) {
@@ -98,9 +103,15 @@ export class FileStorage implements Storage {
     try {
       return fs.readFileSync(this.#path(name));
     } catch (err) {
-      // ENOTDIR: the backup directory is a file; ENOENT: it or the document does not exist.
+      // ENOENT: the directory or the document does not exist.
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === "ENOENT" || code === "ENOTDIR") return undefined;
+      if (code === "ENOENT") return undefined;
+      // ENOTDIR: the location is a file (a database, say), which init could not turn into a backup either.
+      if (code === "ENOTDIR") {
+        throw new TidemarkError("E_NO_BACKUP", `${this.#dir} is a file, not a backup directory`, {
+          hint: "a file backup is a directory (the one holding tidemark.json): give its path, or for init a new or empty directory's",
+        });
+      }
       throw asBackendError(DRIVER_NAME, "read", this.#path(name), err);
     }
   }

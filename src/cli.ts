@@ -18,6 +18,8 @@ import { registerVerify } from "./commands/verify.js";
 
 const EXIT_ERROR = 1;
 const EXIT_USAGE = 2;
+/** 128 + SIGINT, as shells report a command stopped by Ctrl-C. */
+const EXIT_INTERRUPTED = 130;
 
 /** Builds the program with every command registered. */
 export function buildProgram(): Command {
@@ -40,13 +42,30 @@ export function buildProgram(): Command {
   registerCopy(program);
   registerDaemon(program);
   registerCln(program);
-  for (const cmd of program.commands) cmd.exitOverride().showHelpAfterError("(add --help for usage)");
+  for (const cmd of program.commands) {
+    cmd
+      .exitOverride()
+      .showHelpAfterError("(add --help for usage)")
+      .configureOutput({ outputError: (text, write) => write(withSingleDashSuggestion(cmd, text)) });
+  }
   program.addHelpText(
     "after",
     "\nA <backend> is a directory path (the file backend), file:PATH, or a backend URL.\n" +
-      "Exit codes: 0 success, 1 error, 2 usage error. Run tidemark <command> --help for details.",
+      "Exit codes: 0 success, 1 error, 2 usage error, 130 interrupted. Run tidemark <command> --help for details.",
   );
   return program;
+}
+
+/**
+ * Adds "(Did you mean --json?)" to commander's "unknown option '-json'": a long option typed with
+ * one dash, which commander reads as short flags and does not suggest for.
+ */
+function withSingleDashSuggestion(cmd: Command, text: string): string {
+  const m = /unknown option '-([a-z][a-z-]+)'/.exec(text);
+  if (!m) return text;
+  const long = `--${m[1]}`;
+  const known = [...cmd.options.map((o) => o.long), "--help"];
+  return known.includes(long) ? text.replace(/\n?$/, `\n(Did you mean ${long}?)\n`) : text;
 }
 
 /**
@@ -74,6 +93,10 @@ export async function main(argv: string[]): Promise<number> {
       // Commander printed its own message already.
       if (err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.code === "commander.help") return 0;
       return EXIT_USAGE;
+    }
+    if (err instanceof TidemarkError && err.code === "E_INTERRUPTED") {
+      process.stderr.write(`${err.message}\n`);
+      return EXIT_INTERRUPTED;
     }
     process.stderr.write(`${formatError(err)}\n`);
     if (!(err instanceof TidemarkError) && process.env.TIDEMARK_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);

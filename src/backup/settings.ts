@@ -6,7 +6,7 @@
 import type { BackendOptions } from "./backup.js";
 import { makeCodec, requireCompression, type Codec, type CompressionName } from "../format/sealing.js";
 import { TidemarkError } from "../util/errors.js";
-import type { RetentionPolicy } from "../model/retention.js";
+import { DEFAULT_RETENTION, type RetentionPolicy } from "../model/retention.js";
 
 /** What an identity records. */
 export interface BackupSettings {
@@ -75,9 +75,9 @@ export function codecFor(settings: BackupSettings, options: BackendOptions, loca
   });
 }
 
-/** The retention a writer applies: the options' when given, else the backup's own (none). */
+/** The retention a writer applies: the options' when given, else the backup's own, else 24 hours. */
 export function retentionFor(settings: BackupSettings, options: BackendOptions): RetentionPolicy {
-  return options.retention ?? settings.retention ?? {};
+  return options.retention ?? settings.retention ?? DEFAULT_RETENTION;
 }
 
 /**

@@ -8,6 +8,7 @@ import { Keyring, parseKeySpec, type KeySource } from "../format/keyring.js";
 import { openBackend } from "../backup/registry.js";
 import { parseDuration } from "../util/duration.js";
 import { terminalLogger } from "../util/logger.js";
+import { TidemarkError } from "../util/errors.js";
 
 /** Opens the backend at `location`, runs `fn`, and always closes it. */
 export async function withBackend<T>(
@@ -21,6 +22,24 @@ export async function withBackend<T>(
     return await fn(backend);
   } finally {
     await backend.close();
+  }
+}
+
+/**
+ * Runs `fn`; a backup locked by another writer (most often the daemon that serves it) is
+ * refused with a hint to ask that daemon for `endpoint` instead of stopping it.
+ */
+export async function viaDaemonWhenLocked<T>(endpoint: "compact" | "rewind", fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (!(err instanceof TidemarkError) || err.code !== "E_LOCKED") throw err;
+    throw new TidemarkError("E_LOCKED", err.message, {
+      hint:
+        `if the writer is the tidemark daemon, ask it: curl -X POST --unix-socket <socket> http://tidemark/v1/dbs/<db>/${endpoint}` +
+        (err.hint ? `; otherwise: ${err.hint}` : ""),
+      cause: err,
+    });
   }
 }
 
@@ -49,13 +68,8 @@ export function formatMs(ms: number): string {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
-/** Formats a duration in the largest unit that divides it (7d, 36h, 90m, 45s), as flags take it. */
-export function formatDuration(ms: number): string {
-  for (const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}
+/** Formats a duration for people and flags (one implementation, in util/duration.ts). */
+export { formatDuration } from "../util/duration.js";
 
 /** Prints a JSON document on stdout. */
 export function printJson(value: unknown): void {
@@ -124,7 +138,11 @@ export interface RetentionFlags {
 export function addRetentionOptions(cmd: Command): Command {
   return cmd
     .option("--keep-bases <n>", "keep this many older bases (with their changes) for restores of older versions; becomes the backup's setting", parseCount)
-    .option("--keep-for <duration>", "keep what restores to any moment of this long ago need (30s, 15m, 6h, 7d); becomes the backup's setting", parseDurationFlag);
+    .option(
+      "--keep-for <duration>",
+      "keep what restores to any moment of this long ago need (30s, 15m, 6h, 7d; default 24h); 0 keeps the live generation only; becomes the backup's setting",
+      parseKeepFor,
+    );
 }
 
 /** Backend options from the retention flags (none when neither was given: the backup's own setting applies). */
@@ -143,12 +161,16 @@ function parseCount(value: string): number {
   return Number(value);
 }
 
+function parseKeepFor(value: string): number {
+  return value === "0" ? 0 : parseDurationFlag(value);
+}
+
 function parseDurationFlag(value: string): number {
   try {
     return parseDuration(value);
   } catch {
     // commander words the error itself ("option '--keep-for <duration>' argument '…' is invalid.") from this class.
-    throw new InvalidArgumentError("expected a duration like 30s, 15m, 6h or 7d.");
+    throw new InvalidArgumentError("expected a duration like 30s, 15m, 6h, 7d or 1h30m.");
   }
 }
 

@@ -4,8 +4,9 @@
 import type { Command } from "commander";
 import { compact } from "../ops/compaction.js";
 import { createProgress } from "./progress.js";
+import { interruptible } from "./interrupt.js";
 import { loadRules } from "../ops/rewrite.js";
-import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, formatMs, formatRewrites, printJson, retentionOptions, withBackend, type CodecFlags, type RetentionFlags } from "./common.js";
+import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, formatMs, formatRewrites, printJson, retentionOptions, viaDaemonWhenLocked, withBackend, type CodecFlags, type RetentionFlags } from "./common.js";
 
 /** Registers the command. */
 export function registerCompact(program: Command): void {
@@ -27,14 +28,12 @@ export function registerCompact(program: Command): void {
   cmd
     .action(async (location: string, opts: { rules?: string; tmpDir?: string; quiet?: boolean; json?: boolean } & CodecFlags & RetentionFlags) => {
       const rules = loadRules(opts.rules ?? "none");
-      await withBackend(location, "write", async (backend) => {
+      await viaDaemonWhenLocked("compact", () => withBackend(location, "write", async (backend) => {
         const progress = createProgress("compact", "versions", opts.quiet || opts.json);
-        let stats;
-        try {
-          stats = await compact(backend, { rules, ...(opts.tmpDir && { tmpDir: opts.tmpDir }), onProgress: progress.update });
-        } finally {
-          progress.stop();
-        }
+        progress.phase("replaying");
+        const stats = await interruptible(backend.location, progress, (signal) =>
+          compact(backend, { rules, ...(opts.tmpDir && { tmpDir: opts.tmpDir }), onProgress: progress.update, signal }),
+        );
         if (opts.json) return printJson(stats);
         if (opts.quiet) return;
         if (stats.skipped) {
@@ -48,6 +47,6 @@ export function registerCompact(program: Command): void {
         );
         const rewrites = formatRewrites(stats.rewrites);
         if (rewrites) process.stdout.write(`${rewrites}\n`);
-      }, { ...codecOptions(opts), ...retentionOptions(opts) });
+      }, { ...codecOptions(opts), ...retentionOptions(opts) }));
     });
 }

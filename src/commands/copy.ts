@@ -8,6 +8,8 @@ import { refuseDamagedHead } from "../ops/point-in-time.js";
 import { terminalLogger } from "../util/logger.js";
 import { TidemarkError } from "../util/errors.js";
 import { createProgress } from "./progress.js";
+import { interruptible } from "./interrupt.js";
+import { count } from "../util/plural.js";
 import { addCodecOptions, codecOptions, formatMs, printJson, withBackend, type CodecFlags } from "./common.js";
 
 /** Registers the command. */
@@ -55,16 +57,14 @@ export function registerCopy(program: Command): void {
         });
         try {
           const progress = createProgress("copy", "versions", opts.quiet || opts.json);
-          let result;
-          try {
-            result = await copyBackup(from, to, { force: opts.force ?? false, onProgress: progress.update });
-          } finally {
-            progress.stop();
-          }
+          progress.phase("copying");
+          const result = await interruptible(to.location, progress, (signal) =>
+            copyBackup(from, to, { force: opts.force ?? false, onProgress: progress.update, signal }),
+          );
           if (opts.json) return printJson(result);
           if (!opts.quiet) {
             process.stdout.write(
-              `copied ${from.location} to ${to.location}: head ${result.version}, ${result.changes} changes, ${result.snapshots} snapshots, in ${formatMs(result.durationMs)}\n`,
+              `copied ${from.location} to ${to.location}: head ${result.version}, ${count(result.changes, "change")}, ${count(result.snapshots, "snapshot")}, in ${formatMs(result.durationMs)}\n`,
             );
           }
         } finally {

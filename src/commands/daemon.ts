@@ -46,7 +46,7 @@ export function registerDaemon(program: Command): void {
         process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
         return;
       }
-      const log = daemonLogger(config.log.level);
+      const log = daemonLogger(config.log.level, { format: config.log.format });
       const daemon = await Daemon.start(config, log);
       const status = () => {
         const failed = daemon.failures.size;

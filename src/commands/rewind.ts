@@ -2,7 +2,7 @@
  * `tidemark rewind <backend>`
  */
 import type { Command } from "commander";
-import { addCodecOptions, codecOptions, withBackend, type CodecFlags } from "./common.js";
+import { addCodecOptions, codecOptions, viaDaemonWhenLocked, withBackend, type CodecFlags } from "./common.js";
 
 /** Registers the command. */
 export function registerRewind(program: Command): void {
@@ -18,10 +18,12 @@ export function registerRewind(program: Command): void {
   addCodecOptions(cmd, true);
   cmd
     .action(async (location: string, opts: CodecFlags) => {
-      await withBackend(location, "write", async (backend) => {
-        const before = backend.head().version;
-        await backend.rewind();
-        process.stdout.write(`rewound version ${before}; the head is now ${backend.head().version}\n`);
-      }, codecOptions(opts));
+      await viaDaemonWhenLocked("rewind", () =>
+        withBackend(location, "write", async (backend) => {
+          const before = backend.head().version;
+          await backend.rewind();
+          process.stdout.write(`rewound version ${before}; the head is now ${backend.head().version}\n`);
+        }, codecOptions(opts)),
+      );
     });
 }

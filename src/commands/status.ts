@@ -7,6 +7,8 @@ import { connect } from "../host/client.js";
 import type { DatabaseStatus } from "../daemon/managed-database.js";
 import { UsageError } from "../util/errors.js";
 import { refuseDamagedHead } from "../ops/point-in-time.js";
+import { DEFAULT_RETENTION } from "../model/retention.js";
+import { versionRange } from "../util/plural.js";
 import { addCodecOptions, codecOptions, formatBytes, formatDuration, printJson, withBackend, type CodecFlags } from "./common.js";
 
 interface StatusOptions extends CodecFlags {
@@ -111,7 +113,8 @@ function describeSettings(settings: NonNullable<BackendStatus["settings"]>): str
     ...(retention?.bases ? [`${retention.bases} older base(s)`] : []),
     ...(retention?.maxAgeMs ? [`${formatDuration(retention.maxAgeMs)} of history`] : []),
   ];
-  parts.push(keep.length ? `keeps ${keep.join(" and ")}` : "keeps the live generation only");
+  if (retention === undefined) parts.push(`keeps ${formatDuration(DEFAULT_RETENTION.maxAgeMs!)} of history (the default; --keep-for 0 for none)`);
+  else parts.push(keep.length ? `keeps ${keep.join(" and ")}` : "keeps the live generation only");
   return parts.join(", ");
 }
 
@@ -123,7 +126,7 @@ function print(lines: [string, string][]): void {
 function restorable(s: BackendStatus): string {
   const from = s.generations[0]?.firstTimestamp;
   const times = from !== undefined && s.headTimestamp !== undefined ? `, ${iso(from)} .. ${iso(s.headTimestamp)}` : " (times sealed: give the key to see them)";
-  return `versions ${s.firstVersion}..${s.version}${times}`;
+  return `${versionRange(s.firstVersion, s.version)}${times}`;
 }
 
 function iso(ms: number): string {

@@ -4,6 +4,8 @@
 import type { Command } from "commander";
 import { TidemarkError } from "../util/errors.js";
 import { createProgress } from "./progress.js";
+import { interruptible } from "./interrupt.js";
+import { count, versionRange } from "../util/plural.js";
 import { verify } from "../ops/verify.js";
 import { loadRules } from "../ops/rewrite.js";
 import { addCodecOptions, codecOptions, formatBytes, formatMs, printJson, withBackend, type CodecFlags } from "./common.js";
@@ -31,17 +33,16 @@ export function registerVerify(program: Command): void {
     .action(async (location: string, opts: { quiet?: boolean; json?: boolean; restore?: boolean; rules?: string; tmpDir?: string } & CodecFlags) => {
       await withBackend(location, "read", async (backend) => {
         const progress = createProgress("verify", "versions", opts.quiet || opts.json);
-        let report;
-        try {
-          report = await verify(backend, {
+        progress.phase("checking records");
+        const report = await interruptible(backend.location, progress, (signal) =>
+          verify(backend, {
             onProgress: progress.update,
             restore: opts.restore ?? false,
             rules: loadRules(opts.rules ?? "none"),
             ...(opts.tmpDir && { tmpDir: opts.tmpDir }),
-          });
-        } finally {
-          progress.stop();
-        }
+            signal,
+          }),
+        );
         if (opts.json) {
           printJson(report);
         } else {
@@ -49,8 +50,8 @@ export function registerVerify(program: Command): void {
           if (!opts.quiet || !report.ok) {
             const s = report.status;
             process.stdout.write(
-              `${report.ok ? "ok" : "FAILED"}: ${report.records} records (versions ${s.firstVersion}..${s.version}), ` +
-                `${report.snapshots} snapshots (${formatBytes(report.snapshotBytes)}) checked` +
+              `${report.ok ? "ok" : "FAILED"}: ${count(report.records, "record")} (${versionRange(s.firstVersion, s.version)}), ` +
+                `${count(report.snapshots, "snapshot")} (${formatBytes(report.snapshotBytes)}) checked` +
                 `${report.restored ? `; restored version ${report.restored.version}, integrity_check ok, in ${formatMs(report.restored.durationMs)}` : ""}` +
                 `${s.tornTail ? `; torn tail of ${s.tornTail.bytes} bytes at offset ${s.tornTail.offset} ignored` : ""}\n`,
             );

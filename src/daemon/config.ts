@@ -12,6 +12,7 @@ import { parseDuration, isDuration } from "../util/duration.js";
 import { ConfigError } from "../util/errors.js";
 import type { KeySource } from "../format/keyring.js";
 import type { RetentionPolicy } from "../model/retention.js";
+import type { RateLimit } from "./rate-limit.js";
 
 /** A database name: lowercase letters, digits, `_` and `-`; never used as a path unchecked. */
 export const DB_NAME_RE = /^[a-z0-9_-]{1,64}$/;
@@ -21,7 +22,7 @@ const RESERVED_NAMES = new Set(["rejected"]);
 /** Fields whose values are secrets: never echoed in errors or logs. */
 const SECRET_KEYS = new Set(["apiKey"]);
 
-const duration = z.union([z.number().positive(), z.string().refine(isDuration, "expected a duration like 30s, 15m, 6h or 1d")]);
+const duration = z.union([z.number().positive(), z.string().refine(isDuration, "expected a duration like 30s, 15m, 6h, 1d or 1h30m")]);
 const size = z.union([z.number().int().positive(), z.string().regex(/^\d+\s*(B|KiB|MiB|GiB)$/, "expected a size like 512KiB, 16MiB or 1GiB")]);
 
 const compactionSchema = z.strictObject({
@@ -41,9 +42,13 @@ const databaseSchema = z.strictObject({
   backend: z.string().min(1, "expected a backend location"),
   replicas: z.array(z.string().min(1, "expected a backend location")).default([]),
   create: z.boolean().default(true),
+  /** The host's database file: restored from the backup at start, before serving, when it is missing. */
+  restoreIfMissing: z.string().min(1).optional(),
   rules: z.string().min(1).default("none"),
   compaction: compactionSchema.default({ everyChanges: 100_000, every: "6h", logRatio: 4 }),
-  retention: z.strictObject({ bases: z.number().int().min(0).optional(), for: duration.optional() }).optional(),
+  retention: z
+    .strictObject({ bases: z.number().int().min(0).optional(), for: z.union([z.literal(0), duration]).optional() })
+    .optional(),
   validationInterval: duration.optional(),
   /** The least time between two writes to each replica (a duration; default 1s). */
   replicaInterval: duration.optional(),
@@ -74,10 +79,29 @@ const configSchema = z.strictObject({
     })
     .optional(),
   spool: z.string().min(1).optional(),
+  /** A listener that serves only GET /metrics, without the API key, for Prometheus. */
+  metrics: z
+    .strictObject({
+      listen: z.union([
+        z.number().int().min(0).max(65535),
+        z.string().regex(/^(?:(\[[0-9a-fA-F:.]+\]|[^:\s]+):)?\d{1,5}$/, 'expected "PORT" or "HOST:PORT", like "127.0.0.1:9090"'),
+      ]),
+    })
+    .optional(),
   maxChangeBytes: size.default("16MiB"),
   groupCommit: z.enum(["auto", "on", "off"]).default("auto"),
   tmpDir: z.string().min(1).optional(),
-  log: z.strictObject({ level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info") }).default({ level: "info" }),
+  /** Backup downloads and verify-now, per client: a burst, then one per `every`. */
+  rateLimit: z
+    .strictObject({ burst: z.number().int().min(0).default(5), every: duration.default("1m") })
+    .default({ burst: 5, every: "1m" }),
+  log: z
+    .strictObject({
+      level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+      /** json lines (the default), or one readable line per entry. */
+      format: z.enum(["json", "text"]).default("json"),
+    })
+    .default({ level: "info", format: "json" }),
   databases: z.array(databaseSchema).min(1, "expected at least one database"),
 });
 
@@ -93,6 +117,8 @@ export interface DatabaseConfig {
   readonly replicas: readonly string[];
   /** Create the backup if it does not exist yet. */
   readonly create: boolean;
+  /** The host's database file (absolute): restored at start, before serving, when it does not exist. */
+  readonly restoreIfMissing?: string;
   /** A rule set name or a rules file path. */
   readonly rules: string;
   readonly compaction: CompactionPolicy;
@@ -116,11 +142,15 @@ export interface Config {
   readonly tcp?: { readonly host: string; readonly port: number; readonly apiKey: string };
   /** Absolute path of the spool directory, if any. */
   readonly spool?: string;
+  /** The metrics-only listener, if any (loopback unless a host is given). */
+  readonly metrics?: { readonly host: string; readonly port: number };
   readonly maxChangeBytes: number;
   /** Overlap the flushes of several databases: "auto" does when more than one is configured. */
   readonly groupCommit: "auto" | "on" | "off";
   readonly tmpDir?: string;
-  readonly log: { readonly level: string };
+  /** The token bucket each client gets for downloads and verify-now (burst 0: no limit). */
+  readonly rateLimit: RateLimit;
+  readonly log: { readonly level: string; readonly format: "json" | "text" };
   readonly databases: readonly DatabaseConfig[];
   /** Where the configuration came from: a file path, or "embedded default". */
   readonly source: string;
@@ -147,9 +177,32 @@ export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.en
   try {
     raw = file.endsWith(".json") ? JSON.parse(text) : YAML.parse(text, { prettyErrors: true });
   } catch (err) {
-    throw new ConfigError("", `config file ${file} does not parse: ${(err as Error).message.split("\n")[0]}`);
+    throw parseError(file, text, err);
   }
   return buildConfig(raw, path.dirname(path.resolve(file)), path.resolve(file), env);
+}
+
+/** A parse error that names the line and column, and shows the line (YAML's or JSON's own position). */
+function parseError(file: string, text: string, err: unknown): ConfigError {
+  const message = (err as Error).message ?? String(err);
+  let at: { line: number; col: number } | undefined;
+  let reason = message.split("\n")[0]!;
+  if (err instanceof YAML.YAMLParseError && err.linePos) {
+    at = err.linePos[0];
+    reason = reason.replace(/ at line \d+, column \d+:?$/, "");
+  } else {
+    const pos = /at position (\d+)/.exec(message);
+    if (pos) {
+      const before = text.slice(0, Number(pos[1])).split("\n");
+      at = { line: before.length, col: before.at(-1)!.length + 1 };
+      reason = reason.replace(/ in JSON at position \d+.*$/, "");
+    }
+  }
+  if (!at) return new ConfigError("", `config file ${file} does not parse: ${reason}`);
+  const shown = (text.split("\n")[at.line - 1] ?? "").slice(0, 120);
+  return new ConfigError("", `config file ${file} does not parse at line ${at.line}, column ${at.col}: ${reason}`, {
+    hint: `check line ${at.line} (${JSON.stringify(shown)}) and the line before it${file.endsWith(".json") ? "" : "; YAML nests by indentation, with spaces"}`,
+  });
 }
 
 /** The embedded default, with paths relative to `cwd`. */
@@ -198,15 +251,18 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
     socket: resolvePath(c.socket),
     ...(c.tcp && { tcp: { host: c.tcp.host, port: c.tcp.port, apiKey: c.tcp.apiKey! } }),
     ...(c.spool !== undefined && { spool: resolvePath(c.spool) }),
+    ...(c.metrics && { metrics: parseListen(c.metrics.listen) }),
     maxChangeBytes: parseSize(c.maxChangeBytes),
     groupCommit: c.groupCommit,
     ...(c.tmpDir !== undefined && { tmpDir: resolvePath(c.tmpDir) }),
-    log: { level: c.log.level },
+    rateLimit: { burst: c.rateLimit.burst, everyMs: durationMs(c.rateLimit.every) },
+    log: { level: c.log.level, format: c.log.format },
     databases: c.databases.map((db) => ({
       name: db.name,
       backend: resolveLocation(db.backend, baseDir),
       replicas: db.replicas.map((r) => resolveLocation(r, baseDir)),
       create: db.create,
+      ...(db.restoreIfMissing !== undefined && { restoreIfMissing: resolvePath(db.restoreIfMissing) }),
       rules: db.rules in { none: 1, "core-lightning": 1 } ? db.rules : resolvePath(db.rules),
       ...(db.retention && {
         retention: {
@@ -283,6 +339,14 @@ function describeValue(root: unknown, at: readonly PropertyKey[]): string {
 /** Converts a configured duration (a duration string, or a number of seconds) into milliseconds. */
 function durationMs(v: string | number): number {
   return typeof v === "number" ? v * 1000 : parseDuration(v);
+}
+
+/** Parses `PORT`, `HOST:PORT` or `[IPv6]:PORT`; the host is 127.0.0.1 when not given. */
+function parseListen(listen: string | number): { host: string; port: number } {
+  const m = /^(?:(\[[0-9a-fA-F:.]+\]|[^:\s]+):)?(\d{1,5})$/.exec(String(listen))!;
+  const port = Number(m[2]);
+  if (port > 65535) throw new ConfigError("metrics.listen", `port ${port} is out of range`);
+  return { host: m[1] === undefined ? "127.0.0.1" : m[1].replace(/^\[|\]$/g, ""), port };
 }
 
 /** Parses a size (`512KiB`, `16MiB`, or a number of bytes) into bytes. */

@@ -13,6 +13,7 @@ import { createApiHandler, type ApiContext } from "./http-api.js";
 import type { Logger } from "../util/logger.js";
 import { Metrics } from "./metrics.js";
 import { Spool } from "./spool.js";
+import { TokenBuckets } from "./rate-limit.js";
 
 /** A database that could not be opened, kept so that requests and status can say why. */
 interface FailedDatabase {
@@ -27,8 +28,10 @@ export class Daemon {
   readonly #dbs = new Map<string, ManagedDatabase>();
   readonly #failed = new Map<string, FailedDatabase>();
   readonly #servers: http.Server[] = [];
+  #metricsServer: http.Server | null = null;
   #config: Config;
   #spool: Spool | null = null;
+  #limiter: TokenBuckets;
   #draining = false;
   #stopping: Promise<void> | null = null;
   #reloading: Promise<void> = Promise.resolve();
@@ -36,6 +39,7 @@ export class Daemon {
   private constructor(config: Config, log: Logger) {
     this.#config = config;
     this.#log = log;
+    this.#limiter = new TokenBuckets(config.rateLimit);
   }
 
   /** Opens every database, then listens; resolves once the daemon is ready. */
@@ -43,7 +47,11 @@ export class Daemon {
     const d = new Daemon(config, log);
     try {
       if (config.tmpDir) fs.mkdirSync(config.tmpDir, { recursive: true, mode: 0o700 });
+      // Before any database opens: a second daemon must say the socket is taken, not fail on
+      // every backup's writer lock first.
+      await checkSocket(config.socket);
       await Promise.all(config.databases.map((db) => d.#open(db)));
+      await d.#restoreMissing();
       const handler = createApiHandler(d.#api());
       d.#servers.push(await listenOnSocket(config.socket, handler));
       if (config.tcp) {
@@ -51,6 +59,7 @@ export class Daemon {
         await listen(tcp, () => tcp.listen(config.tcp!.port, config.tcp!.host));
         d.#servers.push(tcp);
       }
+      if (config.metrics) d.#metricsServer = await d.#listenForMetrics(config.metrics);
       if (config.spool) {
         d.#spool = new Spool(config.spool, d.#api(), log);
         await d.#spool.start(config.databases.map((db) => db.name));
@@ -64,6 +73,7 @@ export class Daemon {
         socket: config.socket,
         ...(config.tcp && { tcp: `${config.tcp.host}:${d.tcpPort}` }),
         ...(config.spool && { spool: config.spool }),
+        ...(config.metrics && { metrics: `${config.metrics.host}:${d.metricsPort}` }),
         databases: [...d.#dbs.keys()],
         failed: [...d.#failed.keys()],
         config: config.source,
@@ -79,6 +89,39 @@ export class Daemon {
     return addr && typeof addr === "object" ? addr.port : undefined;
   }
 
+  /** The metrics listener's port, if there is one. */
+  get metricsPort(): number | undefined {
+    const addr = this.#metricsServer?.address();
+    return addr && typeof addr === "object" ? addr.port : undefined;
+  }
+
+  /** Serves GET /metrics, and nothing else, without a key: Prometheus cannot reach a Unix socket. */
+  async #listenForMetrics(at: { host: string; port: number }): Promise<http.Server> {
+    if (!/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(at.host)) {
+      this.#log.warn({ host: at.host }, "the metrics listener is not on loopback: anyone who can reach it reads the metrics (names of databases, sizes, errors)");
+    }
+    const server = http.createServer((req, res) => {
+      const url = new URL(req.url ?? "/", "http://tidemark.invalid");
+      if (url.pathname !== "/metrics" || (req.method !== "GET" && req.method !== "HEAD")) {
+        res.writeHead(404, { "content-type": "text/plain" });
+        res.end("only GET /metrics is served here\n");
+        return;
+      }
+      this.#metrics.registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { "content-type": this.#metrics.registry.contentType });
+          res.end(text);
+        },
+        (err: unknown) => {
+          this.#log.error({ err }, "metrics could not be collected");
+          res.writeHead(500).end();
+        },
+      );
+    });
+    await listen(server, () => server.listen(at.port, at.host));
+    return server;
+  }
+
   /** The databases being served (those that failed to open are in `failures`). */
   get databaseNames(): string[] {
     return [...this.#dbs.keys()];
@@ -90,6 +133,7 @@ export class Daemon {
   }
 
   async #open(config: DatabaseConfig): Promise<void> {
+    this.#metrics.addDatabase(config.name);
     try {
       const c = this.#config;
       const db = await ManagedDatabase.open(config, {
@@ -111,6 +155,36 @@ export class Daemon {
     }
   }
 
+  /**
+   * Restores each database whose `restoreIfMissing` file does not exist, before anything is
+   * served, so that a host started after the daemon finds its data. A failure stops the start:
+   * a host must not begin again from an empty file while a backup exists.
+   */
+  async #restoreMissing(): Promise<void> {
+    for (const cfg of this.#config.databases) {
+      const file = cfg.restoreIfMissing;
+      if (file === undefined || fs.existsSync(file)) continue;
+      const failed = this.#failed.get(cfg.name);
+      if (failed) {
+        throw new TidemarkError(failed.error.code, `database ${cfg.name}: ${file} is missing and cannot be restored: ${failed.error.message}`, {
+          ...(failed.error.hint && { hint: failed.error.hint }),
+        });
+      }
+      const db = this.#dbs.get(cfg.name)!;
+      if (db.head().version === 0) {
+        this.#log.info({ db: cfg.name, file }, "database file missing and the backup holds nothing yet: nothing to restore");
+        continue;
+      }
+      try {
+        const r = await db.restoreTo(file);
+        this.#log.info({ db: cfg.name, file, version: r.version, bytes: r.bytes, ms: Math.round(r.durationMs) }, "restored the missing database file before serving");
+      } catch (err) {
+        const e = err instanceof TidemarkError ? err : new TidemarkError("E_INTERNAL", String((err as Error)?.message ?? err));
+        throw new TidemarkError(e.code, `database ${cfg.name}: restoring the missing ${file} failed: ${e.message}`, { ...(e.hint && { hint: e.hint }), cause: err });
+      }
+    }
+  }
+
   #api(): ApiContext {
     return {
       database: (name) => {
@@ -129,6 +203,7 @@ export class Daemon {
       tmpDir: () => this.#config.tmpDir ?? os.tmpdir(),
       draining: () => this.#draining,
       failures: () => [...this.#failed.values()].map((f) => ({ name: f.config.name, code: f.error.code, error: f.error.message })),
+      limiter: () => this.#limiter,
     };
   }
 
@@ -148,10 +223,18 @@ export class Daemon {
       ["socket", prev.socket !== next.socket],
       ["tcp", JSON.stringify(prev.tcp) !== JSON.stringify(next.tcp)],
       ["spool", prev.spool !== next.spool],
+      ["metrics", JSON.stringify(prev.metrics) !== JSON.stringify(next.metrics)],
     ] as const) {
       if (changed) this.#log.warn({ setting: what }, "this setting changes only when the daemon restarts");
     }
-    this.#config = { ...next, socket: prev.socket, ...(prev.tcp ? { tcp: prev.tcp } : {}), ...(prev.spool ? { spool: prev.spool } : {}) } as Config;
+    if (JSON.stringify(prev.rateLimit) !== JSON.stringify(next.rateLimit)) this.#limiter = new TokenBuckets(next.rateLimit);
+    this.#config = {
+      ...next,
+      socket: prev.socket,
+      ...(prev.tcp ? { tcp: prev.tcp } : {}),
+      ...(prev.spool ? { spool: prev.spool } : {}),
+      ...(prev.metrics ? { metrics: prev.metrics } : {}),
+    } as Config;
     const wanted = new Map(next.databases.map((db) => [db.name, db]));
     const current = new Map<string, DatabaseConfig>([
       ...[...this.#dbs].map(([k, v]) => [k, v.config] as const),
@@ -184,6 +267,7 @@ export class Daemon {
       this.#draining = true;
       this.#log.info({}, "draining");
       await Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      await new Promise<void>((resolve) => (this.#metricsServer ? this.#metricsServer.close(() => resolve()) : resolve()));
       await this.#spool?.close();
       await this.#reloading.catch(() => {});
       await Promise.all([...this.#dbs.values()].map((db) => db.close()));
@@ -201,6 +285,21 @@ export class Daemon {
  * stale and removed; a live one, or a path that is not a socket, is refused.
  */
 async function listenOnSocket(file: string, handler: http.RequestListener): Promise<http.Server> {
+  await checkSocket(file);
+  const server = http.createServer(handler);
+  // The socket is created 0600: no moment exists in which others could connect.
+  const umask = process.umask(0o177);
+  try {
+    await listen(server, () => server.listen(file));
+  } finally {
+    process.umask(umask);
+  }
+  fs.chmodSync(file, 0o600);
+  return server;
+}
+
+/** Refuses a live socket, or a path that is not a socket; removes a stale socket. */
+async function checkSocket(file: string): Promise<void> {
   let stat: fs.Stats | undefined;
   try {
     stat = fs.lstatSync(file);
@@ -214,20 +313,12 @@ async function listenOnSocket(file: string, handler: http.RequestListener): Prom
       });
     }
     if (await answers(file)) {
-      throw new TidemarkError("E_LOCKED", `another daemon is listening on ${file}`, { hint: "stop it first, or set another socket path" });
+      throw new TidemarkError("E_LOCKED", `another daemon is listening on ${file}`, {
+        hint: "one daemon serves every database: ask it (tidemark status --socket), stop it first, or set another socket path",
+      });
     }
     fs.rmSync(file);
   }
-  const server = http.createServer(handler);
-  // The socket is created 0600: no moment exists in which others could connect.
-  const umask = process.umask(0o177);
-  try {
-    await listen(server, () => server.listen(file));
-  } finally {
-    process.umask(umask);
-  }
-  fs.chmodSync(file, 0o600);
-  return server;
 }
 
 function answers(file: string): Promise<boolean> {

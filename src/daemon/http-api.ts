@@ -10,11 +10,17 @@
  * | POST /v1/dbs/:db/verify               | verify, with a test restore                    |
  * | GET  /v1/dbs, /v1/dbs/:db             | status                                         |
  * | GET  /v1/dbs/:db/backup[?version=N]   | a restored SQLite file, streamed               |
+ * | GET  /v1/dbs/:db/backup?time=ISO       | the same, as of a moment                       |
  * | GET  /healthz, /metrics               | health; Prometheus metrics                     |
+ * | GET  /, POST /login, /logout          | the status page (status-page.ts)               |
+ *
+ * Downloads and verify-now take a token from the client's bucket (rate-limit.ts): over it, 429
+ * with Retry-After. On TCP every route but /healthz and the page's assets needs the API key or
+ * the page's session cookie; a POST with the cookie must also carry `X-Tidemark-CSRF`, which a
+ * page on another site cannot send.
  *
  * Every error is JSON: `{"error", "code", "hint"?, "head"?}` with a 4xx or 5xx status.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
 import fs from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import path from "node:path";
@@ -25,6 +31,10 @@ import type { ManagedDatabase } from "./managed-database.js";
 import { InputError, TidemarkError, type ErrorCode } from "../util/errors.js";
 import type { Logger } from "../util/logger.js";
 import type { Metrics } from "./metrics.js";
+import { ApiAuth } from "./api-auth.js";
+import { formatDuration } from "../util/duration.js";
+import type { TokenBuckets } from "./rate-limit.js";
+import { isNavigation, sendErrorPage, servePage } from "./status-page.js";
 
 const SQLITE_HEADER = Buffer.from("SQLite format 3\0", "latin1");
 
@@ -42,6 +52,8 @@ export interface ApiContext {
   draining(): boolean;
   /** Databases that failed to open. */
   failures(): { name: string; code: string; error: string }[];
+  /** The token buckets for downloads and verify-now. */
+  limiter(): TokenBuckets;
 }
 
 const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
@@ -55,6 +67,7 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   E_STALE: 409,
   E_REWIND: 409,
   E_TOO_LARGE: 413,
+  E_RATE_LIMIT: 429,
   E_UNAVAILABLE: 503,
   E_LOCKED: 503,
   E_BACKEND: 503,
@@ -62,13 +75,13 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
 
 /** Returns the request handler; with `apiKey`, every route but /healthz requires it. */
 export function createApiHandler(ctx: ApiContext, apiKey?: string): (req: IncomingMessage, res: ServerResponse) => void {
-  const expected = apiKey === undefined ? undefined : digest(apiKey);
+  const auth = apiKey === undefined ? undefined : new ApiAuth(apiKey);
   return (req, res) => {
-    handle(ctx, expected, req, res).catch((err: unknown) => sendError(ctx, res, err));
+    handle(ctx, auth, req, res).catch((err: unknown) => sendError(ctx, req, res, err));
   };
 }
 
-async function handle(ctx: ApiContext, expectedKey: Buffer | undefined, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function handle(ctx: ApiContext, auth: ApiAuth | undefined, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = new URL(req.url ?? "/", "http://tidemark.invalid");
   if (url.pathname === "/healthz" && req.method === "GET") {
     const failed = ctx.failures();
@@ -76,8 +89,15 @@ async function handle(ctx: ApiContext, expectedKey: Buffer | undefined, req: Inc
     sendJson(res, status === "ok" ? 200 : 503, { status, databases: ctx.databases().length, ...(failed.length > 0 && { failed }) });
     return;
   }
-  if (expectedKey && !authorised(req, expectedKey)) {
-    throw new TidemarkError("E_AUTH", "missing or wrong API key", { hint: "send it as X-API-Key or Authorization: Bearer <key>" });
+  const method = auth ? auth.check(req) : "socket";
+  if (await servePage(req, res, url.pathname, auth, method !== null)) return;
+  if (method === null) {
+    throw new TidemarkError("E_AUTH", "missing or wrong API key", { hint: "send it as X-API-Key or Authorization: Bearer <key>, or sign in at /" });
+  }
+  if (method === "cookie" && req.method !== "GET" && req.headers["x-tidemark-csrf"] === undefined) {
+    throw Object.assign(new TidemarkError("E_AUTH", "a signed-in browser may POST only from the status page (the X-Tidemark-CSRF header is missing)"), {
+      status: 403,
+    });
   }
   if (url.pathname === "/metrics" && req.method === "GET") {
     res.writeHead(200, { "content-type": ctx.metrics.registry.contentType });
@@ -135,12 +155,14 @@ async function route(ctx: ApiContext, db: ManagedDatabase, action: string | unde
       return;
     case "verify": {
       allow(req, "POST");
+      takeToken(ctx, req, "verify");
       const report = await db.verifyNow();
       sendJson(res, report.ok ? 200 : 500, report);
       return;
     }
     case "backup":
       allow(req, "GET");
+      takeToken(ctx, req, "download");
       return getBackup(ctx, db, url, res);
     default:
       throw notFound(url.pathname);
@@ -184,10 +206,12 @@ async function postSnapshot(db: ManagedDatabase, url: URL, req: IncomingMessage,
 
 async function getBackup(ctx: ApiContext, db: ManagedDatabase, url: URL, res: ServerResponse): Promise<void> {
   const version = versionParam(url, false);
+  const time = timeParam(url);
+  if (version !== undefined && time !== undefined) throw new InputError("give version or time, not both");
   const dir = fs.mkdtempSync(path.join(ctx.tmpDir(), "tidemark-backup-"));
   try {
     const file = path.join(dir, `${db.name}.db`);
-    const restored = await db.restoreTo(file, version);
+    const restored = await db.restoreTo(file, { ...(version !== undefined && { version }), ...(time !== undefined && { time }) });
     res.writeHead(200, {
       "content-type": "application/octet-stream",
       "content-length": String(restored.bytes),
@@ -239,6 +263,29 @@ function versionParam(url: URL, required: boolean): number | undefined {
   return n;
 }
 
+function timeParam(url: URL): number | undefined {
+  const raw = url.searchParams.get("time");
+  if (raw === null) return undefined;
+  const ms = Date.parse(raw);
+  if (!/^\d{4}-\d{2}-\d{2}/.test(raw) || Number.isNaN(ms)) throw new InputError(`time must be an ISO-8601 time like 2026-11-22T03:00:00Z, got ${JSON.stringify(raw.slice(0, 40))}`);
+  return ms;
+}
+
+/** Takes a token from the client's bucket, or refuses with 429 and when to retry. */
+function takeToken(ctx: ApiContext, req: IncomingMessage, what: string): void {
+  const limiter = ctx.limiter();
+  const waitMs = limiter.take(req.socket.remoteAddress ?? "unix socket");
+  if (waitMs === 0) return;
+  const { burst, everyMs } = limiter.limit;
+  const seconds = Math.ceil(waitMs / 1000);
+  throw Object.assign(
+    new TidemarkError("E_RATE_LIMIT", `too many downloads and verifies from this client (a ${what} was refused): ${burst} at once, then one every ${formatDuration(everyMs)}`, {
+      hint: `retry in ${seconds} s, or raise rateLimit in the daemon config`,
+    }),
+    { retryAfter: seconds },
+  );
+}
+
 /** Reads a whole (small) body, refusing more than `limit` bytes with 413. */
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers["content-length"]);
@@ -276,18 +323,6 @@ function notFound(pathname: string): TidemarkError {
   return new TidemarkError("E_NOT_FOUND", `no such endpoint: ${pathname.slice(0, 100)}`, { hint: "see the API table in the README" });
 }
 
-function authorised(req: IncomingMessage, expected: Buffer): boolean {
-  const header = req.headers["x-api-key"];
-  const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? "")?.[1];
-  const given = typeof header === "string" ? header : bearer;
-  // Hashing first makes the comparison constant-time whatever the lengths.
-  return given !== undefined && timingSafeEqual(digest(given), expected);
-}
-
-function digest(key: string): Buffer {
-  return createHash("sha256").update(key).digest();
-}
-
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
@@ -299,7 +334,7 @@ function statusOf(err: TidemarkError): number {
   return (err as { status?: number }).status ?? STATUS_BY_CODE[err.code] ?? 500;
 }
 
-function sendError(ctx: ApiContext, res: ServerResponse, err: unknown): void {
+function sendError(ctx: ApiContext, req: IncomingMessage, res: ServerResponse, err: unknown): void {
   const known = err instanceof TidemarkError;
   if (!known) ctx.log.error({ err }, "request failed unexpectedly");
   const status = known ? statusOf(err) : 500;
@@ -315,5 +350,8 @@ function sendError(ctx: ApiContext, res: ServerResponse, err: unknown): void {
   const allowHeader = (err as { allow?: string }).allow;
   if (allowHeader) res.setHeader("allow", allowHeader);
   if (status === 413) res.setHeader("connection", "close");
+  const retryAfter = (err as { retryAfter?: number }).retryAfter;
+  if (retryAfter !== undefined) res.setHeader("retry-after", String(retryAfter));
+  if (isNavigation(req)) return sendErrorPage(res, status, String(body.error), body.hint as string | undefined);
   sendJson(res, status, body);
 }

@@ -57,6 +57,8 @@ export interface DatabaseStatus extends BackendStatus {
     readonly after: { records: number; bytes: number };
   } | null;
   readonly errors: readonly RecentError[];
+  /** When this daemon last acknowledged a change (or rewind) for the database; null since its start. */
+  readonly lastAck: string | null;
   readonly replicas: readonly ReplicaStatus[];
   /** The last verify run, with its test restore. */
   readonly lastVerify: { readonly at: string; readonly ok: boolean; readonly problems: readonly VerifyProblem[] } | null;
@@ -86,6 +88,7 @@ export class ManagedDatabase {
   #verification: Promise<VerifyReport> | null = null;
   #verifyTimer: NodeJS.Timeout | null = null;
   #lastVerify: DatabaseStatus["lastVerify"] = null;
+  #lastAck: string | null = null;
   readonly #series: {
     readonly ackLatency: { observe(v: number): void };
     readonly appends: { inc(): void };
@@ -180,6 +183,7 @@ export class ManagedDatabase {
         (result.action === "append" ? m.appends : this.#deps.metrics.changes.labels({ db: this.name, action: result.action })).inc();
         m.bytesWritten.inc(bytes);
         m.headVersion.set(result.version);
+        this.#lastAck = new Date().toISOString();
         this.#changesSince++;
         for (const r of this.#replicas) r.notify();
         this.#maybeCompact();
@@ -316,6 +320,7 @@ export class ManagedDatabase {
       compacting: this.#compaction !== null,
       lastCompaction: this.#lastCompaction,
       lastVerify: this.#lastVerify,
+      lastAck: this.#lastAck,
       replicas: await Promise.all(this.#replicas.map((r) => r.status())),
       errors: [...this.#errors],
     };
@@ -364,10 +369,14 @@ export class ManagedDatabase {
     this.#verifyTimer.unref();
   }
 
-  /** Restores the database into `file` (which must not exist), as of `version` or the head. */
-  restoreTo(file: string, version?: number): Promise<RestoreResult> {
+  /** Restores the database into `file` (which must not exist), as of `at.version`, `at.time` or the head. */
+  restoreTo(file: string, at: { version?: number; time?: number } = {}): Promise<RestoreResult> {
     this.#checkOpen();
-    return restore(this.#backend, file, { ...(version !== undefined && { version }), rules: this.#rules });
+    return restore(this.#backend, file, {
+      ...(at.version !== undefined && { version: at.version }),
+      ...(at.time !== undefined && { time: at.time }),
+      rules: this.#rules,
+    });
   }
 
   /**

@@ -1,9 +1,19 @@
 /**
- * Prometheus metrics, via prom-client. Every name starts with `tidemark_`, and each has help
- * text. Latencies are histograms.
+ * Prometheus metrics, via prom-client. Every name of tidemark's own starts with `tidemark_`, and
+ * each has help text. Latencies are histograms. Node's default metrics keep their standard names
+ * (`process_cpu_seconds_total`, `nodejs_heap_size_used_bytes`, …), so stock dashboards match.
+ * Every labelled counter has its series at 0 from the moment a database is known, so that
+ * `increase(…) > 0` fires on the first error rather than on the second.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { ERROR_CODES } from "../util/errors.js";
+import { PACKAGE_VERSION } from "../util/package-version.js";
+
+/** The label values each labelled counter is initialised with. */
+const ACTIONS = ["append", "rewind-then-append", "new-base"];
+const COMPACTION_RESULTS = ["ok", "skipped", "error"];
+const VERIFY_RESULTS = ["ok", "failed"];
+const RETRY_OPS = ["get", "put", "list", "delete", "upload snapshot"];
 
 /** The daemon's metrics, on a registry of their own. */
 export class Metrics {
@@ -117,8 +127,26 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly buildInfo = new Gauge({
+    name: "tidemark_build_info",
+    help: "Always 1; its labels say which tidemark (and Node.js) is running.",
+    labelNames: ["version", "node"] as const,
+    registers: [this.registry],
+  });
+
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: "tidemark_" });
+    collectDefaultMetrics({ register: this.registry });
+    this.buildInfo.set({ version: PACKAGE_VERSION, node: process.version }, 1);
+  }
+
+  /** Creates every counter series of a database at 0, for each label value it can take. */
+  addDatabase(db: string): void {
+    for (const action of ACTIONS) this.changes.inc({ db, action }, 0);
+    for (const result of COMPACTION_RESULTS) this.compactions.inc({ db, result }, 0);
+    for (const result of VERIFY_RESULTS) this.verifications.inc({ db, result }, 0);
+    for (const op of RETRY_OPS) this.backendRetries.inc({ db, op }, 0);
+    for (const code of Object.keys(ERROR_CODES)) this.errors.inc({ db, code }, 0);
+    this.bytesWritten.inc({ db }, 0);
   }
 
   /** Forgets the series of a database that is no longer served. */
@@ -127,11 +155,11 @@ export class Metrics {
       this.replicaLagVersions.remove({ db, replica });
       this.replicaLagSeconds.remove({ db, replica });
     }
-    for (const op of ["get", "put", "list", "delete", "upload snapshot"]) this.backendRetries.remove({ db, op });
+    for (const op of RETRY_OPS) this.backendRetries.remove({ db, op });
     for (const m of [this.ackLatency, this.bytesWritten, this.headVersion, this.backupBytes, this.compactionDuration, this.verifyDuration, this.lastVerifyOk, this.databaseUp]) m.remove({ db });
-    for (const result of ["ok", "failed"]) this.verifications.remove({ db, result });
-    for (const action of ["append", "rewind-then-append", "new-base"]) this.changes.remove({ db, action });
-    for (const result of ["ok", "skipped", "error"]) this.compactions.remove({ db, result });
+    for (const result of VERIFY_RESULTS) this.verifications.remove({ db, result });
+    for (const action of ACTIONS) this.changes.remove({ db, action });
+    for (const result of COMPACTION_RESULTS) this.compactions.remove({ db, result });
     for (const code of Object.keys(ERROR_CODES)) this.errors.remove({ db, code });
   }
 }

@@ -13,6 +13,13 @@ export interface RetentionPolicy {
   readonly maxAgeMs?: number;
 }
 
+/**
+ * The retention of a backup that has no setting of its own: any moment of the last 24 hours
+ * can be restored (with the bases that needs), as Litestream keeps by default.
+ * `{ maxAgeMs: 0 }` keeps the live generation only.
+ */
+export const DEFAULT_RETENTION: RetentionPolicy = Object.freeze({ maxAgeMs: 24 * 3_600_000 });
+
 /** One generation, oldest first: a base and the changes after it. */
 export interface GenerationInfo<Id> {
   readonly id: Id;
@@ -25,7 +32,8 @@ export interface GenerationInfo<Id> {
  * live generation is always kept. A superseded generation is kept when it is one of the
  * `bases` most recent ones, or when it holds times inside the `maxAgeMs` window: generation i
  * alone covers the times from its base until generation i+1's base, so it is kept while that
- * next base is younger than the window. A generation whose times are unknown is kept.
+ * next base is younger than the window. A generation whose times are unknown is kept
+ * (unless `maxAgeMs` is 0: no history by time at all).
  */
 export function retainedGenerations<Id>(generations: readonly GenerationInfo<Id>[], policy: RetentionPolicy, now: number): Set<Id> {
   const keep = new Set<Id>();
@@ -35,7 +43,7 @@ export function retainedGenerations<Id>(generations: readonly GenerationInfo<Id>
   const superseded = generations.slice(0, -1);
   const bases = policy.bases ?? 0;
   superseded.slice(Math.max(0, superseded.length - bases)).forEach((g) => keep.add(g.id));
-  if (policy.maxAgeMs !== undefined) {
+  if (policy.maxAgeMs) {
     superseded.forEach((g, i) => {
       const nextBase = generations[i + 1]!.baseTimestamp;
       if (nextBase === undefined || nextBase >= now - policy.maxAgeMs!) keep.add(g.id);

@@ -18,6 +18,8 @@ export interface CopyOptions {
   readonly force?: boolean;
   /** Called after each change with versions done and versions in all. */
   readonly onProgress?: (done: number, total: number) => void;
+  /** Stops the copy, which then fails as any failed copy does (the destination is emptied). */
+  readonly signal?: AbortSignal;
 }
 
 /** What a copy did. */
@@ -54,13 +56,17 @@ export async function copyBackup(src: Backend, dst: Backend, options: CopyOption
     return result;
   } catch (err) {
     let note = `the copy at ${dst.location} was emptied again`;
+    let emptied = true;
     await dst
       .reset()
       .then(() => dst.markIncomplete(undefined))
       .catch((cleanup: unknown) => {
+        emptied = false;
         note = `emptying the partial copy at ${dst.location} failed too (${(cleanup as Error).message}); run copy --force before using it`;
       });
-    if (err instanceof TidemarkError) err.message = `${err.message} (${note})`;
+    // An interrupt's "nothing was written" is true once the copy is emptied; otherwise it must say so.
+    const interrupted = err instanceof TidemarkError && err.code === "E_INTERRUPTED";
+    if (err instanceof TidemarkError && (!interrupted || !emptied)) err.message = `${err.message} (${note})`;
     throw err;
   }
 }
@@ -103,6 +109,7 @@ async function copyInto(src: Backend, dst: Backend, from: BackendStatus, started
       if (change.snapshot) snapshots++;
       done = Math.max(done, change.version - from.firstVersion + 1);
       options.onProgress?.(done, total);
+      options.signal?.throwIfAborted();
     }
   }
   // An older generation reaches one change past the source's head when the source rewound

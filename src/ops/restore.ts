@@ -27,7 +27,14 @@ export interface RestoreOptions {
   readonly force?: boolean;
   /** Progress callback: versions done, versions in all. */
   readonly onProgress?: (done: number, total: number) => void;
+  /** Called as each phase starts: "reading", "replaying", "checking integrity", "syncing". */
+  readonly onPhase?: (phase: RestorePhase) => void;
+  /** Stops the restore: nothing appears at `dest`, the temp files go, and it rejects with the reason. */
+  readonly signal?: AbortSignal;
 }
+
+/** The phases of a restore, in order. */
+export type RestorePhase = "reading" | "replaying" | "checking integrity" | "syncing";
 
 /** What a restore did. */
 export interface RestoreResult {
@@ -55,20 +62,32 @@ export async function restore(backend: Backend, dest: string, options: RestoreOp
   removeStaleTemps(target);
   const tmp = path.join(path.dirname(target), `.${path.basename(target)}.tidemark-${process.pid}-${randomBytes(4).toString("hex")}.tmp`);
   const rewriter = new Rewriter(options.rules ?? []);
+  options.onPhase?.("reading");
   const version = options.time !== undefined ? await versionAt(backend, options.time) : options.version;
   if (version === undefined) refuseDamagedHead(await backend.status(), "its head");
   try {
+    let replaying = false;
     const replayed = await replayInto(backend, tmp, {
       ...(version !== undefined && { to: version }),
       rewriter,
-      ...(options.onProgress && { onProgress: options.onProgress }),
+      onProgress: (done, total) => {
+        if (!replaying) options.onPhase?.("replaying");
+        replaying = true;
+        options.onProgress?.(done, total);
+      },
+      ...(options.signal && { signal: options.signal }),
     });
     try {
+      options.signal?.throwIfAborted();
+      options.onPhase?.("checking integrity");
       checkIntegrity(await replayed.db.integrityCheck(), replayed.version);
     } finally {
       await replayed.db.close();
     }
+    options.onPhase?.("syncing");
     fsyncFile(tmp);
+    // The last moment to stop: after the rename, the restore is whole and stays.
+    options.signal?.throwIfAborted();
     if (options.force) for (const s of SIDE_FILES) fs.rmSync(target + s, { force: true });
     fs.renameSync(tmp, target);
     fsyncDir(path.dirname(target));

@@ -47,6 +47,8 @@ export interface VerifyOptions {
   readonly rules?: readonly Rule[];
   /** Where the temp file goes; the OS temp directory by default. */
   readonly tmpDir?: string;
+  /** Stops the verify: it rejects with the reason (an interrupt is not a problem found). */
+  readonly signal?: AbortSignal;
 }
 
 /** Checks every record and snapshot of `backend`. Damage is reported, not thrown. */
@@ -88,11 +90,13 @@ export async function verify(backend: Backend, options: VerifyOptions = {}): Pro
           }
         }
         options.onProgress?.(++done, total);
+        options.signal?.throwIfAborted();
       }
       if (prev !== g.lastVersion) {
         problems.push({ code: "E_CORRUPT", version: prev, message: `the generation from version ${g.firstVersion} ends at ${prev}, not at ${g.lastVersion}` });
       }
     } catch (err) {
+      if (options.signal?.aborted) throw err;
       problems.push(problemOf(err));
     }
   }
@@ -100,12 +104,18 @@ export async function verify(backend: Backend, options: VerifyOptions = {}): Pro
   if (options.restore && problems.length === 0) {
     const dir = fs.mkdtempSync(path.join(options.tmpDir ?? os.tmpdir(), "tidemark-verify-"));
     try {
-      const r = await restore(backend, path.join(dir, "verify.db"), { version: status.version, ...(options.rules && { rules: options.rules }) });
+      const r = await restore(backend, path.join(dir, "verify.db"), {
+        version: status.version,
+        ...(options.rules && { rules: options.rules }),
+        ...(options.signal && { signal: options.signal }),
+      });
       restored = { version: r.version, durationMs: r.durationMs };
       if (r.version !== status.version) {
         problems.push({ code: "E_RESTORE", version: r.version, message: `the test restore reached version ${r.version}, not the head ${status.version}` });
       }
     } catch (err) {
+      // An interrupt is not a problem with the backup.
+      if (options.signal?.aborted) throw err;
       problems.push(problemOf(err));
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

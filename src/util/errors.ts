@@ -27,8 +27,10 @@ export const ERROR_CODES = {
   E_NOT_FOUND: "no database with that name is configured",
   E_AUTH: "the request has no API key, or the wrong one",
   E_TOO_LARGE: "the request body exceeds the configured limit",
+  E_RATE_LIMIT: "a client asked for downloads or verifies faster than the daemon's rate limit allows",
   E_UNAVAILABLE: "the daemon cannot take the request now (it is shutting down, or unreachable)",
   E_NONDETERMINISTIC: "a statement would give a different result when replayed",
+  E_INTERRUPTED: "a command was stopped by SIGINT or SIGTERM before it wrote anything (exit code 130)",
   E_INTERNAL: "an unexpected internal error (a bug); the log has the stack trace",
 } as const;
 
@@ -65,6 +67,13 @@ export class InputError extends TidemarkError {
   }
 }
 
+/** A command stopped by SIGINT or SIGTERM; the CLI prints the message alone and exits 130. */
+export class InterruptedError extends TidemarkError {
+  constructor(dest: string) {
+    super("E_INTERRUPTED", `interrupted; nothing was written to ${dest}`);
+  }
+}
+
 /** A wrong command line. The CLI exits with status 2. */
 export class UsageError extends TidemarkError {
   constructor(message: string, options: ErrorOptions = {}) {
@@ -81,6 +90,13 @@ export class ConfigError extends TidemarkError {
   }
 }
 
+/**
+ * What to do about a gap: send the host's database as a new base at its version. (`tidemark
+ * init` refuses a backup that exists; a change with a snapshot is what the version rules take.)
+ */
+export const GAP_HINT =
+  'send the host database as a new base at its current version N: a change with a snapshot (ingest: {"version": N, "snapshot_path": "app.db"}; daemon: POST /v1/dbs/<db>/snapshot?version=N)';
+
 /** A change whose version leaves a hole after the backup head. */
 export class GapError extends TidemarkError {
   readonly head: number;
@@ -88,8 +104,9 @@ export class GapError extends TidemarkError {
   constructor(head: number, version: number, detail?: string) {
     super(
       "E_GAP",
-      detail ?? `change ${version} does not follow the backup head ${head}: versions ${head + 1}..${version - 1} are missing`,
-      { hint: "take a fresh snapshot (tidemark init)" },
+      detail ??
+        `change ${version} does not follow the backup head ${head}: ${version - 1 === head + 1 ? `version ${head + 1} is` : `versions ${head + 1}..${version - 1} are`} missing`,
+      { hint: GAP_HINT },
     );
     this.head = head;
     this.version = version;
@@ -155,7 +172,8 @@ export class BackendError extends TidemarkError {
 export function asBackendError(backend: string, op: string, key: string, err: unknown): TidemarkError {
   if (err instanceof TidemarkError) return err;
   const e = err as NodeJS.ErrnoException;
-  const detail = e?.code ? `${e.code}: ${e.message}` : String(e?.message ?? err);
+  // Node's own message often starts with the code already ("EEXIST: file already exists, …").
+  const detail = e?.code && !String(e.message).startsWith(`${e.code}:`) ? `${e.code}: ${e.message}` : String(e?.message ?? err);
   return new BackendError(backend, op, key, detail, { cause: err, hint: hintForErrno(e?.code) });
 }
 

@@ -30,9 +30,11 @@ describe("daemon HTTP API on the Unix socket", () => {
     d = await startDaemon(dir, {
       socket: "tidemark.sock",
       maxChangeBytes: 2048,
+      rateLimit: { burst: 100, every: "1m" },
       tmpDir: "tmp",
       databases: [
-        { name: "main", backend: "data/main" },
+        // Live only: the download of a version compaction dropped is refused below.
+        { name: "main", backend: "data/main", retention: { for: 0 } },
         { name: "other_db-2", backend: "data/other" },
       ],
     });
@@ -62,7 +64,7 @@ describe("daemon HTTP API on the Unix socket", () => {
       error: "change 5 does not follow the backup head 2: versions 3..4 are missing",
       code: "E_GAP",
       head: 2,
-      hint: "take a fresh snapshot (tidemark init)",
+      hint: 'send the host database as a new base at its current version N: a change with a snapshot (ingest: {"version": N, "snapshot_path": "app.db"}; daemon: POST /v1/dbs/<db>/snapshot?version=N)',
     });
     const stale = await request(d.socket, "POST", "/v1/dbs/main/changes", change(1, "INSERT INTO t VALUES (1)"));
     expect(stale.status).toBe(409);
@@ -177,7 +179,7 @@ describe("daemon HTTP API on the Unix socket", () => {
     expect(fs.readdirSync(tmp)).toEqual([]);
   });
 
-  it("exports Prometheus metrics with the tidemark_ prefix", async () => {
+  it("exports Prometheus metrics: tidemark's own prefixed tidemark_, Node's under their standard names", async () => {
     const r = await request(d.socket, "GET", "/metrics");
     expect(r.status).toBe(200);
     const text = r.body.toString();
@@ -192,7 +194,8 @@ describe("daemon HTTP API on the Unix socket", () => {
     expect(text).toMatch(/^tidemark_verify_total\{db="main",result="ok"\} 1$/m);
     const names = [...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!);
     expect(names.length).toBeGreaterThan(10);
-    expect(names.filter((n) => !n.startsWith("tidemark_"))).toEqual([]);
+    expect(names.filter((n) => !/^(tidemark|process|nodejs)_/.test(n))).toEqual([]);
+    expect(names).toContain("process_cpu_seconds_total");
   });
 });
 

@@ -432,7 +432,7 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
       await withNew(async (b) => {
         await seed(b, 5);
         const gap = await expectCode(applyChange(b, { version: 7, transaction: tx(7) }), "E_GAP");
-        expect(gap.hint).toContain("tidemark init");
+        expect(gap.hint).toContain("as a new base");
         const stale = await expectCode(applyChange(b, { version: 3, transaction: tx(3) }), "E_STALE");
         expect(stale.hint).toContain("restore the host database");
         await b.rewind();

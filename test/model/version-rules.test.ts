@@ -18,7 +18,7 @@ describe("version rules", () => {
     expect(decide(h, { version, hasSnapshot })).toBe(action);
   });
 
-  it("a gap is refused with a hint to take a fresh snapshot", () => {
+  it("a gap is refused with a hint to send a new base", () => {
     let err: GapError | undefined;
     try {
       decide(head, { version: 12, hasSnapshot: false });
@@ -26,8 +26,8 @@ describe("version rules", () => {
       err = e as GapError;
     }
     expect(err).toBeInstanceOf(GapError);
-    expect(err!.message).toContain("versions 11..11 are missing");
-    expect(err!.hint).toBe("take a fresh snapshot (tidemark init)");
+    expect(err!.message).toContain("version 11 is missing");
+    expect(err!.hint).toMatch(/^send the host database as a new base at its current version N: a change with a snapshot/);
   });
 
   it.each([

@@ -16,11 +16,17 @@ describe("durations", () => {
     expect(parseDuration("4.35m")).toBe(261_000);
   });
 
-  for (const text of ["", "soon", "5", "-5s", "5 days", "1e3s", ".5s", " 5s"]) {
+  it("adds compound durations written largest unit first", () => {
+    expect(parseDuration("1h30m")).toBe(5_400_000);
+    expect(parseDuration("1d12h")).toBe(36 * 3_600_000);
+    expect(parseDuration("1s500ms")).toBe(1500);
+  });
+
+  for (const text of ["", "soon", "5", "-5s", "5 days", "1e3s", ".5s", " 5s", "30m1h", "1h1h", "1h30"]) {
     it(`refuses ${JSON.stringify(text)}`, () => {
       expect(isDuration(text)).toBe(false);
       expect(() => parseDuration(text)).toThrow(InputError);
-      expect(() => parseDuration(text)).toThrow(`expected a duration like 30s, 15m, 6h or 1d, got ${JSON.stringify(text)}`);
+      expect(() => parseDuration(text)).toThrow(`expected a duration like 30s, 15m, 6h, 1d or 1h30m, got ${JSON.stringify(text)}`);
     });
   }
 });
