@@ -87,6 +87,7 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
     const change: { -readonly [K in keyof StoredChange]: StoredChange[K] } = { version: rec.version, timestamp: rec.timestamp };
     if (rec.snapshot) change.snapshot = storedSnapshot(this.#storage, rec.snapshot, rec.version, this.#keyring, this.#readers);
     if (rec.transaction) change.transaction = rec.transaction;
+    if (rec.captured) change.captured = rec.captured;
     return change;
   }
 

@@ -22,7 +22,7 @@ import type { LogEntry } from "./log-state.js";
 import { RecordReader } from "./log-reader.js";
 import { ReaderCount } from "./reader-count.js";
 import { SnapshotBlobs } from "./snapshot-blobs.js";
-import { codecFor, initialSettings, retentionFor, shownSettings, updatedSettings } from "./settings.js";
+import { checkMode, codecFor, initialSettings, retentionFor, shownSettings, updatedSettings } from "./settings.js";
 import type { Storage, WriterLock } from "./storage.js";
 
 /** Opens the backup kept in `storage`, as `options.mode` says; closes the storage if it fails. */
@@ -244,12 +244,13 @@ export class StoredBackup implements Backend {
     return this.#mutex.run(async () => {
       this.#checkWritable();
       this.#checkFollows(change);
-      if (!change.snapshot) return this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction }, this.#codec), change.version, change.timestamp);
+      checkMode(this.#identity, change, this.location);
+      if (!change.snapshot) return this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction, captured: change.captured }, this.#codec), change.version, change.timestamp);
       this.#asyncWrites++;
       let ref: SnapshotRef | undefined;
       try {
         ref = await this.#blobs.put(change.version, change.snapshot, this.#codec);
-        await this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction, snapshot: ref }, this.#codec), change.version, change.timestamp, ref.ref);
+        await this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction, captured: change.captured, snapshot: ref }, this.#codec), change.version, change.timestamp, ref.ref);
         this.#blobs.settled(ref.ref);
       } finally {
         // A failed append may still have stored its record (an S3 PUT whose answer was lost):
@@ -264,6 +265,7 @@ export class StoredBackup implements Backend {
     this.#checkNoAsyncWrite();
     if (change.snapshot) throw new Error(`${this.kind} backend: addChangeSync takes no snapshot; use addChange`);
     this.#checkFollows(change);
+    checkMode(this.#identity, change, this.location);
     this.#appendSync(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction }, this.#codec), change.version, change.timestamp);
   }
 

@@ -6,7 +6,8 @@
  * body length before it reads the body, so a corrupt length never makes it read garbage.
  */
 import { crc32 } from "./crc32.js";
-import type { Statement } from "../model/change.js";
+import type { CapturedPages, Statement } from "../model/change.js";
+import { readCaptured, writeCaptured } from "./captured-body.js";
 import { randomBytes } from "node:crypto";
 import { IV_BYTES, PLAIN, compress, decompress, decrypt, encrypt, type Codec } from "./sealing.js";
 import { CorruptError, InputError } from "../util/errors.js";
@@ -31,6 +32,8 @@ export type RecordType = (typeof RecordType)[keyof typeof RecordType];
 /** Header flag bits. */
 export const FLAG_SNAPSHOT = 1;
 export const FLAG_TRANSACTION = 2;
+/** The change carries pages captured from a WAL (docs/format.md, "Captured pages"). */
+export const FLAG_CAPTURED = 8;
 
 /** Where a change's snapshot blob is and what it must hash to. */
 export interface SnapshotRef {
@@ -62,6 +65,7 @@ export interface DecodedRecord {
   readonly timestamp: number;
   readonly snapshot?: SnapshotRef;
   readonly transaction?: Statement[];
+  readonly captured?: CapturedPages;
 }
 
 /** What encodeChangeRecord needs. */
@@ -70,6 +74,7 @@ export interface ChangeRecordInput {
   readonly timestamp: number;
   readonly snapshot?: SnapshotRef;
   readonly transaction?: readonly Statement[];
+  readonly captured?: CapturedPages;
 }
 
 /** Outcome of looking for a whole, intact record at an offset. */
@@ -99,6 +104,10 @@ export function encodeChangeRecord(change: ChangeRecordInput, codec: Codec = PLA
     flags |= FLAG_TRANSACTION;
     w.u32(change.transaction.length);
     change.transaction.forEach((st, i) => writeStatement(w, st, i));
+  }
+  if (change.captured) {
+    flags |= FLAG_CAPTURED;
+    writeCaptured(w, change.captured);
   }
   return frame(RecordType.Change, flags, change.version, change.snapshot?.ref, w.finish(), codec);
 }
@@ -264,6 +273,7 @@ export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, 
       for (let i = 0; i < count; i++) transaction[i] = readStatement(r);
       record.transaction = transaction;
     }
+    if (header.flags & FLAG_CAPTURED) record.captured = readCaptured(r);
   }
   r.end();
   return record;

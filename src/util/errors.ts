@@ -28,6 +28,7 @@ export const ERROR_CODES = {
   E_AUTH: "the request has no API key, or the wrong one",
   E_TOO_LARGE: "the request body exceeds the configured limit",
   E_UNAVAILABLE: "the daemon cannot take the request now (it is shutting down, or unreachable)",
+  E_MODE: "a change of the other kind for this backup (SQL into a captured one, pages into a write-ahead one), or a database tidemark watch cannot capture",
   E_NONDETERMINISTIC: "a statement would give a different result when replayed",
   E_INTERNAL: "an unexpected internal error (a bug); the log has the stack trace",
 } as const;
