@@ -4,7 +4,7 @@
  */
 import { InvalidArgumentError, type Command } from "commander";
 import { openOrCreateBackend } from "../backup/registry.js";
-import { Capture } from "../ops/capture.js";
+import { Capture, checkCapturable } from "../ops/capture.js";
 import { TidemarkError } from "../util/errors.js";
 import { terminalLogger } from "../util/logger.js";
 import { addCodecOptions, addRetentionOptions, codecOptions, retentionOptions, type CodecFlags, type RetentionFlags } from "./common.js";
@@ -41,6 +41,8 @@ export function registerWatch(program: Command): void {
   addRetentionOptions(cmd);
   cmd.action(async (db: string, location: string, opts: WatchOptions) => {
     const log = terminalLogger(opts.verbose ?? false);
+    // Before anything is created for it.
+    checkCapturable(db);
     const { backend, created } = await openOrCreateBackend(location, { ...codecOptions(opts), ...retentionOptions(opts), capture: true, log });
     const controller = new AbortController();
     const stop = (): void => controller.abort();

@@ -74,6 +74,12 @@ export class Capture {
   readonly #busyTimeoutMs: number;
   readonly #wal: WalFile;
   #reader: Database.Database | null = null;
+  /**
+   * The database file, read for snapshots through this one descriptor, closed only after the
+   * connections: closing a descriptor of it would drop their POSIX locks, and with them the
+   * shared lock that keeps the application's last close from deleting the WAL.
+   */
+  #dbFd: number | null = null;
   #writer: Database.Database | null = null;
   /** Where the capture stands in the WAL; null before any WAL cycle was seen. */
   #pos: WalPosition | null = null;
@@ -100,8 +106,9 @@ export class Capture {
   async open(): Promise<void> {
     let why: string | null;
     try {
-      this.#reader = this.#connect();
-      this.#writer = this.#connect();
+      this.#reader = connect(this.db, this.#busyTimeoutMs);
+      this.#dbFd = fs.openSync(this.db, "r");
+      this.#writer = connect(this.db, this.#busyTimeoutMs);
       this.#beginRead();
       why = await this.#resume();
       if (why) await this.#snapshot(why);
@@ -110,27 +117,6 @@ export class Capture {
       throw err;
     }
     this.#log.info({ version: this.#backend.head().version }, why ? "capturing from a fresh snapshot" : "continuing from the backup's head without a gap");
-  }
-
-  #connect(): Database.Database {
-    if (!fs.existsSync(this.db)) throw new InputError(`${this.db}: no such database`, { hint: "start the application first, so that it creates its database, or check the path" });
-    let conn: Database.Database;
-    let mode: string;
-    try {
-      conn = new Database(this.db, { fileMustExist: true, timeout: this.#busyTimeoutMs });
-      mode = String(conn.pragma("journal_mode", { simple: true }));
-    } catch (err) {
-      throw new InputError(`${this.db}: not a readable SQLite database: ${(err as Error).message}`, { cause: err });
-    }
-    if (mode !== "wal") {
-      conn.close();
-      throw new TidemarkError("E_MODE", `${this.db} is in ${mode} journal mode: tidemark watch captures WAL-mode databases only`, {
-        hint: `switch it to WAL once, while the application is stopped: sqlite3 ${this.db} 'PRAGMA journal_mode=WAL' (the setting persists); or have the host report its transactions (tidemark init)`,
-      });
-    }
-    // Never checkpoint on our own commits (there are none) behind the capture's back.
-    conn.pragma("wal_autocheckpoint = 0");
-    return conn;
   }
 
   #beginRead(): void {
@@ -177,7 +163,7 @@ export class Capture {
     if (this.#backend.head().version === 0) this.#log.info({}, "the backup is empty: taking its first snapshot");
     else this.#log.warn({ reason: why }, `continuity with the backup is lost: taking a fresh snapshot (${why})`);
     for (let attempt = 1; ; attempt++) {
-      const snap = walSnapshot(this.db, this.#wal);
+      const snap = walSnapshot(this.#dbFd!, this.#wal);
       try {
         await this.#backend.addChange({
           version: this.#backend.head().version + 1,
@@ -316,9 +302,42 @@ export class Capture {
     this.#reader?.close();
     this.#writer = null;
     this.#reader = null;
+    if (this.#dbFd !== null) fs.closeSync(this.#dbFd);
+    this.#dbFd = null;
     this.#wal.close();
   }
 }
+
+/**
+ * Checks that `db` is a database tidemark watch can capture (it exists, is SQLite, is in WAL
+ * mode), before anything is created for it. Throws E_INPUT or E_MODE with a hint.
+ */
+export function checkCapturable(db: string): void {
+  connect(db, 0).close();
+}
+
+/** Opens a connection of the capture's: checked to be WAL mode, auto-checkpointing off. */
+function connect(db: string, busyTimeoutMs: number): Database.Database {
+  if (!fs.existsSync(db)) throw new InputError(`${db}: no such database`, { hint: "start the application first, so that it creates its database, or check the path" });
+  let conn: Database.Database;
+  let mode: string;
+  try {
+    conn = new Database(db, { fileMustExist: true, timeout: busyTimeoutMs });
+    mode = String(conn.pragma("journal_mode", { simple: true }));
+  } catch (err) {
+    throw new InputError(`${db}: not a readable SQLite database: ${(err as Error).message}`, { cause: err });
+  }
+  if (mode !== "wal") {
+    conn.close();
+    throw new TidemarkError("E_MODE", `${db} is in ${mode} journal mode: tidemark watch captures WAL-mode databases only`, {
+      hint: `switch it to WAL once, while the application is stopped: sqlite3 ${db} 'PRAGMA journal_mode=WAL' (the setting persists); or have the host report its transactions (tidemark init)`,
+    });
+  }
+  // Never checkpoint on our own commits (there are none) behind the capture's back.
+  conn.pragma("wal_autocheckpoint = 0");
+  return conn;
+}
+
 
 /** The WAL position the backup's head change recorded, if it is a captured change. */
 export async function headPosition(backend: Backend): Promise<WalPosition | null> {
@@ -346,7 +365,7 @@ export function walLag(db: string, pos: WalPosition | null): { transactions: num
     else if (pos && sameCycle(header, pos)) return { transactions: null, walBytes };
     else from = startOf(header);
     let n = 0;
-    for (const f of wal.frames(header, from)) if (f.commit !== 0) n++;
+    for (const f of wal.frames(header, from, wal.committedFrames(header) ?? 0)) if (f.commit !== 0) n++;
     return { transactions: n, walBytes };
   } finally {
     wal.close();

@@ -8,7 +8,9 @@
  * big-endian; the checksums are over 32-bit words in the order the magic's low bit says. A
  * frame is valid when its salts are the header's and its checksum continues the chain from
  * the header; the first invalid frame ends the WAL, as it does for SQLite's own recovery.
- * A transaction is committed once its commit frame is valid.
+ * A transaction is committed once its commit frame is valid and SQLite's WAL index (the
+ * `-shm` file's header, sqlite.org/walformat.html) counts it: a writer killed between writing
+ * its commit frame and updating the index never committed, and the next writer overwrites it.
  */
 import fs from "node:fs";
 import type { WalPosition } from "../model/change.js";
@@ -101,14 +103,52 @@ export interface WalFrame {
   readonly checksum2: number;
 }
 
-/** A WAL file, read through one descriptor (reopened when the file is replaced). */
+/** Bytes of one copy of the WAL-index header at the start of the -shm file. */
+const INDEX_HEADER_SIZE = 48;
+
+/**
+ * A WAL file, read through one descriptor (reopened when the file is replaced), and the
+ * header of its WAL index, read through another that stays open until {@link close}: closing
+ * a descriptor of the -shm file would drop the POSIX locks this process's SQLite connections
+ * hold on it.
+ */
 export class WalFile {
   readonly path: string;
   #fd: number | null = null;
   #ino = 0;
+  #shm: number | null = null;
 
+  /** `path` is the -wal file; the index is `path` with -shm for -wal. */
   constructor(path: string) {
     this.path = path;
+  }
+
+  /**
+   * The last frame SQLite's WAL index counts as committed in `header`'s cycle, or null when
+   * the index is of another cycle (a restart under way) or cannot be read consistently.
+   */
+  committedFrames(header: WalHeader): number | null {
+    if (this.#shm === null) {
+      try {
+        this.#shm = fs.openSync(this.path.replace(/-wal$/, "-shm"), "r");
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+        throw err;
+      }
+    }
+    const b = Buffer.alloc(INDEX_HEADER_SIZE * 2);
+    for (let attempt = 0; attempt < 100; attempt++) {
+      if (fs.readSync(this.#shm, b, 0, b.length, 0) < b.length) return null;
+      // Two copies, written one after the other: equal and checksummed, or caught mid-update.
+      if (b.compare(b, 0, INDEX_HEADER_SIZE, INDEX_HEADER_SIZE, INDEX_HEADER_SIZE * 2) !== 0 || b[12] !== 1) continue;
+      // The index is in the machine's byte order (little-endian here: x86, arm64).
+      const [c1, c2] = walChecksum(b, 0, 40, 0, 0, false);
+      if (c1 !== b.readUInt32LE(40) || c2 !== b.readUInt32LE(44)) continue;
+      // The salts are copied from the WAL header as bytes.
+      if (b.readUInt32BE(32) !== header.salt1 || b.readUInt32BE(36) !== header.salt2) return null;
+      return b.readUInt32LE(16);
+    }
+    return null;
   }
 
   /** The descriptor of the file now at the path, or null when there is none. */
@@ -154,7 +194,7 @@ export class WalFile {
    * Yields the valid frames after `from` (which must be in `header`'s cycle), in order, until
    * the first frame that is missing, torn, of another cycle or fails the checksum chain.
    */
-  *frames(header: WalHeader, from: WalPosition): Generator<WalFrame> {
+  *frames(header: WalHeader, from: WalPosition, lastFrame = Infinity): Generator<WalFrame> {
     const fd = this.#open();
     if (fd === null) return;
     const frameSize = WAL_FRAME_HEADER_SIZE + header.pageSize;
@@ -172,6 +212,7 @@ export class WalFile {
         [s1, s2] = walChecksum(buf, at + WAL_FRAME_HEADER_SIZE, at + frameSize, s1, s2, header.bigEndian);
         if (s1 !== buf.readUInt32BE(at + 16) || s2 !== buf.readUInt32BE(at + 20)) return;
         frame++;
+        if (frame > lastFrame) return;
         const pgno = buf.readUInt32BE(at);
         if (pgno === 0) return;
         yield { frame, pgno, commit: buf.readUInt32BE(at + 4), page: buf.subarray(at + WAL_FRAME_HEADER_SIZE, at + frameSize), checksum1: s1, checksum2: s2 };
@@ -182,15 +223,17 @@ export class WalFile {
 
   /**
    * The committed transactions after `from`, in order, stopping once `maxBytes` of pages are
-   * gathered (a transaction is never split) or the valid frames end. Frames after the last
-   * commit frame (a transaction still being written, or rolled back) are left for later.
+   * gathered (a transaction is never split) or the valid frames end, or at `lastFrame` (what
+   * the WAL index counts; by default, read from it). Frames after the last commit frame (a
+   * transaction still being written, or rolled back) are left for later.
    */
-  transactions(header: WalHeader, from: WalPosition, maxBytes = 64 << 20): WalTransaction[] {
+  transactions(header: WalHeader, from: WalPosition, lastFrame: number | null = this.committedFrames(header), maxBytes = 64 << 20): WalTransaction[] {
     const out: WalTransaction[] = [];
+    if (lastFrame === null || lastFrame <= from.frame) return out;
     let pages = new Map<number, Buffer>();
     let frames = 0;
     let bytes = 0;
-    for (const f of this.frames(header, from)) {
+    for (const f of this.frames(header, from, lastFrame)) {
       pages.set(f.pgno, Buffer.from(f.page));
       frames++;
       if (f.commit === 0) continue;
@@ -214,8 +257,11 @@ export class WalFile {
     return n === WAL_FRAME_HEADER_SIZE && b.readUInt32BE(8) === pos.salt1 && b.readUInt32BE(12) === pos.salt2 && b.readUInt32BE(16) === pos.checksum1 && b.readUInt32BE(20) === pos.checksum2;
   }
 
+  /** Closes both descriptors: only once this process's SQLite connections to the database are closed. */
   close(): void {
     if (this.#fd !== null) fs.closeSync(this.#fd);
     this.#fd = null;
+    if (this.#shm !== null) fs.closeSync(this.#shm);
+    this.#shm = null;
   }
 }

@@ -33,11 +33,15 @@ export interface WalSnapshot {
 /** The position stored for a snapshot taken with no WAL: matches no WAL cycle. */
 export const NO_WAL: WalPosition = Object.freeze({ salt1: 0, salt2: 0, frame: 0, checksum1: 0, checksum2: 0 });
 
-/** Plans a snapshot of `dbPath` and its WAL; the caller must hold a read transaction on it. */
-export function walSnapshot(dbPath: string, wal: WalFile): WalSnapshot {
+/**
+ * Plans a snapshot of the database open as `dbFd` and its WAL; the caller must hold a read
+ * transaction on it. The descriptor stays the caller's: closing any descriptor of a database
+ * file drops the POSIX locks every SQLite connection of the process holds on it.
+ */
+export function walSnapshot(dbFd: number, wal: WalFile): WalSnapshot {
   const header = wal.header();
-  const fileBytes = fs.statSync(dbPath).size;
-  let pageSize = header?.pageSize ?? pageSizeOf(dbPath);
+  const fileBytes = fs.fstatSync(dbFd).size;
+  let pageSize = header?.pageSize ?? pageSizeOf(dbFd);
   let dbPages = Math.floor(fileBytes / pageSize);
   let position: WalPosition | null = null;
   const latest = new Map<number, number>();
@@ -45,7 +49,7 @@ export function walSnapshot(dbPath: string, wal: WalFile): WalSnapshot {
     pageSize = header.pageSize;
     position = startOf(header);
     const pending = new Map<number, number>();
-    for (const f of wal.frames(header, position)) {
+    for (const f of wal.frames(header, position, wal.committedFrames(header) ?? 0)) {
       pending.set(f.pgno, f.frame);
       if (f.commit === 0) continue;
       for (const [pgno, frame] of pending) latest.set(pgno, frame);
@@ -54,11 +58,10 @@ export function walSnapshot(dbPath: string, wal: WalFile): WalSnapshot {
       position = { salt1: header.salt1, salt2: header.salt2, frame: f.frame, checksum1: f.checksum1, checksum2: f.checksum2 };
     }
   }
-  return { pageSize, dbPages, position, source: pages(dbPath, wal, header, pageSize, dbPages, latest) };
+  return { pageSize, dbPages, position, source: pages(dbFd, wal, header, pageSize, dbPages, latest) };
 }
 
-async function* pages(dbPath: string, wal: WalFile, header: WalHeader | null, pageSize: number, dbPages: number, latest: Map<number, number>): AsyncGenerator<Uint8Array> {
-  const db = fs.openSync(dbPath, "r");
+async function* pages(db: number, wal: WalFile, header: WalHeader | null, pageSize: number, dbPages: number, latest: Map<number, number>): AsyncGenerator<Uint8Array> {
   const walFd = header ? fs.openSync(wal.path, "r") : null;
   const lock = lockPage(pageSize);
   try {
@@ -83,20 +86,14 @@ async function* pages(dbPath: string, wal: WalFile, header: WalHeader | null, pa
       throw new WalChangedError("the WAL restarted while the snapshot was read");
     }
   } finally {
-    fs.closeSync(db);
     if (walFd !== null) fs.closeSync(walFd);
   }
 }
 
 /** The page size in a database file's header (bytes 16..17; 1 means 65536), 4096 for an empty file. */
-function pageSizeOf(dbPath: string): number {
+function pageSizeOf(fd: number): number {
   const b = Buffer.alloc(18);
-  const fd = fs.openSync(dbPath, "r");
-  try {
-    if (fs.readSync(fd, b, 0, 18, 0) < 18) return 4096;
-  } finally {
-    fs.closeSync(fd);
-  }
+  if (fs.readSync(fd, b, 0, 18, 0) < 18) return 4096;
   const v = b.readUInt16BE(16);
   return v === 1 ? 65536 : v;
 }
