@@ -5,10 +5,11 @@
  * row by row with the application's own database.
  */
 import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, onTestFinished } from "vitest";
 import { runCli } from "../helpers/cli.js";
 import { dumpDb, expectSameDb } from "../helpers/sqlite.js";
 import { tmpDir } from "../helpers/tmp.js";
@@ -180,6 +181,46 @@ describe("tidemark watch", () => {
       expect(dumpDb(await restored(backup, dir, flags)), flags.join(" ")).toEqual(then);
     }
     expect(dumpDb(await restored(backup, dir))).toEqual(dumpDb(db));
+  });
+
+  it("an encrypted, compressed captured backup compacts (pages onto the base), copies, verifies, and watch continues after the compaction", async () => {
+    const dir = tmpDir();
+    const db = path.join(dir, "app.db");
+    const backup = path.join(dir, "backup");
+    const keyFile = path.join(dir, "key");
+    fs.writeFileSync(keyFile, randomBytes(32).toString("hex"), { mode: 0o600 });
+    const key = ["--key", `1=file:${keyFile}`];
+    await runApp("python", [db, "1"]);
+    // The application stays up, holding its database open, as a server does: when the last
+    // connection closes, SQLite folds the WAL away, and the next watch takes a fresh snapshot.
+    const server = new Database(db);
+    server.pragma("user_version");
+    onTestFinished(() => server.close());
+    let w = await startWatch(db, backup, [...key, "--compression", "gzip"]);
+    await runApp("python", [db, "40"]);
+    await until(async () => (await statusOf(backup, ["--watch", db, ...key])).capture?.lagTransactions === 0, "the capture to catch up");
+    expect(await w.stop()).toBe(0);
+    const before = await statusOf(backup, key);
+    expect(before.settings).toMatchObject({ capture: true, encrypted: true, compression: "gzip" });
+    // Without the key, nothing restores.
+    expect((await runCli(["restore", backup, path.join(dir, "nokey.db")])).code).toBe(1);
+    const compacted = await runCli(["compact", backup, "--json", ...key]);
+    expect(compacted.code, compacted.stderr).toBe(0);
+    expect(JSON.parse(compacted.stdout).baseVersion).toBe(before.version - 1);
+    expectSameDb(await restored(backup, dir, key), db);
+    w = await startWatch(db, backup, ["-v", ...key]);
+    expect(w.stderr()).toContain("continuing from the backup's head without a gap");
+    await runApp("python", [db, "40"]);
+    await until(async () => (await statusOf(backup, ["--watch", db, ...key])).capture?.lagTransactions === 0, "the capture to catch up");
+    expect(await w.stop()).toBe(0);
+    expectSameDb(await restored(backup, dir, key), db);
+    const copy = path.join(dir, "copy");
+    const copied = await runCli(["copy", backup, copy, ...key]);
+    expect(copied.code, copied.stderr).toBe(0);
+    expect((await statusOf(copy, key)).settings?.capture).toBe(true);
+    expectSameDb(await restored(copy, dir, key), db);
+    const verified = await runCli(["verify", copy, "--restore", ...key]);
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0);
   });
 
   it("refuses a rollback-journal database with a hint, creating nothing", async () => {
