@@ -177,6 +177,7 @@ export class ReplicaFeeder {
           timestamp: change.timestamp,
           ...(change.snapshot && { snapshot: change.snapshot.open() }),
           ...(change.transaction && { transaction: change.transaction }),
+          ...(change.captured && { captured: change.captured }),
         });
         this.#version = replica.head().version;
         this.#timestamp = change.timestamp;

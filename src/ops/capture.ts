@@ -41,6 +41,8 @@ export interface CaptureOptions {
   readonly checkpointMs?: number;
   /** How long to wait for the application's write lock, in ms (5000). */
   readonly busyTimeoutMs?: number;
+  /** Called after each change is stored (the daemon feeds its replicas and scheduler). */
+  readonly onStored?: () => void;
 }
 
 /** What a running capture reports. */
@@ -72,6 +74,7 @@ export class Capture {
   readonly #checkpointFrames: number;
   readonly #checkpointMs: number;
   readonly #busyTimeoutMs: number;
+  readonly #onStored: () => void;
   readonly #wal: WalFile;
   #reader: Database.Database | null = null;
   /**
@@ -99,6 +102,7 @@ export class Capture {
     this.#checkpointFrames = options.checkpointFrames ?? 1000;
     this.#checkpointMs = options.checkpointMs ?? 60_000;
     this.#busyTimeoutMs = options.busyTimeoutMs ?? 5000;
+    this.#onStored = options.onStored ?? (() => {});
     this.#wal = new WalFile(`${db}-wal`);
   }
 
@@ -173,6 +177,7 @@ export class Capture {
         });
         this.#pos = snap.position;
         this.#snapshots++;
+        this.#onStored();
         return;
       } catch (err) {
         if (!(err instanceof WalChangedError || (err as Error).cause instanceof WalChangedError) || attempt >= 3) throw err;
@@ -222,6 +227,7 @@ export class Capture {
     });
     this.#pos = last.end;
     this.#transactions += txns.length;
+    this.#onStored();
     this.#log.debug({ version, transactions: txns.length, pages: list.length }, "captured");
   }
 
@@ -260,12 +266,22 @@ export class Capture {
     }
   }
 
-  /** Polls until `signal` aborts, then stores what is left and closes. */
+  /**
+   * Polls until `signal` aborts, then stores what is left and closes. A failed poll (the
+   * backend unreachable, say) is logged and retried after a second: nothing was stored, and the
+   * held read transaction keeps every frame until it is.
+   */
   async run(signal: AbortSignal): Promise<void> {
     try {
       while (!signal.aborted) {
-        await this.poll();
-        await sleep(this.#pollMs, undefined, { signal }).catch(() => {});
+        let wait = this.#pollMs;
+        try {
+          await this.poll();
+        } catch (err) {
+          this.#log.error({ err }, `capture failed, retrying in a second: ${(err as Error).message}`);
+          wait = 1000;
+        }
+        await sleep(wait, undefined, { signal }).catch(() => {});
       }
     } finally {
       await this.close();

@@ -195,7 +195,9 @@ describe("tidemark watch", () => {
     // connection closes, SQLite folds the WAL away, and the next watch takes a fresh snapshot.
     const server = new Database(db);
     server.pragma("user_version");
-    onTestFinished(() => server.close());
+    onTestFinished(() => {
+      server.close();
+    });
     let w = await startWatch(db, backup, [...key, "--compression", "gzip"]);
     await runApp("python", [db, "40"]);
     await until(async () => (await statusOf(backup, ["--watch", db, ...key])).capture?.lagTransactions === 0, "the capture to catch up");
