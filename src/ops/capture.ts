@@ -27,7 +27,7 @@ import type { Backend } from "../backup/backup.js";
 import type { CapturedPage, WalPosition } from "../model/change.js";
 import { InputError, TidemarkError } from "../util/errors.js";
 import { silentLogger, type Logger } from "../util/logger.js";
-import { sameCycle, startOf, WalFile, type WalHeader, type WalTransaction } from "./wal-reader.js";
+import { WAL_FRAME_HEADER_SIZE, sameCycle, startOf, WalFile, type WalHeader, type WalTransaction } from "./wal-reader.js";
 import { NO_WAL, WalChangedError, walSnapshot } from "./wal-snapshot.js";
 
 /** Options for {@link Capture}. */
@@ -53,6 +53,8 @@ export interface CaptureStatus {
   readonly head: number;
   /** WAL transactions stored since the capture started. */
   readonly transactions: number;
+  /** Bytes of the WAL frames (headers and pages) those transactions took in the WAL. */
+  readonly walFrameBytes: number;
   /** Fresh snapshots taken since the capture started (1 when it could not continue). */
   readonly snapshots: number;
   /** Committed transactions in the WAL not stored yet, as of the last poll. */
@@ -87,6 +89,7 @@ export class Capture {
   /** Where the capture stands in the WAL; null before any WAL cycle was seen. */
   #pos: WalPosition | null = null;
   #transactions = 0;
+  #walFrameBytes = 0;
   #snapshots = 0;
   #lastCheckpoint = Date.now();
   #checkpointed: number | undefined;
@@ -227,6 +230,7 @@ export class Capture {
     });
     this.#pos = last.end;
     this.#transactions += txns.length;
+    for (const t of txns) this.#walFrameBytes += t.frames * (WAL_FRAME_HEADER_SIZE + header.pageSize);
     this.#onStored();
     this.#log.debug({ version, transactions: txns.length, pages: list.length }, "captured");
   }
@@ -293,6 +297,7 @@ export class Capture {
       db: this.db,
       head: this.#backend.head().version,
       transactions: this.#transactions,
+      walFrameBytes: this.#walFrameBytes,
       snapshots: this.#snapshots,
       lagTransactions: this.#pendingSince === null ? 0 : this.#pendingCount,
       lagSeconds: this.#pendingSince === null ? 0 : (Date.now() - this.#pendingSince) / 1000,
