@@ -13,11 +13,14 @@
  *                    with gzip, brotli, AES-256-GCM and brotli + AES-256-GCM, each vs none
  *   cln              see bench/cln.ts: the Core Lightning plugin's cost per db_write beyond one
  *                    fdatasync, direct and through the daemon, with CPU time
+ *   watch            see bench/watch.ts: capture lag at 1,000 tx/s, the app's commit latency
+ *                    with and without watch, restore CPU vs cp, bytes per captured transaction
  *
  * Environment: BENCH_DIR (default: a temp dir), BENCH_CHANGES (default 100000),
  * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 10000),
  * BENCH_PROTECTION_CHANGES (default 50000), BENCH_CLN_WRITES (default 2000),
- * BENCH_ONLY (core,daemon,s3,protection,cln; default all).
+ * BENCH_WATCH_TX (default 5000), BENCH_WATCH_MB (default 32),
+ * BENCH_ONLY (core,daemon,s3,protection,cln,watch; default all).
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -36,6 +39,7 @@ import { benchCln } from "./cln.js";
 import { benchDaemon } from "./daemon.js";
 import { benchProtection } from "./protection.js";
 import { benchS3 } from "./s3.js";
+import { benchWatch } from "./watch.js";
 import { ms, percentile, printTable, type Row } from "./table.js";
 
 const ROOT = fs.mkdtempSync(path.join(process.env.BENCH_DIR ?? os.tmpdir(), "tidemark-bench-"));
@@ -206,7 +210,7 @@ async function benchRestoreRss(): Promise<void> {
 
 try {
   process.stderr.write(`bench: ${os.cpus().length} cores, node ${process.version}, dir ${ROOT}\n`);
-  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln").split(","));
+  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln,watch").split(","));
   if (only.has("core")) {
     await benchAckLatency();
     await benchRestoreAndCompaction();
@@ -218,6 +222,7 @@ try {
     await benchProtection(path.join(ROOT, "protection"), rows, Number(process.env.BENCH_PROTECTION_CHANGES ?? 50_000));
   }
   if (only.has("cln")) await benchCln(path.join(ROOT, "cln"), rows, Number(process.env.BENCH_CLN_WRITES ?? 2000));
+  if (only.has("watch")) await benchWatch(path.join(ROOT, "watch"), rows, Number(process.env.BENCH_WATCH_TX ?? 5000), Number(process.env.BENCH_WATCH_MB ?? 32));
   printTable(rows);
 } finally {
   fs.rmSync(ROOT, { recursive: true, force: true });

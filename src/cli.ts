@@ -15,6 +15,7 @@ import { registerRestore } from "./commands/restore.js";
 import { registerRewind } from "./commands/rewind.js";
 import { registerStatus } from "./commands/status.js";
 import { registerVerify } from "./commands/verify.js";
+import { registerWatch } from "./commands/watch.js";
 
 const EXIT_ERROR = 1;
 const EXIT_USAGE = 2;
@@ -40,6 +41,7 @@ export function buildProgram(): Command {
   registerRewind(program);
   registerVerify(program);
   registerCopy(program);
+  registerWatch(program);
   registerDaemon(program);
   registerCln(program);
   for (const cmd of program.commands) {

@@ -7,7 +7,7 @@
  * `format/record-codec.ts` and `format/snapshot-codec.ts`, so no backend sees a plain byte of
  * an encrypted backup.
  */
-import type { SnapshotSource, Statement, StoredChange } from "../model/change.js";
+import type { CapturedPages, SnapshotSource, Statement, StoredChange } from "../model/change.js";
 import type { CompressionName } from "../format/sealing.js";
 import type { Keyring } from "../format/keyring.js";
 import type { Logger } from "../util/logger.js";
@@ -85,6 +85,8 @@ export interface ChangeToStore {
   readonly transaction?: readonly Statement[];
   /** Set for a continuation of the head version (see `ChangeInput.continuation`). */
   readonly continuation?: true;
+  /** Pages captured from a WAL (a captured backup's changes; never with a transaction). */
+  readonly captured?: CapturedPages;
 }
 
 /** The new base that compaction installs. */
@@ -209,6 +211,11 @@ export interface BackendOptions {
   readonly keyring?: Keyring;
   /** How much history compaction keeps; recorded as the backup's own setting when given. */
   readonly retention?: RetentionPolicy;
+  /**
+   * Create mode: the backup is a captured one (`tidemark watch`), holding pages a database
+   * committed rather than SQL a host reported. Fixed at creation; the two never mix.
+   */
+  readonly capture?: boolean;
   /** Open a backup that an interrupted copy left (only `tidemark copy --force` does). */
   readonly allowIncomplete?: boolean;
 }

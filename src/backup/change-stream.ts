@@ -92,6 +92,7 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
     if (rec.snapshot) change.snapshot = storedSnapshot(this.#storage, rec.snapshot, rec.version, this.#keyring, this.#readers);
     if (rec.transaction) change.transaction = rec.transaction;
     if (rec.continuation) change.continuation = true;
+    if (rec.captured) change.captured = rec.captured;
     return change;
   }
 

@@ -33,6 +33,7 @@ const settingsShape = {
   brotliQuality: z.number().int().min(0).max(11).optional(),
   encrypted: z.boolean().optional(),
   retention: retentionSchema.optional(),
+  capture: z.literal(true).optional(),
   keys: z.record(z.string().regex(/^\d+$/), z.string().regex(/^[0-9a-f]{16}$/)).optional(),
 };
 

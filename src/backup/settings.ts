@@ -3,7 +3,7 @@
  * They are kept in the backup's identity (tidemark.json), so that every writer of a backup
  * compresses the same way by default and none writes in the clear into an encrypted backup.
  */
-import type { BackendOptions } from "./backup.js";
+import type { BackendOptions, ChangeToStore } from "./backup.js";
 import { makeCodec, requireCompression, type Codec, type CompressionName } from "../format/sealing.js";
 import { TidemarkError } from "../util/errors.js";
 import { DEFAULT_RETENTION, type RetentionPolicy } from "../model/retention.js";
@@ -16,6 +16,8 @@ export interface BackupSettings {
   readonly encrypted?: boolean;
   /** How much history compaction keeps. */
   readonly retention?: RetentionPolicy;
+  /** True for a captured backup (`tidemark watch`): it holds pages, never SQL. Fixed at creation. */
+  readonly capture?: boolean;
   /** Key id → the fingerprint of the key that wrote under that id (see Keyring.fingerprint). */
   readonly keys?: Readonly<Record<string, string>>;
 }
@@ -27,7 +29,25 @@ export function shownSettings(settings: BackupSettings): Omit<BackupSettings, "k
     ...(settings.brotliQuality !== undefined && { brotliQuality: settings.brotliQuality }),
     encrypted: settings.encrypted === true,
     ...(settings.retention !== undefined && { retention: settings.retention }),
+    ...(settings.capture && { capture: true }),
   };
+}
+
+/**
+ * Refuses a change of the other kind: a captured backup takes only captured pages, a
+ * write-ahead backup only SQL. Mixed, neither a replay nor a page copy could restore it.
+ */
+export function checkMode(settings: BackupSettings, change: ChangeToStore, location: string): void {
+  if (settings.capture && change.transaction) {
+    throw new TidemarkError("E_MODE", `${location} is a captured backup (tidemark watch): it takes no SQL changes`, {
+      hint: "give a host that reports its transactions its own backup (tidemark init), or let tidemark watch capture the database",
+    });
+  }
+  if (!settings.capture && change.captured) {
+    throw new TidemarkError("E_MODE", `${location} is a write-ahead backup: it takes no captured pages`, {
+      hint: "tidemark watch needs a backup of its own: give it a new location, and it creates one",
+    });
+  }
 }
 
 /** The settings a new backup is created with, from the options it is created with. */
@@ -37,6 +57,7 @@ export function initialSettings(options: BackendOptions): BackupSettings {
     ...(options.brotliQuality !== undefined && { brotliQuality: options.brotliQuality }),
     encrypted: options.keyring?.active !== null && options.keyring?.active !== undefined,
     ...(options.retention && { retention: options.retention }),
+    ...(options.capture && { capture: true }),
     ...(options.keyring?.active && { keys: { [options.keyring.active.id]: options.keyring.fingerprint(options.keyring.active.id)! } }),
   };
 }

@@ -22,7 +22,7 @@ import type { LogEntry } from "./log-state.js";
 import { RecordReader } from "./log-reader.js";
 import { ReaderCount } from "./reader-count.js";
 import { SnapshotBlobs } from "./snapshot-blobs.js";
-import { codecFor, initialSettings, retentionFor, shownSettings, updatedSettings } from "./settings.js";
+import { checkMode, codecFor, initialSettings, retentionFor, shownSettings, updatedSettings } from "./settings.js";
 import type { Storage, WriterLock } from "./storage.js";
 
 /** Opens the backup kept in `storage`, as `options.mode` says; closes the storage if it fails. */
@@ -246,12 +246,13 @@ export class StoredBackup implements Backend {
     return this.#mutex.run(async () => {
       this.#checkWritable();
       this.#checkFollows(change);
-      if (!change.snapshot) return this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction, continuation: change.continuation }, this.#codec), change.version, change.timestamp);
+      checkMode(this.#identity, change, this.location);
+      if (!change.snapshot) return this.#append(this.#encode(change), change.version, change.timestamp);
       this.#asyncWrites++;
       let ref: SnapshotRef | undefined;
       try {
         ref = await this.#blobs.put(change.version, change.snapshot, this.#codec);
-        await this.#append(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction, snapshot: ref }, this.#codec), change.version, change.timestamp, ref.ref);
+        await this.#append(this.#encode(change, ref), change.version, change.timestamp, ref.ref);
         this.#blobs.settled(ref.ref);
       } finally {
         // A failed append may still have stored its record (an S3 PUT whose answer was lost):
@@ -266,7 +267,8 @@ export class StoredBackup implements Backend {
       this.#checkWritable();
       const records = changes.map((c, i) => {
         if (c.snapshot || c.version !== this.#live.state.head + 1 + i) throw new Error(`${this.kind} backend: addChanges takes consecutive changes after the head, without snapshots`);
-        return encodeChangeRecord({ version: c.version, timestamp: c.timestamp, transaction: c.transaction }, this.#codec);
+        checkMode(this.#identity, c, this.location);
+        return this.#encode(c);
       });
       if (records.length === 0) return;
       const g = this.#live;
@@ -280,7 +282,14 @@ export class StoredBackup implements Backend {
     this.#checkNoAsyncWrite();
     if (change.snapshot) throw new Error(`${this.kind} backend: addChangeSync takes no snapshot; use addChange`);
     this.#checkFollows(change);
-    this.#appendSync(encodeChangeRecord({ version: change.version, timestamp: change.timestamp, transaction: change.transaction, continuation: change.continuation }, this.#codec), change.version, change.timestamp);
+    checkMode(this.#identity, change, this.location);
+    this.#appendSync(this.#encode(change), change.version, change.timestamp);
+  }
+
+  /** The record of a change; the caller has checked it follows the head and fits the backup's mode. */
+  #encode(change: ChangeToStore, snapshot?: SnapshotRef): Buffer {
+    const { version, timestamp, transaction, continuation, captured } = change;
+    return encodeChangeRecord({ version, timestamp, transaction, continuation, captured, snapshot }, this.#codec);
   }
 
   rewind(): Promise<void> {

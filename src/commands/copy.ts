@@ -53,6 +53,7 @@ export function registerCopy(program: Command): void {
           ...(options.compression === undefined && settings?.compression !== undefined && { compression: settings.compression }),
           ...(options.brotliQuality === undefined && settings?.brotliQuality !== undefined && { brotliQuality: settings.brotliQuality }),
           ...(settings?.retention !== undefined && { retention: settings.retention }),
+          ...(settings?.capture && { capture: true }),
           log: terminalLogger(),
         });
         try {

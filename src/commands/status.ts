@@ -2,7 +2,8 @@
  * `tidemark status <backend> [--json]` and `tidemark status --socket PATH [--db NAME]`
  */
 import type { Command } from "commander";
-import type { BackendStatus } from "../backup/backup.js";
+import type { Backend, BackendStatus } from "../backup/backup.js";
+import { headPosition, walLag } from "../ops/capture.js";
 import { connect } from "../host/client.js";
 import type { DatabaseStatus } from "../daemon/managed-database.js";
 import { UsageError } from "../util/errors.js";
@@ -13,6 +14,7 @@ import { addCodecOptions, codecOptions, formatBytes, formatDuration, printJson, 
 
 interface StatusOptions extends CodecFlags {
   json?: boolean;
+  watch?: string;
   socket?: string;
   db?: string;
 }
@@ -33,6 +35,7 @@ export function registerStatus(program: Command): void {
     .argument("[backend]", "the backup: a directory path, file:PATH, or a backend URL")
     .option("--socket <path>", "ask the daemon listening on this Unix socket")
     .option("--db <name>", "with --socket: only this database")
+    .option("--watch <db>", "a captured backup: also show how far it is behind this database's WAL, and the WAL's size")
     .option("--json", "print JSON instead of text")
     .addHelpText("after", "\nExamples:\n  tidemark status ./backup\n  tidemark status --socket ./tidemark.sock --db default");
   addCodecOptions(cmd, false);
@@ -45,8 +48,9 @@ export function registerStatus(program: Command): void {
       if (!location) throw new UsageError("missing the backend (or --socket)", { hint: "tidemark status ./backup" });
       await withBackend(location, "read", async (backend) => {
         const s = await backend.status({ checkBase: true });
-        if (opts.json) printJson({ location: backend.location, ...s });
-        else print(describe(`${backend.location} (${backend.kind})`, s));
+        const lag = opts.watch === undefined ? undefined : await captureLag(backend, s, opts.watch);
+        if (opts.json) printJson({ location: backend.location, ...s, ...(lag && { capture: lag }) });
+        else print([...describe(`${backend.location} (${backend.kind})`, s), ...(lag ? [describeLag(lag)] : [])]);
         // A damaged backup is shown, then reported as the error it is.
         refuseDamagedHead(s, "its head");
       }, codecOptions(opts));
@@ -72,6 +76,29 @@ async function daemonStatus(socket: string, opts: StatusOptions): Promise<void> 
   } finally {
     client.close();
   }
+}
+
+/** How far a captured backup is behind its database, from the WAL position its head recorded. */
+async function captureLag(backend: Backend, s: BackendStatus, db: string): Promise<CaptureLag> {
+  if (s.settings?.capture !== true) throw new UsageError(`--watch applies to captured backups; ${backend.location} is a write-ahead backup`);
+  const { transactions, walBytes } = walLag(db, s.version === 0 ? null : await headPosition(backend));
+  const behind = transactions === null || transactions > 0;
+  return { db, head: s.version, lagTransactions: transactions, lagSeconds: behind && s.headTimestamp !== undefined ? Math.max(0, Date.now() - s.headTimestamp) / 1000 : 0, walBytes };
+}
+
+interface CaptureLag {
+  readonly db: string;
+  readonly head: number;
+  /** Commits in the WAL after the head's position; null when the WAL no longer holds it. */
+  readonly lagTransactions: number | null;
+  /** At most this long behind (the head's age when anything is pending). */
+  readonly lagSeconds: number;
+  readonly walBytes: number;
+}
+
+function describeLag(l: CaptureLag): [string, string] {
+  const behind = l.lagTransactions === null ? "the WAL no longer holds the head's position (watch takes a fresh snapshot when it starts)" : l.lagTransactions === 0 ? "up to date" : `${l.lagTransactions} transaction(s) behind, by at most ${l.lagSeconds.toFixed(1)} s`;
+  return ["captured", `${l.db}: head ${l.head}, ${behind}; WAL ${formatBytes(l.walBytes)}`];
 }
 
 function describe(title: string, s: BackendStatus): [string, string][] {
@@ -107,8 +134,8 @@ function describe(title: string, s: BackendStatus): [string, string][] {
 }
 
 function describeSettings(settings: NonNullable<BackendStatus["settings"]>): string {
-  const { compression = "none", brotliQuality, encrypted, retention } = settings;
-  const parts = [`compression ${compression}${compression === "brotli" ? ` (quality ${brotliQuality ?? 1})` : ""}`, encrypted ? "encrypted" : "not encrypted"];
+  const { compression = "none", brotliQuality, encrypted, retention, capture } = settings;
+  const parts = [capture ? "captured (tidemark watch)" : "write-ahead", `compression ${compression}${compression === "brotli" ? ` (quality ${brotliQuality ?? 1})` : ""}`, encrypted ? "encrypted" : "not encrypted"];
   const keep = [
     ...(retention?.bases ? [`${retention.bases} older base(s)`] : []),
     ...(retention?.maxAgeMs ? [`${formatDuration(retention.maxAgeMs)} of history`] : []),

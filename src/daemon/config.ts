@@ -41,6 +41,8 @@ const databaseSchema = z.strictObject({
     .refine((n) => !RESERVED_NAMES.has(n), "this name is reserved"),
   backend: z.string().min(1, "expected a backend location"),
   replicas: z.array(z.string().min(1, "expected a backend location")).default([]),
+  /** A WAL-mode SQLite file to capture (tidemark watch), instead of changes sent by a host. */
+  watch: z.string().min(1, "expected the path of a SQLite database").optional(),
   create: z.boolean().default(true),
   /** The host's database file: restored from the backup at start, before serving, when it is missing. */
   restoreIfMissing: z.string().min(1).optional(),
@@ -115,6 +117,8 @@ export interface DatabaseConfig {
   readonly backend: string;
   /** Replica backend locations, fed asynchronously from the primary. */
   readonly replicas: readonly string[];
+  /** A WAL-mode database to capture into a captured backup, instead of the ingest doors. */
+  readonly watch?: string;
   /** Create the backup if it does not exist yet. */
   readonly create: boolean;
   /** The host's database file (absolute): restored at start, before serving, when it does not exist. */
@@ -261,6 +265,7 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
       name: db.name,
       backend: resolveLocation(db.backend, baseDir),
       replicas: db.replicas.map((r) => resolveLocation(r, baseDir)),
+      ...(db.watch !== undefined && { watch: resolvePath(db.watch) }),
       create: db.create,
       ...(db.restoreIfMissing !== undefined && { restoreIfMissing: resolvePath(db.restoreIfMissing) }),
       rules: db.rules in { none: 1, "core-lightning": 1 } ? db.rules : resolvePath(db.rules),

@@ -18,6 +18,7 @@ import { ReplicaFeeder, type ReplicaStatus } from "./replica.js";
 import { Keyring } from "../format/keyring.js";
 import { loadRules, type Rule } from "../ops/rewrite.js";
 import { verify, type VerifyProblem, type VerifyReport } from "../ops/verify.js";
+import { Capture, checkCapturable, type CaptureStatus } from "../ops/capture.js";
 
 /** How often the size-ratio trigger is checked when nothing else wakes the scheduler. */
 const RATIO_CHECK_MS = 60_000;
@@ -62,6 +63,8 @@ export interface DatabaseStatus extends BackendStatus {
   readonly replicas: readonly ReplicaStatus[];
   /** The last verify run, with its test restore. */
   readonly lastVerify: { readonly at: string; readonly ok: boolean; readonly problems: readonly VerifyProblem[] } | null;
+  /** With `watch:`: the captured database, the lag in transactions and seconds, the WAL's size. */
+  readonly capture?: CaptureStatus;
 }
 
 /** A database served by the daemon. */
@@ -73,6 +76,9 @@ export class ManagedDatabase {
   readonly #log: Logger;
   readonly #queue = new Mutex();
   readonly #abort = new AbortController();
+  /** With `watch:`, the capture feeding the primary, and its loop. */
+  #capture: Capture | null = null;
+  #capturing: Promise<void> | null = null;
   readonly #errors: RecentError[] = [];
   /** Failures counted already, so that the API layer does not count them twice. */
   readonly #recorded = new WeakSet<object>();
@@ -128,7 +134,10 @@ export class ManagedDatabase {
       ...(config.retention && { retention: config.retention }),
       ...(config.compression && { compression: config.compression }),
       ...(config.brotliQuality !== undefined && { brotliQuality: config.brotliQuality }),
+      ...(config.watch !== undefined && { capture: true }),
     };
+    // A database that cannot be captured is refused before its backup is created.
+    if (config.watch !== undefined) checkCapturable(config.watch);
     let backend: Backend;
     if (config.create) {
       const opened = await openOrCreateBackend(config.backend, options);
@@ -137,7 +146,22 @@ export class ManagedDatabase {
     } else {
       backend = await openBackend(config.backend, { ...options, mode: "write" });
     }
+    const captured = (await backend.status()).settings?.capture === true;
+    if (captured !== (config.watch !== undefined)) {
+      await backend.close();
+      throw new TidemarkError("E_MODE", config.watch !== undefined ? `${backend.location} is a write-ahead backup: databases.${config.name}.watch needs a captured backup` : `${backend.location} is a captured backup: it takes changes only from databases.${config.name}.watch`, {
+        hint: config.watch !== undefined ? "give the watched database a new backend location; the daemon creates a captured backup there" : `set databases.${config.name}.watch to the database it captures`,
+      });
+    }
     const db = new ManagedDatabase(config, backend, rules, deps);
+    if (config.watch !== undefined) {
+      try {
+        await db.#startCapture(config.watch);
+      } catch (err) {
+        await backend.close();
+        throw err;
+      }
+    }
     for (const location of config.replicas) {
       const feeder = new ReplicaFeeder(backend, location, {
         log: deps.log.child({ db: config.name }),
@@ -161,6 +185,25 @@ export class ManagedDatabase {
 
   get name(): string {
     return this.config.name;
+  }
+
+  /** Captures `file` into the primary until the database closes; each stored change feeds the replicas. */
+  async #startCapture(file: string): Promise<void> {
+    const capture = new Capture(file, this.#backend, {
+      log: this.#deps.log.child({ db: this.name }),
+      onStored: () => {
+        this.#series.headVersion.set(this.#backend.head().version);
+        this.#changesSince++;
+        for (const r of this.#replicas) r.notify();
+        this.#maybeCompact();
+      },
+    });
+    await capture.open();
+    this.#capture = capture;
+    this.#capturing = capture.run(this.#abort.signal).catch((err: unknown) => {
+      this.#record(err);
+      this.#log.error({ err }, "capture stopped");
+    });
   }
 
   /** The backup head, from memory. */
@@ -323,6 +366,7 @@ export class ManagedDatabase {
       lastAck: this.#lastAck,
       replicas: await Promise.all(this.#replicas.map((r) => r.status())),
       errors: [...this.#errors],
+      ...(this.#capture && { capture: this.#capture.status() }),
     };
   }
 
@@ -389,6 +433,8 @@ export class ManagedDatabase {
       if (this.#verifyTimer) clearTimeout(this.#verifyTimer);
       await this.#queue.run(() => undefined);
       this.#abort.abort(new TidemarkError("E_UNAVAILABLE", `database ${this.name} is shutting down`));
+      // The capture stores what is committed, then lets go of the database.
+      await this.#capturing;
       await this.#compaction?.catch(() => {});
       await this.#verification?.catch(() => {});
       await Promise.all(this.#replicas.map((r) => r.close()));

@@ -204,9 +204,9 @@ export class ReplicaFeeder {
         if (change.version <= mine.version) continue;
         // A plain change right after the head goes in the segment; anything else (a base, a
         // redo the version rules must rewind first) is applied alone, after the segment.
-        if (!change.snapshot && change.version === replica.head().version + 1 + segment.length) {
-          segment.push({ version: change.version, timestamp: change.timestamp, transaction: change.transaction ?? [] });
-          bytes += statementBytes(change.transaction ?? []);
+        if (!change.snapshot && !change.continuation && change.version === replica.head().version + 1 + segment.length) {
+          segment.push({ version: change.version, timestamp: change.timestamp, ...(change.transaction && { transaction: change.transaction }), ...(change.captured && { captured: change.captured }) });
+          bytes += change.captured ? change.captured.pages.length * change.captured.pageSize : statementBytes(change.transaction ?? []);
           if (bytes >= SEGMENT_BYTES || segment.length >= SEGMENT_CHANGES) await flush();
           continue;
         }
@@ -217,6 +217,7 @@ export class ReplicaFeeder {
           ...(change.snapshot && { snapshot: change.snapshot.open() }),
           ...(change.transaction && { transaction: change.transaction }),
           ...(change.continuation && { continuation: true }),
+          ...(change.captured && { captured: change.captured }),
         });
         this.#version = replica.head().version;
         this.#timestamp = change.timestamp;

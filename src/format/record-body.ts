@@ -131,6 +131,12 @@ export class BodyWriter {
     this.#buf.set(b, this.#pos + 4);
     this.#pos += 4 + b.length;
   }
+  /** Bytes whose length the reader knows already: no length prefix. */
+  raw(b: Uint8Array): void {
+    this.#room(b.length);
+    this.#buf.set(b, this.#pos);
+    this.#pos += b.length;
+  }
   finish(): Buffer {
     return this.#buf.subarray(0, this.#pos);
   }
@@ -251,6 +257,11 @@ export class BodyReader {
     const n = this.u32();
     const at = this.#take(n);
     // A copy, so a decoded change never pins the whole read buffer.
+    return Buffer.from(this.#buf.subarray(at, at + n));
+  }
+  /** `n` bytes whose length the writer did not store (see BodyWriter.raw), copied. */
+  raw(n: number): Buffer {
+    const at = this.#take(n);
     return Buffer.from(this.#buf.subarray(at, at + n));
   }
   end(): void {

@@ -6,7 +6,8 @@
  * body length before it reads the body, so a corrupt length never makes it read garbage.
  */
 import { crc32 } from "./crc32.js";
-import type { Statement } from "../model/change.js";
+import type { CapturedPages, Statement } from "../model/change.js";
+import { readCaptured, writeCaptured } from "./captured-body.js";
 import { randomBytes } from "node:crypto";
 import { IV_BYTES, PLAIN, compress, decompress, decrypt, encrypt, type Codec } from "./sealing.js";
 import { CorruptError, InputError } from "../util/errors.js";
@@ -33,6 +34,8 @@ export const FLAG_SNAPSHOT = 1;
 export const FLAG_TRANSACTION = 2;
 /** The change continues the version of the change record before it (docs/format.md, "Continuations"). */
 export const FLAG_CONTINUATION = 0x80;
+/** The change carries pages captured from a WAL (docs/format.md, "Captured pages"). */
+export const FLAG_CAPTURED = 8;
 
 /** Where a change's snapshot blob is and what it must hash to. */
 export interface SnapshotRef {
@@ -66,6 +69,7 @@ export interface DecodedRecord {
   readonly transaction?: Statement[];
   /** Set for a continuation of the version of the record before it. */
   readonly continuation?: true;
+  readonly captured?: CapturedPages;
 }
 
 /** What encodeChangeRecord needs. */
@@ -76,6 +80,7 @@ export interface ChangeRecordInput {
   readonly transaction?: readonly Statement[];
   /** Marks the record as a continuation of the version before it; it takes no snapshot. */
   readonly continuation?: boolean;
+  readonly captured?: CapturedPages;
 }
 
 /** Outcome of looking for a whole, intact record at an offset. */
@@ -109,6 +114,10 @@ export function encodeChangeRecord(change: ChangeRecordInput, codec: Codec = PLA
   if (change.continuation) {
     if (change.snapshot) throw new InputError(`change ${change.version}: a continuation takes no snapshot`);
     flags |= FLAG_CONTINUATION;
+  }
+  if (change.captured) {
+    flags |= FLAG_CAPTURED;
+    writeCaptured(w, change.captured);
   }
   return frame(RecordType.Change, flags, change.version, change.snapshot?.ref, w.finish(), codec);
 }
@@ -275,6 +284,7 @@ export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, 
       for (let i = 0; i < count; i++) transaction[i] = readStatement(r);
       record.transaction = transaction;
     }
+    if (header.flags & FLAG_CAPTURED) record.captured = readCaptured(r);
   }
   r.end();
   return record;

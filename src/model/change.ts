@@ -31,6 +31,8 @@ export interface ChangeInput {
    * snapshot; a restore replays it after the records of that version before it.
    */
   readonly continuation?: boolean;
+  /** Pages a database committed, for a captured backup (`tidemark watch`); never with a transaction. */
+  readonly captured?: CapturedPages;
 }
 
 /** A snapshot held by a backend, opened as often as needed. */
@@ -49,6 +51,43 @@ export interface StoredChange {
   readonly transaction?: readonly Statement[];
   /** Set for a continuation: a further record of the same version as the change before it. */
   readonly continuation?: true;
+  /** Pages written by the database's own commits (captured backups only: `tidemark watch`). */
+  readonly captured?: CapturedPages;
+}
+
+/**
+ * Where a capture stands in a WAL: the salts of the WAL's current cycle and the last commit
+ * frame read (0: none yet), with the cumulative checksum SQLite computed up to that frame.
+ */
+export interface WalPosition {
+  readonly salt1: number;
+  readonly salt2: number;
+  readonly frame: number;
+  readonly checksum1: number;
+  readonly checksum2: number;
+}
+
+/** One page a captured change wrote: its number (from 1) and its bytes (the page size). */
+export interface CapturedPage {
+  readonly pgno: number;
+  readonly data: Uint8Array;
+}
+
+/**
+ * What one captured change holds: the pages that one or more consecutive committed WAL
+ * transactions wrote (the last copy of each), and the database size after the last of them.
+ * Applied by writing each page at `(pgno - 1) * pageSize`, then cutting the file to
+ * `dbPages * pageSize`.
+ */
+export interface CapturedPages {
+  readonly pageSize: number;
+  /** The database size in pages after the change (the last commit frame's). */
+  readonly dbPages: number;
+  /** How many committed WAL transactions the change covers (1 unless the capture fell behind). */
+  readonly transactions: number;
+  /** Where the capture stands after this change, so that a restart can continue from it. */
+  readonly wal: WalPosition;
+  readonly pages: readonly CapturedPage[];
 }
 
 /** Returns the SQL text of a statement. */

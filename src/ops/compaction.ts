@@ -3,7 +3,8 @@
  *
  * It replays the backup into a temp SQLite file up to the last settled version (the change
  * before the head when the head can still be rewound, so that one rewind stays possible),
- * takes a snapshot of it with SQLite's backup API, and hands that to the backend to install.
+ * takes a snapshot of it with SQLite's backup API (a captured backup: the pages applied to the
+ * base, no SQL, and the file itself), and hands that to the backend to install.
  * Ingest continues meanwhile; the backend only pauses it for the brief install step.
  */
 import fs from "node:fs";
@@ -86,18 +87,22 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
       ...(options.signal && { signal: options.signal }),
     });
     const replayDone = performance.now();
+    // A captured backup's new base is the rebuilt file itself, page for page (the backup API
+    // would renumber nothing but would rewrite page 1's header); the pages after it apply to it.
+    const captured = before.settings?.capture === true;
     try {
       checkIntegrity(await replayed.db.integrityCheck(), replayed.version);
-      await replayed.db.backup(snapshotPath);
+      if (!captured) await replayed.db.backup(snapshotPath);
     } finally {
       await replayed.db.close();
     }
     const snapshotDone = performance.now();
     options.signal?.throwIfAborted();
+    const basePath = captured ? replayPath : snapshotPath;
     await backend.compact({
       version: base,
       timestamp: replayed.timestamp,
-      snapshot: () => fs.createReadStream(snapshotPath, { highWaterMark: 1 << 20 }),
+      snapshot: () => fs.createReadStream(basePath, { highWaterMark: 1 << 20 }),
     });
     const done = performance.now();
     return {

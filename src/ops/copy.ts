@@ -104,6 +104,7 @@ async function copyInto(src: Backend, dst: Backend, from: BackendStatus, started
         ...(change.snapshot && { snapshot: change.snapshot.open() }),
         ...(change.transaction && { transaction: change.transaction }),
         ...(change.continuation && { continuation: true }),
+        ...(change.captured && { captured: change.captured }),
       });
       changes++;
       if (change.snapshot) snapshots++;
@@ -142,7 +143,7 @@ async function settle(dst: Backend, version: number): Promise<void> {
 async function sameAsHead(dst: Backend, change: StoredChange): Promise<boolean> {
   for await (const held of dst.streamChanges({ from: change.version, to: change.version })) {
     if (held.version !== change.version) continue;
-    return held.timestamp === change.timestamp && !held.snapshot && !change.snapshot && sameStatements(held.transaction, change.transaction);
+    return held.timestamp === change.timestamp && !held.snapshot && !change.snapshot && sameStatements(held.transaction, change.transaction) && JSON.stringify(held.captured?.wal) === JSON.stringify(change.captured?.wal);
   }
   return false;
 }

@@ -39,7 +39,7 @@ function plan(backend: Backend, change: ChangeInput): { action: Action; toStore:
   if (!Number.isSafeInteger(change.version) || change.version < 1) {
     throw new InputError(`change version must be an integer >= 1, got ${String(change.version)}`);
   }
-  if (change.snapshot === undefined && change.transaction === undefined) {
+  if (change.snapshot === undefined && change.transaction === undefined && change.captured === undefined) {
     throw new InputError(`change ${change.version} carries neither a transaction nor a snapshot`);
   }
   const continuation = change.continuation === true;
@@ -52,6 +52,7 @@ function plan(backend: Backend, change: ChangeInput): { action: Action; toStore:
       ...(change.snapshot && { snapshot: change.snapshot }),
       ...(change.transaction && { transaction: change.transaction }),
       ...(continuation && { continuation: true }),
+      ...(change.captured && { captured: change.captured }),
     },
   };
 }

@@ -28,10 +28,15 @@ function current() {
   return db;
 }
 
-/** @param {string} file */
-function open(file) {
+/**
+ * @param {string} file
+ * @param {boolean} asIs open only to read and check it (a captured backup's rebuilt file): no pragma writes a byte
+ */
+function open(file, asIs) {
   db = new Database(file);
   journalMode = String(db.pragma("journal_mode", { simple: true }));
+  inBatch = 0;
+  if (asIs) return;
   // Durability comes from the fsync and rename at the end, so SQLite's own journal is moot here.
   db.pragma("journal_mode = OFF");
   db.pragma("synchronous = OFF");
@@ -91,13 +96,13 @@ function close() {
 }
 
 /**
- * @param {{op: string, file?: string, statements?: any[], dest?: string}} msg
+ * @param {{op: string, file?: string, asIs?: boolean, statements?: any[], dest?: string}} msg
  * @returns {Promise<unknown>}
  */
 async function handle(msg) {
   switch (msg.op) {
     case "open":
-      return open(/** @type {string} */ (msg.file));
+      return open(/** @type {string} */ (msg.file), msg.asIs === true);
     case "run":
       return run(/** @type {any[]} */ (msg.statements));
     case "finish":

@@ -1,7 +1,7 @@
 /**
  * Replays a backup into a new SQLite file: the base snapshot, then every transaction in
- * batched SQLite transactions, rewriting statements on the way. Restore and compaction both
- * build on it.
+ * batched SQLite transactions, rewriting statements on the way (or, for a captured backup,
+ * every change's pages, written into the file). Restore and compaction both build on it.
  *
  * Reading and decoding records happens here, on the calling thread; SQLite runs in a worker
  * thread (replay-worker.js), so the two overlap. Batches in flight are bounded, so memory stays
@@ -15,6 +15,7 @@ import type { Backend } from "../backup/backup.js";
 import type { Statement } from "../model/change.js";
 import { TidemarkError } from "../util/errors.js";
 import type { Rewriter } from "./rewrite.js";
+import { PageFile } from "./page-file.js";
 
 /** Statements sent to the worker per message. */
 const BATCH_STATEMENTS = 2048;
@@ -79,15 +80,23 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
   let timestamp = 0;
   let changes = 0;
   let statements = 0;
+  let pages: PageFile | undefined;
   try {
     for await (const change of backend.streamChanges({ to })) {
       if (first === 0) first = change.version;
       if (change.snapshot) {
         if (opened) await worker.call({ op: "close" });
         opened = false;
+        pages?.close();
+        pages = undefined;
         await pipeline(Readable.from(change.snapshot.open()), fs.createWriteStream(dbPath));
       }
-      if (!opened) {
+      if (change.captured) {
+        // Captured pages go straight into the file, as a checkpoint writes them; SQLite opens it
+        // only at the end.
+        pages ??= new PageFile(dbPath);
+        pages.apply(change.captured, change.version);
+      } else if (!opened) {
         worker.send({ op: "open", file: dbPath });
         opened = true;
       }
@@ -110,6 +119,13 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
       }
       if (options.onProgress && (changes % YIELD_EVERY === 0 || version === to)) options.onProgress(version - first + 1, to - first + 1);
     }
+    if (pages) {
+      pages.close();
+      pages = undefined;
+      // Opened as it is: a captured backup's file is left byte for byte as its pages made it.
+      worker.send({ op: "open", file: dbPath, asIs: true });
+      opened = true;
+    }
     if (version !== to || !opened) {
       throw new TidemarkError("E_RESTORE", `replay of ${backend.location} stopped at version ${version}, before ${to}`, {
         hint: "the backup changed while it was read (a compaction or rewind); run the command again",
@@ -119,6 +135,7 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
     await worker.call({ op: "finish" });
     return { db: worker, version, timestamp, changes, statements };
   } catch (err) {
+    pages?.close();
     await worker.close();
     throw err;
   }

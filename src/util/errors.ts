@@ -29,6 +29,7 @@ export const ERROR_CODES = {
   E_TOO_LARGE: "the request body exceeds the configured limit",
   E_RATE_LIMIT: "a client asked for downloads or verifies faster than the daemon's rate limit allows",
   E_UNAVAILABLE: "the daemon cannot take the request now (it is shutting down, or unreachable)",
+  E_MODE: "a change of the other kind for this backup (SQL into a captured one, pages into a write-ahead one), or a database tidemark watch cannot capture",
   E_NONDETERMINISTIC: "a statement would give a different result when replayed",
   E_INTERRUPTED: "a command was stopped by SIGINT or SIGTERM before it wrote anything (exit code 130)",
   E_INTERNAL: "an unexpected internal error (a bug); the log has the stack trace",
