@@ -49,9 +49,12 @@ function terminalProgress(label: string, unit: string): Progress {
   );
   const started = performance.now();
   let running = false;
+  // Once stopped (an interrupt, say), late updates from work still unwinding draw nothing.
+  let stopped = false;
   let phase = "reading";
   return {
     update(done, total) {
+      if (stopped) return;
       const seconds = (performance.now() - started) / 1000;
       const rate = seconds > 0 ? Math.round(done / seconds) : 0;
       if (!running) {
@@ -69,6 +72,7 @@ function terminalProgress(label: string, unit: string): Progress {
     stop() {
       if (running) bar.stop();
       running = false;
+      stopped = true;
     },
   };
 }

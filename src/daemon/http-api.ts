@@ -33,8 +33,8 @@ import type { Logger } from "../util/logger.js";
 import type { Metrics } from "./metrics.js";
 import { ApiAuth } from "./api-auth.js";
 import { formatDuration } from "../util/duration.js";
-import type { TokenBuckets } from "./rate-limit.js";
-import { isNavigation, sendErrorPage, servePage } from "./status-page.js";
+import { TokenBuckets } from "./rate-limit.js";
+import { LOGIN_LIMIT, isNavigation, sendErrorPage, servePage } from "./status-page.js";
 
 const SQLITE_HEADER = Buffer.from("SQLite format 3\0", "latin1");
 
@@ -77,12 +77,13 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
 /** Returns the request handler; with `apiKey`, every route but /healthz requires it. */
 export function createApiHandler(ctx: ApiContext, apiKey?: string): (req: IncomingMessage, res: ServerResponse) => void {
   const auth = apiKey === undefined ? undefined : new ApiAuth(apiKey);
+  const logins = new TokenBuckets(LOGIN_LIMIT);
   return (req, res) => {
-    handle(ctx, auth, req, res).catch((err: unknown) => sendError(ctx, req, res, err));
+    handle(ctx, auth, logins, req, res).catch((err: unknown) => sendError(ctx, req, res, err));
   };
 }
 
-async function handle(ctx: ApiContext, auth: ApiAuth | undefined, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function handle(ctx: ApiContext, auth: ApiAuth | undefined, logins: TokenBuckets, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = new URL(req.url ?? "/", "http://tidemark.invalid");
   if (url.pathname === "/healthz" && req.method === "GET") {
     const failed = ctx.failures();
@@ -91,7 +92,7 @@ async function handle(ctx: ApiContext, auth: ApiAuth | undefined, req: IncomingM
     return;
   }
   const method = auth ? auth.check(req) : "socket";
-  if (await servePage(req, res, url.pathname, auth, method !== null)) return;
+  if (await servePage(req, res, url.pathname, auth, method !== null, logins)) return;
   if (method === null) {
     throw new TidemarkError("E_AUTH", "missing or wrong API key", { hint: "send it as X-API-Key or Authorization: Bearer <key>, or sign in at /" });
   }

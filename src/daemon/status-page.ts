@@ -7,6 +7,10 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { clearedSessionCookie, type ApiAuth } from "./api-auth.js";
 import { APP_JS, STYLE_CSS, errorPageHtml, loginPageHtml, statusPageHtml } from "./status-page-assets.js";
 import { PACKAGE_VERSION } from "../util/package-version.js";
+import type { TokenBuckets } from "./rate-limit.js";
+
+/** Sign-in attempts per client: 10 at once, then one a minute, so a key cannot be guessed at speed. */
+export const LOGIN_LIMIT = { burst: 10, everyMs: 60_000 };
 
 /** Largest login form accepted, in bytes. */
 const MAX_FORM_BYTES = 4096;
@@ -32,7 +36,14 @@ const ASSETS: Record<string, { type: string; body: string }> = {
  * `auth` is the TCP listener's key check (undefined on the Unix socket, which needs none);
  * `authorised` says whether this request already passed it.
  */
-export async function servePage(req: IncomingMessage, res: ServerResponse, pathname: string, auth: ApiAuth | undefined, authorised: boolean): Promise<boolean> {
+export async function servePage(
+  req: IncomingMessage,
+  res: ServerResponse,
+  pathname: string,
+  auth: ApiAuth | undefined,
+  authorised: boolean,
+  logins: TokenBuckets,
+): Promise<boolean> {
   const asset = ASSETS[pathname];
   if (asset && req.method === "GET") {
     res.writeHead(200, { "content-type": asset.type, "cache-control": "no-cache", "x-content-type-options": "nosniff" });
@@ -45,6 +56,13 @@ export async function servePage(req: IncomingMessage, res: ServerResponse, pathn
   }
   if (pathname === "/login" && req.method === "POST") {
     const key = new URLSearchParams(await readForm(req)).get("key") ?? "";
+    const waitMs = auth ? logins.take(req.socket.remoteAddress ?? "unix socket") : 0;
+    if (waitMs > 0) {
+      const seconds = Math.ceil(waitMs / 1000);
+      res.setHeader("retry-after", String(seconds));
+      sendPage(res, 429, errorPageHtml(429, "too many sign-in attempts from this address", `retry in ${seconds} s`));
+      return true;
+    }
     if (auth && !auth.matches(key)) {
       sendPage(res, 401, loginPageHtml(true));
       return true;

@@ -123,7 +123,7 @@ describe("cli: ingest", () => {
   });
 
   it.each([
-    ["a gap", lines({ version: 9, transaction: ["SELECT 1"] }), /E?line 1: change 9 does not follow the backup head 2/, /tidemark init/],
+    ["a gap", lines({ version: 9, transaction: ["SELECT 1"] }), /E?line 1: change 9 does not follow the backup head 2/, /Try: send the host database as a new base/],
     ["a stale version", lines({ version: 1, transaction: ["SELECT 1"] }), /line 1: change 1 is behind the backup head 2/, /restore the host database/],
     ["a malformed change", lines({ version: 3, transaction: [{ sql: 1 }] }), /line 1: change\.transaction\[0\]\.sql: expected SQL text/, /README/],
     ["a missing snapshot file", lines({ version: 5, snapshot_path: "/no/such.db" }), /line 1: change\.snapshot_path: cannot open \/no\/such\.db: ENOENT/, null],

@@ -2,13 +2,13 @@
  * Ctrl-C and SIGTERM in the long commands: a real child process, a real signal sent while it
  * works. It must print one line, exit 130, leave no temp file and no lock, and change nothing.
  */
-import type { ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { openBackend } from "../../src/backup/registry.js";
 import { applyChange } from "../../src/ops/ingest.js";
-import { runCli, spawnCli } from "../helpers/cli.js";
+import { CLI, runCli, spawnCli } from "../helpers/cli.js";
 import os from "node:os";
 import { waitFor } from "../helpers/daemon.js";
 
@@ -73,6 +73,32 @@ describe("interrupts", () => {
     const dest = path.join(dir, "r.db");
     const r = await interrupt(["restore", backup, dest], (err) => /restore: replaying, \d+\/\d+ versions \(\d+%\)/.test(err), "SIGINT");
     expectInterrupted(r, dest);
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
+  it("restore on a terminal: Ctrl-C stops the bar for good and gives the cursor back", async () => {
+    const dir = fs.mkdtempSync(path.join(root, "tty-"));
+    const dest = path.join(dir, "r.db");
+    // util-linux script(1) runs the command on a pseudo-terminal; a \x03 written to it is a real Ctrl-C.
+    const child = spawn("script", ["-qec", [process.execPath, CLI, "restore", backup, dest].map((a) => `'${a}'`).join(" "), "/dev/null"], {
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    let out = "";
+    let sent = -1;
+    child.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+      if (sent < 0 && /restore \[.*\| replaying/.test(out)) {
+        sent = out.length;
+        child.stdin!.write("\x03");
+      }
+    });
+    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    expect(sent, out).toBeGreaterThan(0);
+    expect(code, out).toBe(130);
+    const after = out.slice(sent);
+    expect(after).toMatch(/\u001b\[\?25h/); // cursor shown
+    expect(after).not.toMatch(/\u001b\[\?25l/); // and never hidden again: no bar redrawn
+    expect(after.trimEnd().endsWith(`interrupted; nothing was written to ${dest}`)).toBe(true);
     expect(fs.readdirSync(dir)).toEqual([]);
   });
 

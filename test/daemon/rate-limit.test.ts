@@ -64,3 +64,26 @@ describe("the rate limit on the daemon's socket", () => {
     }
   });
 });
+
+describe("sign-in attempts on TCP", () => {
+  it("are limited per address: 10, then 429 with Retry-After, the right key included", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tidemark-login-"));
+    const d = await startDaemon(dir, { tcp: { port: 0, apiKey: "the-right-key-0123456789" }, databases: [{ name: "main", backend: "data/main" }] });
+    try {
+      const ready = JSON.parse(d.logs().split("\n").find((l) => l.includes('"msg":"ready"'))!);
+      const port = Number(/:(\d+)$/.exec(ready.tcp)![1]);
+      const login = (key: string) => request(port, "POST", "/login", `key=${encodeURIComponent(key)}`, { "content-type": "application/x-www-form-urlencoded" });
+      for (let i = 0; i < 10; i++) expect((await login(`guess-${i}`)).status).toBe(401);
+      const limited = await login("the-right-key-0123456789");
+      expect(limited.status).toBe(429);
+      expect(Number(limited.headers["retry-after"])).toBeGreaterThan(0);
+      expect(limited.headers["set-cookie"]).toBeUndefined();
+      expect(limited.body.toString()).toContain("too many sign-in attempts from this address");
+      // The key header is not a sign-in: scripts are not locked out.
+      expect((await request(port, "GET", "/v1/dbs", undefined, { "x-api-key": "the-right-key-0123456789" })).status).toBe(200);
+    } finally {
+      expect(await d.stop()).toBe(0);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
