@@ -31,7 +31,7 @@ describe("history by default", () => {
     const { dir, backup } = await walkthrough([]);
     const status = await runCli(["status", backup]);
     expect(status.stdout).toMatch(/restorable\s+versions 1\.\.3/);
-    expect(status.stdout).toMatch(/settings\s+compression none, not encrypted, keeps 1d of history \(the default; --keep-for 0 for none\)/);
+    expect(status.stdout).toMatch(/settings\s+write-ahead, compression none, not encrypted, keeps 1d of history \(the default; --keep-for 0 for none\)/);
     const r = await runCli(["restore", backup, path.join(dir, "before.db"), "--version", "1"]);
     expect(r.code, r.stderr).toBe(0);
     const db = new Database(path.join(dir, "before.db"), { readonly: true });
