@@ -6,6 +6,7 @@ import { InvalidArgumentError, type Command } from "commander";
 import { openOrCreateBackend } from "../backup/registry.js";
 import { Capture, checkCapturable } from "../ops/capture.js";
 import { TidemarkError } from "../util/errors.js";
+import { count } from "../util/plural.js";
 import { terminalLogger } from "../util/logger.js";
 import { addCodecOptions, addRetentionOptions, codecOptions, retentionOptions, type CodecFlags, type RetentionFlags } from "./common.js";
 
@@ -63,7 +64,7 @@ export function registerWatch(program: Command): void {
       process.stderr.write(`watching ${db} into ${backend.location}${created ? " (created)" : ""}: head ${backend.head().version}; Ctrl-C stops\n`);
       await capture.run(controller.signal);
       const s = capture.status();
-      process.stderr.write(`stopped: head ${s.head}, ${s.transactions} transactions captured${s.snapshots ? `, ${s.snapshots} fresh snapshot(s)` : ""}\n`);
+      process.stderr.write(`stopped: head ${s.head}, ${count(s.transactions, "transaction")} captured${s.snapshots ? `, ${count(s.snapshots, "fresh snapshot")}` : ""}\n`);
     } finally {
       process.off("SIGINT", stop);
       process.off("SIGTERM", stop);
