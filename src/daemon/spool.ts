@@ -5,6 +5,10 @@
  * waits for the file to disappear: the daemon deletes it only once the change is durable. A
  * file that cannot be taken moves to `<spool>/rejected/` with a `.reason` file beside it.
  * Files are taken in version order, including those present when the daemon starts.
+ *
+ * Only regular files are taken (util/regular-file.ts): a FIFO, a device, a directory or a
+ * symbolic link named like a change, or given as its `snapshot_path`, is rejected unread, and
+ * every read is asynchronous and bounded, so that no file can stall the daemon.
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -14,6 +18,7 @@ import { DB_NAME_RE } from "./config.js";
 import type { ManagedDatabase } from "./managed-database.js";
 import { InputError, TidemarkError } from "../util/errors.js";
 import type { Logger } from "../util/logger.js";
+import { openRegularFile, readLimited } from "../util/regular-file.js";
 
 const FILE_RE = /^([0-9]{1,15})\.json$/;
 /** How long a version may wait for the ones before it before it is rejected as a gap. */
@@ -52,7 +57,8 @@ export class Spool {
   async start(names: readonly string[]): Promise<void> {
     fs.mkdirSync(path.join(this.dir, "rejected"), { recursive: true, mode: 0o700 });
     for (const n of names) this.addDatabase(n);
-    this.#watcher = watch(this.dir, { depth: 1, ignoreInitial: false, persistent: true });
+    // Links are not followed: what a link points to is never the spool's to watch or read.
+    this.#watcher = watch(this.dir, { depth: 1, ignoreInitial: false, persistent: true, followSymlinks: false });
     this.#watcher.on("add", (file) => this.#found(file));
     this.#watcher.on("error", (err) => this.#log.error({ err }, "spool watcher failed"));
     await new Promise<void>((resolve) => this.#watcher!.once("ready", () => resolve()));
@@ -186,12 +192,20 @@ class DbQueue {
   async #take(version: number): Promise<"done" | "wait" | "retry"> {
     const file = path.join(this.#spool, this.#db, `${version}.json`);
     const db = this.#ctx.database(this.#db);
-    const text = readSmallFile(file, this.#ctx.maxChangeBytes());
+    let text: string | TidemarkError | null;
+    try {
+      text = await readSpoolFile(file, this.#ctx.maxChangeBytes());
+    } catch (err) {
+      if (!(err instanceof TidemarkError)) throw err;
+      this.#reject(file, version, err, err.code);
+      return "done";
+    }
     if (text === null) return "done"; // taken away meanwhile
     if (typeof text !== "string") {
       this.#reject(file, version, text, "E_TOO_LARGE");
       return "done";
     }
+    let snapshot: Awaited<ReturnType<typeof openRegularFile>> = null;
     try {
       if (!db) throw new TidemarkError("E_NOT_FOUND", `no database named "${this.#db}" is configured`);
       const wire = parseWireChange(text, { allowSnapshotPath: true });
@@ -206,7 +220,14 @@ class DbQueue {
       if (wire.snapshotPath && !path.isAbsolute(wire.snapshotPath)) {
         throw new InputError(`snapshot_path must be absolute, got ${JSON.stringify(wire.snapshotPath)}`);
       }
-      const result = await db.ingest(changeFromWire(wire, (file) => fs.createReadStream(file)), Buffer.byteLength(text));
+      if (wire.snapshotPath) {
+        snapshot = await openRegularFile(wire.snapshotPath, "snapshot_path");
+        if (!snapshot) throw new InputError(`snapshot_path ${wire.snapshotPath} does not exist`);
+      }
+      const opened = snapshot;
+      // Only the bytes there were at the open: a file still being written does not stream on forever.
+      const openSnapshot = () => opened!.handle.createReadStream({ start: 0, ...(opened!.size > 0 && { end: opened!.size - 1 }), highWaterMark: 1 << 20, autoClose: false });
+      const result = await db.ingest(changeFromWire(wire, openSnapshot), Buffer.byteLength(text));
       fs.rmSync(file, { force: true });
       this.#log.debug({ version, action: result.action }, "spooled change is durable");
       return "done";
@@ -218,29 +239,36 @@ class DbQueue {
       }
       this.#log.warn({ version, code, err }, "could not take a spooled change; will retry");
       return "retry";
+    } finally {
+      await snapshot?.handle.close();
     }
   }
 
   #reject(file: string, version: number, err: Error, code: string): void {
     const base = path.join(this.#spool, "rejected", `${this.#db}.${version}.${Date.now()}.json`);
     const hint = err instanceof TidemarkError && err.hint ? `\nTry: ${err.hint}` : "";
-    fs.writeFileSync(`${base}.reason`, `${code}: ${err.message}${hint}\n`);
+    fs.writeFileSync(`${base}.reason`, `${code}: ${err.message}${hint}\n`, { mode: 0o600 });
     fs.renameSync(file, base);
     this.#log.warn({ version, code, moved: base }, "rejected a spooled change");
   }
 }
 
 /**
- * Reads a spool file, checking its size first so that a huge one is refused rather than
- * loaded. Returns null if it is gone, or the error for one over `limit` bytes.
+ * Reads a spool file if it is a regular file, checking its size first so that a huge one is
+ * refused rather than loaded. Returns null if it is gone, or the error for one over `limit`
+ * bytes; throws E_INPUT for anything but a regular file.
  */
-function readSmallFile(file: string, limit: number): string | null | TidemarkError {
+async function readSpoolFile(file: string, limit: number): Promise<string | null | TidemarkError> {
+  const opened = await openRegularFile(file, "spool file");
+  if (!opened) return null;
   try {
-    const size = fs.statSync(file).size;
-    if (size > limit) return new TidemarkError("E_TOO_LARGE", `the file is ${size} bytes, over the ${limit}-byte limit`);
-    return fs.readFileSync(file, "utf8");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
-    throw err;
+    const bytes = await readLimited(opened, limit);
+    if (bytes === null) {
+      const size = opened.size > limit ? `is ${opened.size} bytes` : "grew while it was read";
+      return new TidemarkError("E_TOO_LARGE", `the file ${size}, over the ${limit}-byte limit`);
+    }
+    return bytes.toString("utf8");
+  } finally {
+    await opened.handle.close();
   }
 }
