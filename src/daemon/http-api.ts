@@ -19,7 +19,8 @@
  * the page's session cookie; a POST with the cookie must also carry `X-Tidemark-CSRF`, which a
  * page on another site cannot send.
  *
- * Every error is JSON: `{"error", "code", "hint"?, "head"?}` with a 4xx or 5xx status.
+ * Every error is JSON: `{"error", "code", "hint"?, "head"?}` with a 4xx or 5xx status. A client
+ * that closes the connection mid-body is a debug line (client-abort.ts), not an error.
  */
 import fs from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -35,6 +36,7 @@ import { ApiAuth } from "./api-auth.js";
 import { formatDuration } from "../util/duration.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { LOGIN_LIMIT, isNavigation, sendErrorPage, servePage } from "./status-page.js";
+import { asClientAbort, isClientAbort } from "./client-abort.js";
 
 const SQLITE_HEADER = Buffer.from("SQLite format 3\0", "latin1");
 
@@ -119,6 +121,7 @@ async function handle(ctx: ApiContext, auth: ApiAuth | undefined, logins: TokenB
   try {
     await route(ctx, db, parts[3], url, req, res);
   } catch (err) {
+    if (isClientAbort(err)) throw err; // not the database's failure: no metric, no status entry
     // A refusal by the version rules tells the host where the backup stands.
     if (err instanceof TidemarkError && STATUS_BY_CODE[err.code] === 409) Object.assign(err, { head: db.head().version });
     db.recordFailure(err);
@@ -186,7 +189,7 @@ async function postSnapshot(db: ManagedDatabase, url: URL, req: IncomingMessage,
   // The body is passed on as it arrives; only its first bytes are checked here.
   async function* sqliteFile(): AsyncGenerator<Buffer> {
     let head = Buffer.alloc(0);
-    for await (const chunk of req as AsyncIterable<Buffer>) {
+    for await (const chunk of clientBody(req)) {
       bytes += chunk.length;
       if (head.length < SQLITE_HEADER.length) {
         head = Buffer.concat([head, chunk]);
@@ -288,6 +291,15 @@ function takeToken(ctx: ApiContext, req: IncomingMessage, what: string): void {
   );
 }
 
+/** The request body's chunks; a client that closes the connection half-way ends it with a ClientAbort. */
+async function* clientBody(req: IncomingMessage): AsyncGenerator<Buffer> {
+  try {
+    yield* req as AsyncIterable<Buffer>;
+  } catch (err) {
+    throw asClientAbort(err, req);
+  }
+}
+
 /** Reads a whole (small) body, refusing more than `limit` bytes with 413. */
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers["content-length"]);
@@ -311,7 +323,7 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       chunks.push(chunk);
     });
     req.once("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
-    req.once("error", reject);
+    req.once("error", (err) => reject(asClientAbort(err, req)));
   });
 }
 
@@ -337,6 +349,11 @@ function statusOf(err: TidemarkError): number {
 }
 
 function sendError(ctx: ApiContext, req: IncomingMessage, res: ServerResponse, err: unknown): void {
+  if (isClientAbort(err)) {
+    ctx.log.debug({ method: req.method, path: req.url?.slice(0, 100) }, "client went away mid-request");
+    res.destroy();
+    return;
+  }
   const known = err instanceof TidemarkError;
   if (!known) ctx.log.error({ err }, "request failed unexpectedly");
   const status = known ? statusOf(err) : 500;

@@ -19,6 +19,7 @@ import { Keyring } from "../format/keyring.js";
 import { loadRules, type Rule } from "../ops/rewrite.js";
 import { verify, type VerifyProblem, type VerifyReport } from "../ops/verify.js";
 import { Capture, checkCapturable, type CaptureStatus } from "../ops/capture.js";
+import { isClientAbort } from "./client-abort.js";
 
 /** How often the size-ratio trigger is checked when nothing else wakes the scheduler. */
 const RATIO_CHECK_MS = 60_000;
@@ -232,7 +233,8 @@ export class ManagedDatabase {
         this.#maybeCompact();
         return result;
       } catch (err) {
-        this.#record(err);
+        // A snapshot upload the client broke off is not the database's failure.
+        if (!isClientAbort(err)) this.#record(err);
         throw err;
       }
     });
