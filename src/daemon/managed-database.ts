@@ -20,6 +20,7 @@ import { loadRules, type Rule } from "../ops/rewrite.js";
 import { verify, type VerifyProblem, type VerifyReport } from "../ops/verify.js";
 import { Capture, checkCapturable, type CaptureStatus } from "../ops/capture.js";
 import { isClientAbort } from "./client-abort.js";
+import { CompactionBackoff, type CompactionRetry } from "./compaction-backoff.js";
 
 /** How often the size-ratio trigger is checked when nothing else wakes the scheduler. */
 const RATIO_CHECK_MS = 60_000;
@@ -59,6 +60,8 @@ export interface DatabaseStatus extends BackendStatus {
     readonly after: { records: number; bytes: number };
   } | null;
   readonly errors: readonly RecentError[];
+  /** Scheduled compactions after failures: how many failed in a row, and when the next may start. */
+  readonly compaction: CompactionRetry;
   /** When this daemon last acknowledged a change (or rewind) for the database; null since its start. */
   readonly lastAck: string | null;
   readonly replicas: readonly ReplicaStatus[];
@@ -89,6 +92,8 @@ export class ManagedDatabase {
   #lastAt = Date.now();
   #lastCompaction: DatabaseStatus["lastCompaction"] = null;
   #compaction: Promise<CompactionStats> | null = null;
+  /** Scheduled compactions wait out this after a failure (a request to compact does not). */
+  readonly #compactionBackoff = new CompactionBackoff();
   #timer: NodeJS.Timeout | null = null;
   #closing: Promise<void> | null = null;
   readonly #replicas: ReplicaFeeder[] = [];
@@ -293,6 +298,8 @@ export class ManagedDatabase {
       };
       for (const r of this.#replicas) r.notify();
       m.compactions.inc({ db: this.name, result: "ok" });
+      this.#compactionBackoff.succeeded();
+      this.#compactionGauges();
       m.compactionDuration.observe({ db: this.name }, stats.durationMs / 1000);
       this.#updateGauges(await this.#backend.status());
       log.info({ baseVersion: stats.baseVersion, ms: Math.round(stats.durationMs), before: stats.before, after: stats.after }, "compaction done");
@@ -301,7 +308,9 @@ export class ManagedDatabase {
       m.compactions.inc({ db: this.name, result: "error" });
       if (!this.#abort.signal.aborted) {
         this.#record(err);
-        log.error({ err }, "compaction failed");
+        const retryAt = this.#compactionBackoff.failed(Date.now());
+        this.#compactionGauges();
+        log.error({ err, failures: this.#compactionBackoff.failures, retryAt: new Date(retryAt).toISOString() }, "compaction failed; the scheduler backs off");
       }
       throw err;
     }
@@ -309,7 +318,7 @@ export class ManagedDatabase {
 
   /** Starts a compaction in the background if the policy says one is due. */
   #maybeCompact(): void {
-    if (this.#compaction || this.#closing) return;
+    if (this.#compaction || this.#closing || this.#compactionBackoff.waiting(Date.now())) return;
     const reason = compactionDue(this.config.compaction, this.#policyState(), Date.now());
     if (reason) this.compactNow(reason).catch(() => {}); // logged and recorded in #runCompaction
   }
@@ -332,7 +341,8 @@ export class ManagedDatabase {
     const policy = this.config.compaction;
     if (policy.everyMs === undefined && policy.logRatio === undefined) return;
     const now = Date.now();
-    const at = nextCompactionAt(now, policy, this.#policyState()) ?? now + RATIO_CHECK_MS;
+    // After a failure, not before the back-off ends (and then at once, if compaction is still due).
+    const at = Math.max(nextCompactionAt(now, policy, this.#policyState()) ?? now + RATIO_CHECK_MS, this.#compactionBackoff.nextAt ?? 0);
     const delay = Math.min(Math.max(at - now, 1000), policy.logRatio !== undefined ? RATIO_CHECK_MS : 2 ** 31 - 1);
     this.#timer = setTimeout(() => {
       this.#timer = null;
@@ -347,7 +357,7 @@ export class ManagedDatabase {
       const status = await this.#backend.status();
       this.#updateGauges(status);
       const reason = compactionDue(this.config.compaction, this.#policyState(status), Date.now());
-      if (reason) await this.compactNow(reason).catch(() => {});
+      if (reason && !this.#compactionBackoff.waiting(Date.now())) await this.compactNow(reason).catch(() => {});
     } finally {
       this.#schedule();
     }
@@ -368,6 +378,7 @@ export class ManagedDatabase {
       lastAck: this.#lastAck,
       replicas: await Promise.all(this.#replicas.map((r) => r.status())),
       errors: [...this.#errors],
+      compaction: this.#compactionBackoff.status(),
       ...(this.#capture && { capture: this.#capture.status() }),
     };
   }
@@ -469,6 +480,14 @@ export class ManagedDatabase {
     this.#deps.metrics.errors.inc({ db: this.name, code });
     this.#errors.push({ at: new Date().toISOString(), code, message: (err as Error)?.message ?? String(err) });
     if (this.#errors.length > ERRORS_KEPT) this.#errors.shift();
+  }
+
+  #compactionGauges(): void {
+    if (this.#gone) return;
+    const m = this.#deps.metrics;
+    const db = { db: this.name };
+    m.compactionFailures.set(db, this.#compactionBackoff.failures);
+    m.compactionRetryAt.set(db, (this.#compactionBackoff.nextAt ?? 0) / 1000);
   }
 
   #updateGauges(s: BackendStatus): void {

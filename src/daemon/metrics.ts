@@ -70,6 +70,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly compactionFailures = new Gauge({
+    name: "tidemark_compaction_consecutive_failures",
+    help: "Compactions that failed in a row; 0 after a success. Scheduled ones back off meanwhile.",
+    labelNames: ["db"] as const,
+    registers: [this.registry],
+  });
+
+  readonly compactionRetryAt = new Gauge({
+    name: "tidemark_compaction_next_attempt_timestamp_seconds",
+    help: "When a scheduled compaction is next tried after failures (Unix time); 0 when nothing failed.",
+    labelNames: ["db"] as const,
+    registers: [this.registry],
+  });
+
   readonly verifications = new Counter({
     name: "tidemark_verify_total",
     help: "Verify runs (with a test restore), by result (ok, failed).",
@@ -147,6 +161,8 @@ export class Metrics {
     for (const op of RETRY_OPS) this.backendRetries.inc({ db, op }, 0);
     for (const code of Object.keys(ERROR_CODES)) this.errors.inc({ db, code }, 0);
     this.bytesWritten.inc({ db }, 0);
+    this.compactionFailures.set({ db }, 0);
+    this.compactionRetryAt.set({ db }, 0);
   }
 
   /** Forgets the series of a database that is no longer served. */
@@ -156,7 +172,7 @@ export class Metrics {
       this.replicaLagSeconds.remove({ db, replica });
     }
     for (const op of RETRY_OPS) this.backendRetries.remove({ db, op });
-    for (const m of [this.ackLatency, this.bytesWritten, this.headVersion, this.backupBytes, this.compactionDuration, this.verifyDuration, this.lastVerifyOk, this.databaseUp]) m.remove({ db });
+    for (const m of [this.ackLatency, this.bytesWritten, this.headVersion, this.backupBytes, this.compactionDuration, this.compactionFailures, this.compactionRetryAt, this.verifyDuration, this.lastVerifyOk, this.databaseUp]) m.remove({ db });
     for (const result of VERIFY_RESULTS) this.verifications.remove({ db, result });
     for (const action of ACTIONS) this.changes.remove({ db, action });
     for (const result of COMPACTION_RESULTS) this.compactions.remove({ db, result });

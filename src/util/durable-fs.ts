@@ -48,12 +48,18 @@ export function writeFileDurably(file: string, data: Uint8Array): void {
   const tmp = file + TMP_SUFFIX;
   const fd = fs.openSync(tmp, "w");
   try {
-    writeAll(fd, data, 0);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
+    try {
+      writeAll(fd, data, 0);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (err) {
+    // A full disk, say: the half-written temp file goes, the old file stays as it was.
+    fs.rmSync(tmp, { force: true });
+    throw err;
   }
-  fs.renameSync(tmp, file);
   fsyncDir(path.dirname(file));
 }
 
