@@ -8,6 +8,9 @@
  *   snap-<version>-<id>.tms snapshot blobs
  *   *.tmp                   files being written; the writer removes leftovers when it locks
  *
+ * The directory tidemark creates is 0700 and every file 0600, whatever the umask: an unencrypted
+ * backup is a copy of the database.
+ *
  * An append is one positioned write plus one fdatasync. A new generation is written beside the
  * others and appears by rename, with a directory fsync after every create and rename.
  */
@@ -18,6 +21,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   BackendError,
+  PRIVATE_DIR_MODE,
+  PRIVATE_FILE_MODE,
   TidemarkError,
   TMP_SUFFIX,
   asBackendError,
@@ -86,7 +91,8 @@ export class FileStorage implements Storage {
           hint: "a file backup is a directory: give init the path of a new or empty one",
         });
       }
-      fs.mkdirSync(this.#dir, { recursive: true });
+      // Parents it creates too: a backup under a new tree is private all the way.
+      fs.mkdirSync(this.#dir, { recursive: true, mode: PRIVATE_DIR_MODE });
       const entries = fs.readdirSync(this.#dir);
       if (entries.length > 0) {
         throw new TidemarkError("E_EXISTS", `${this.#dir} is not empty (${entries.length} entries) and holds no backup`, {
@@ -272,7 +278,7 @@ export class FileStorage implements Storage {
     const tmp = final + TMP_SUFFIX;
     let size = 0;
     try {
-      const fh = await fsp.open(tmp, "wx");
+      const fh = await fsp.open(tmp, "wx", PRIVATE_FILE_MODE);
       try {
         for await (const chunk of source) {
           await fh.write(chunk);
@@ -341,7 +347,7 @@ class FileLock implements WriterLock {
     const token = JSON.stringify({ pid: process.pid, host: os.hostname(), since: new Date().toISOString() });
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
-        const fd = fs.openSync(file, "wx");
+        const fd = fs.openSync(file, "wx", PRIVATE_FILE_MODE);
         try {
           fs.writeSync(fd, token);
         } finally {

@@ -13,6 +13,7 @@ import { ConfigError } from "../util/errors.js";
 import type { KeySource } from "../format/keyring.js";
 import type { RetentionPolicy } from "../model/retention.js";
 import type { RateLimit } from "./rate-limit.js";
+import { resolveGroup, type AccessGroup } from "./access-group.js";
 
 /** A database name: lowercase letters, digits, `_` and `-`; never used as a path unchecked. */
 export const DB_NAME_RE = /^[a-z0-9_-]{1,64}$/;
@@ -81,6 +82,8 @@ const configSchema = z.strictObject({
     })
     .optional(),
   spool: z.string().min(1).optional(),
+  /** A group (name or number) that may use the socket and the spool (access-group.ts). */
+  group: z.union([z.string().min(1), z.number().int().min(0)]).optional(),
   /** A listener that serves only GET /metrics, without the API key, for Prometheus. */
   metrics: z
     .strictObject({
@@ -146,6 +149,8 @@ export interface Config {
   readonly tcp?: { readonly host: string; readonly port: number; readonly apiKey: string };
   /** Absolute path of the spool directory, if any. */
   readonly spool?: string;
+  /** The group given the socket (0660) and the spool (2770); without it both are private. */
+  readonly group?: AccessGroup;
   /** The metrics-only listener, if any (loopback unless a host is given). */
   readonly metrics?: { readonly host: string; readonly port: number };
   readonly maxChangeBytes: number;
@@ -255,6 +260,7 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
     socket: resolvePath(c.socket),
     ...(c.tcp && { tcp: { host: c.tcp.host, port: c.tcp.port, apiKey: c.tcp.apiKey! } }),
     ...(c.spool !== undefined && { spool: resolvePath(c.spool) }),
+    ...(c.group !== undefined && { group: resolveGroup(c.group, "group") }),
     ...(c.metrics && { metrics: parseListen(c.metrics.listen) }),
     maxChangeBytes: parseSize(c.maxChangeBytes),
     groupCommit: c.groupCommit,

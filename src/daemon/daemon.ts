@@ -14,6 +14,7 @@ import type { Logger } from "../util/logger.js";
 import { Metrics } from "./metrics.js";
 import { Spool } from "./spool.js";
 import { TokenBuckets } from "./rate-limit.js";
+import { SOCKET_MODE, applyAccess, type AccessGroup } from "./access-group.js";
 
 /** A database that could not be opened, kept so that requests and status can say why. */
 interface FailedDatabase {
@@ -53,7 +54,7 @@ export class Daemon {
       await Promise.all(config.databases.map((db) => d.#open(db)));
       await d.#restoreMissing();
       const handler = createApiHandler(d.#api());
-      d.#servers.push(await listenOnSocket(config.socket, handler));
+      d.#servers.push(await listenOnSocket(config.socket, handler, config.group));
       if (config.tcp) {
         const tcp = http.createServer(createApiHandler(d.#api(), config.tcp.apiKey));
         await listen(tcp, () => tcp.listen(config.tcp!.port, config.tcp!.host));
@@ -61,7 +62,7 @@ export class Daemon {
       }
       if (config.metrics) d.#metricsServer = await d.#listenForMetrics(config.metrics);
       if (config.spool) {
-        d.#spool = new Spool(config.spool, d.#api(), log);
+        d.#spool = new Spool(config.spool, d.#api(), log, config.group);
         await d.#spool.start(config.databases.map((db) => db.name));
       }
     } catch (err) {
@@ -223,6 +224,7 @@ export class Daemon {
       ["socket", prev.socket !== next.socket],
       ["tcp", JSON.stringify(prev.tcp) !== JSON.stringify(next.tcp)],
       ["spool", prev.spool !== next.spool],
+      ["group", prev.group?.gid !== next.group?.gid],
       ["metrics", JSON.stringify(prev.metrics) !== JSON.stringify(next.metrics)],
     ] as const) {
       if (changed) this.#log.warn({ setting: what }, "this setting changes only when the daemon restarts");
@@ -233,6 +235,7 @@ export class Daemon {
       socket: prev.socket,
       ...(prev.tcp ? { tcp: prev.tcp } : {}),
       ...(prev.spool ? { spool: prev.spool } : {}),
+      group: prev.group,
       ...(prev.metrics ? { metrics: prev.metrics } : {}),
     } as Config;
     const wanted = new Map(next.databases.map((db) => [db.name, db]));
@@ -281,10 +284,10 @@ export class Daemon {
 }
 
 /**
- * Listens on a Unix socket with mode 0600. An existing socket that nobody answers on is
+ * Listens on a Unix socket with mode 0600, or 0660 of `group` (access-group.ts). An existing socket that nobody answers on is
  * stale and removed; a live one, or a path that is not a socket, is refused.
  */
-async function listenOnSocket(file: string, handler: http.RequestListener): Promise<http.Server> {
+async function listenOnSocket(file: string, handler: http.RequestListener, group: AccessGroup | undefined): Promise<http.Server> {
   await checkSocket(file);
   const server = http.createServer(handler);
   // The socket is created 0600: no moment exists in which others could connect.
@@ -294,7 +297,14 @@ async function listenOnSocket(file: string, handler: http.RequestListener): Prom
   } finally {
     process.umask(umask);
   }
-  fs.chmodSync(file, 0o600);
+  try {
+    applyAccess(file, group, SOCKET_MODE);
+  } catch (err) {
+    server.close();
+    throw new ConfigError("group", `cannot give the socket ${file} to group ${group?.name}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+      hint: "the daemon's user must be a member of that group (under systemd: SupplementaryGroups=)",
+    });
+  }
   return server;
 }
 

@@ -9,6 +9,8 @@
  * Only regular files are taken (util/regular-file.ts): a FIFO, a device, a directory or a
  * symbolic link named like a change, or given as its `snapshot_path`, is rejected unread, and
  * every read is asynchronous and bounded, so that no file can stall the daemon.
+ *
+ * Its directories are 0700, or 2770 of the config's `group` (access-group.ts), whatever the umask.
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -16,9 +18,10 @@ import { watch, type FSWatcher } from "chokidar";
 import { changeFromWire, parseWireChange } from "../model/change-json.js";
 import { DB_NAME_RE } from "./config.js";
 import type { ManagedDatabase } from "./managed-database.js";
-import { InputError, TidemarkError } from "../util/errors.js";
+import { ConfigError, InputError, TidemarkError } from "../util/errors.js";
 import type { Logger } from "../util/logger.js";
 import { openRegularFile, readLimited } from "../util/regular-file.js";
+import { SPOOL_DIR_MODE, SPOOL_FILE_MODE, applyAccess, type AccessGroup } from "./access-group.js";
 
 const FILE_RE = /^([0-9]{1,15})\.json$/;
 /** How long a version may wait for the ones before it before it is rejected as a gap. */
@@ -43,19 +46,34 @@ export class Spool {
   readonly #log: Logger;
   readonly #queues = new Map<string, DbQueue>();
   readonly #databases = new Set<string>();
+  readonly #group: AccessGroup | undefined;
   #watcher: FSWatcher | null = null;
   #sweeper: NodeJS.Timeout | null = null;
   #closed = false;
 
-  constructor(dir: string, ctx: SpoolContext, log: Logger) {
+  constructor(dir: string, ctx: SpoolContext, log: Logger, group?: AccessGroup) {
     this.dir = dir;
     this.#ctx = ctx;
     this.#log = log.child({ component: "spool" });
+    this.#group = group;
+  }
+
+  /** Makes a directory of the spool (and the spool itself), with the spool's mode and group. */
+  #makeDir(dir: string): void {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    try {
+      applyAccess(this.dir, this.#group, SPOOL_DIR_MODE);
+      applyAccess(dir, this.#group, SPOOL_DIR_MODE);
+    } catch (err) {
+      throw new ConfigError(this.#group ? "group" : "spool", `cannot set the mode${this.#group ? ` and group ${this.#group.name}` : ""} of ${dir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+        hint: this.#group ? "the daemon's user must be a member of that group (under systemd: SupplementaryGroups=)" : "the spool directory must belong to the daemon's user",
+      });
+    }
   }
 
   /** Creates the directories for `names` and starts watching; resolves once existing files are queued. */
   async start(names: readonly string[]): Promise<void> {
-    fs.mkdirSync(path.join(this.dir, "rejected"), { recursive: true, mode: 0o700 });
+    this.#makeDir(path.join(this.dir, "rejected"));
     for (const n of names) this.addDatabase(n);
     // Links are not followed: what a link points to is never the spool's to watch or read.
     this.#watcher = watch(this.dir, { depth: 1, ignoreInitial: false, persistent: true, followSymlinks: false });
@@ -83,7 +101,7 @@ export class Spool {
 
   /** Makes `<spool>/<name>/` for a database that is now served, and takes any files in it. */
   addDatabase(name: string): void {
-    fs.mkdirSync(path.join(this.dir, name), { recursive: true, mode: 0o700 });
+    this.#makeDir(path.join(this.dir, name));
     this.#databases.add(name);
     if (this.#watcher) this.#sweep();
   }
@@ -110,7 +128,7 @@ export class Spool {
     }
     let q = this.#queues.get(db);
     if (!q) {
-      q = new DbQueue(db, this.dir, this.#ctx, this.#log.child({ db }));
+      q = new DbQueue(db, this.dir, this.#ctx, this.#log.child({ db }), this.#group);
       this.#queues.set(db, q);
     }
     q.add(Number(m[1]));
@@ -128,12 +146,14 @@ class DbQueue {
   #waitingSince = new Map<number, number>();
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
+  readonly #group: AccessGroup | undefined;
 
-  constructor(db: string, spool: string, ctx: SpoolContext, log: Logger) {
+  constructor(db: string, spool: string, ctx: SpoolContext, log: Logger, group: AccessGroup | undefined) {
     this.#db = db;
     this.#spool = spool;
     this.#ctx = ctx;
     this.#log = log;
+    this.#group = group;
   }
 
   add(version: number): void {
@@ -248,6 +268,7 @@ class DbQueue {
     const base = path.join(this.#spool, "rejected", `${this.#db}.${version}.${Date.now()}.json`);
     const hint = err instanceof TidemarkError && err.hint ? `\nTry: ${err.hint}` : "";
     fs.writeFileSync(`${base}.reason`, `${code}: ${err.message}${hint}\n`, { mode: 0o600 });
+    applyAccess(`${base}.reason`, this.#group, SPOOL_FILE_MODE);
     fs.renameSync(file, base);
     this.#log.warn({ version, code, moved: base }, "rejected a spooled change");
   }

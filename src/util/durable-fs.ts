@@ -43,12 +43,22 @@ export function fsyncFile(file: string): void {
   }
 }
 
-/** Writes a whole file via a temp name and a rename, with fsyncs: it appears complete or not at all. */
+/** Mode of every file tidemark writes into a backup: the owner's alone, whatever the umask. */
+export const PRIVATE_FILE_MODE = 0o600;
+/** Mode of every directory tidemark creates for a backup. */
+export const PRIVATE_DIR_MODE = 0o700;
+
+/**
+ * Writes a whole file via a temp name and a rename, with fsyncs: it appears complete or not at
+ * all, with mode 0600.
+ */
 export function writeFileDurably(file: string, data: Uint8Array): void {
   const tmp = file + TMP_SUFFIX;
-  const fd = fs.openSync(tmp, "w");
+  const fd = fs.openSync(tmp, "w", PRIVATE_FILE_MODE);
   try {
     try {
+      // A temp file left by a crash keeps its old mode through "w": set it.
+      fs.fchmodSync(fd, PRIVATE_FILE_MODE);
       writeAll(fd, data, 0);
       fs.fsyncSync(fd);
     } finally {
