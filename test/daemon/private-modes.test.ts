@@ -116,6 +116,14 @@ describe("private by default", () => {
     }
   });
 
+  it.each(["tidemark.service", "tidemark@.service"])("%s documents the group: the config key and the drop-in it takes", (name) => {
+    const text = fs.readFileSync(path.join(import.meta.dirname, "../../systemd", name), "utf8");
+    expect(text).toMatch(/^# .*group: tidemark-clients/m);
+    expect(text).toMatch(/^#\s+SupplementaryGroups=tidemark-clients$/m);
+    expect(text).toMatch(/^#\s+PrivateUsers=no$/m);
+    expect(text).toMatch(/^#\s+ReadWritePaths=\/var\/spool\/tidemark/m);
+  });
+
   it("refuses an unknown group at config load with a hint, and takes a group number", async () => {
     const dir = tmpDir();
     fs.writeFileSync(path.join(dir, "bad.yaml"), "group: no-such-group-tidemark\ndatabases:\n  - { name: default, backend: data }\n");
