@@ -86,6 +86,20 @@ async function open(root: string, backend: string, compaction: object, metrics: 
   return db;
 }
 
+/** A database whose backup is on a small disk of its own (or the stand-in), its temp dir elsewhere. */
+async function onSmallDisk(compaction: object) {
+  const root = tmpDir();
+  const disk = path.join(root, "disk");
+  fs.mkdirSync(disk);
+  fs.mkdirSync(path.join(root, "tmp"));
+  const real = mountSmallDisk(disk);
+  if (!real) console.warn("mount is not allowed here: using the enospc: stand-in instead of a real full disk");
+  const dir = path.join(disk, "backup");
+  const metrics = new Metrics();
+  const db = await open(root, real ? dir : `enospc://${dir}`, compaction, metrics);
+  return { root, disk, dir, real, metrics, db };
+}
+
 function gauge(text: string, name: string): number {
   const m = new RegExp(`^${name}\\{db="db"\\} (\\S+)$`, "m").exec(text);
   if (!m) throw new Error(`no ${name} series`);
@@ -109,15 +123,7 @@ describe("compaction backoff", () => {
   });
 
   it("on a full disk, a failed compaction leaves no temp file or orphan snapshot, backs off in status and metrics, and a success resets it", async () => {
-    const root = tmpDir();
-    const disk = path.join(root, "disk");
-    fs.mkdirSync(disk);
-    fs.mkdirSync(path.join(root, "tmp"));
-    const real = mountSmallDisk(disk);
-    if (!real) console.warn("mount is not allowed here: using the enospc: stand-in instead of a real full disk");
-    const dir = path.join(disk, "backup");
-    const metrics = new Metrics();
-    const db = await open(root, real ? dir : `enospc://${dir}`, { everyChanges: 1_000_000 }, metrics);
+    const { root, disk, dir, real, metrics, db } = await onSmallDisk({ everyChanges: 1_000_000 });
 
     // Incompressible rows, so that the snapshot and the logs take several blocks each.
     const values = Array.from({ length: 30 }, () => randomBytes(2000).toString("hex"));
@@ -167,15 +173,7 @@ describe("compaction backoff", () => {
   });
 
   it("does not retry a scheduled compaction before its back-off ends, and then does by itself", async () => {
-    const root = tmpDir();
-    const disk = path.join(root, "disk");
-    fs.mkdirSync(disk);
-    fs.mkdirSync(path.join(root, "tmp"));
-    const real = mountSmallDisk(disk);
-    if (!real) console.warn("mount is not allowed here: using the enospc: stand-in instead of a real full disk");
-    const dir = path.join(disk, "backup");
-    const metrics = new Metrics();
-    const db = await open(root, real ? dir : `enospc://${dir}`, { every: "1s" }, metrics);
+    const { disk, dir, real, metrics, db } = await onSmallDisk({ every: "1s" });
     await db.ingest({ version: 1, transaction: ["CREATE TABLE t (x)"] }, 0);
     for (let v = 2; v <= 4; v++) await db.ingest({ version: v, transaction: [`INSERT INTO t VALUES (${v})`] }, 0);
     const filler = real ? fillLeaving(disk, 0) : "";
