@@ -64,6 +64,8 @@ describe("a redo is one durable record", () => {
     // One record: its header says so, and its flags carry the redo bit.
     expect(redo.readUInt32LE(20) + 32).toBe(redo.length);
     expect(redo[6]! & FLAG_REPLACES_LAST).toBe(FLAG_REPLACES_LAST);
+    // As docs/format.md ("Redo") spells it out.
+    expect(redo.subarray(0, 16).toString("hex")).toBe("54444d4b010112000300000000000000");
 
     const seen = { old: 0, redone: 0 };
     for (let cut = 0; cut <= redo.length; cut++) {
