@@ -24,7 +24,7 @@ export type {
 export { isSyncBackend } from "./backup/backup.js";
 export type { ChangeInput, Param, Params, SnapshotSource, Statement, StoredChange, StoredSnapshot } from "./model/change.js";
 export { openBackend, parseLocation, registerBackend } from "./backup/registry.js";
-export { applyChange, applyChangeSync, type IngestResult } from "./ops/ingest.js";
+export { applyChange, applyChangeSync, type IngestOptions, type IngestResult } from "./ops/ingest.js";
 export { decide, reconcile, type Action, type Reconciliation } from "./model/version-rules.js";
 export { restore, type RestoreOptions, type RestoreResult } from "./ops/restore.js";
 export { compact, type CompactOptions, type CompactionStats } from "./ops/compaction.js";

@@ -10,6 +10,7 @@
 import type { CapturedPages, SnapshotSource, Statement, StoredChange } from "../model/change.js";
 import type { CompressionName } from "../format/sealing.js";
 import type { Keyring } from "../format/keyring.js";
+import type { DecodedRecord } from "../format/record-codec.js";
 import type { Logger } from "../util/logger.js";
 import type { RetentionPolicy } from "../model/retention.js";
 import type { BackupSettings } from "./settings.js";
@@ -85,6 +86,11 @@ export interface ChangeToStore {
   readonly transaction?: readonly Statement[];
   /** Set for a continuation of the head version (see `ChangeInput.continuation`). */
   readonly continuation?: true;
+  /**
+   * A redo: the change replaces the last change, which must be rewindable and of the same
+   * version, in one durable record (a rewind and the change, applied together or not at all).
+   */
+  readonly replacesLast?: true;
   /** Pages captured from a WAL (a captured backup's changes; never with a transaction). */
   readonly captured?: CapturedPages;
 }
@@ -142,6 +148,15 @@ export interface Backend {
    * when it resolves; on failure none is. How a replica catches up in few requests.
    */
   addChanges(changes: readonly ChangeToStore[]): Promise<void>;
+
+  /**
+   * The last change while it can be rewound (what a redo replaces), read back and decoded;
+   * null when there is none. A redo compares it with the incoming change.
+   */
+  lastChange(): Promise<DecodedRecord | null>;
+
+  /** The timestamps of the head change and of the change before it, where known (from memory). */
+  lastTimestamps(): { readonly head?: number; readonly prev?: number };
 
   /**
    * Drops the last change, durably, so that it never reappears in a restore. Throws

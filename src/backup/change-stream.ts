@@ -74,6 +74,8 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
       this.#held = null;
       return undefined;
     }
+    // A redo takes the place of the change held back: that one is cancelled.
+    if (rec.replacesLast) this.#held = null;
     const ready = this.#held;
     this.#held = this.#change(rec);
     if (!ready) return undefined;

@@ -4,7 +4,7 @@
  * wrong with it, if anything.
  */
 import { checkSnapshotFrames } from "../format/snapshot-codec.js";
-import { decodeRecord, FLAG_CONTINUATION, probeRecord, recordSnapshotRef, RecordType, type DecodedRecord, type RecordHeader } from "../format/record-codec.js";
+import { decodeRecord, FLAG_CONTINUATION, FLAG_REPLACES_LAST, probeRecord, recordSnapshotRef, RecordType, type DecodedRecord, type RecordHeader } from "../format/record-codec.js";
 import type { Keyring } from "../format/keyring.js";
 import { CorruptError, TidemarkError } from "../util/errors.js";
 import type { Damage } from "./backup.js";
@@ -37,7 +37,8 @@ export interface Generation {
 export function entryOf(buf: Buffer, at: number, offset: number, header: RecordHeader, location: string): LogEntry {
   const snapshot = recordSnapshotRef(buf, at, header, location);
   const continuation = header.type === RecordType.Change && (header.flags & FLAG_CONTINUATION) !== 0;
-  return { type: header.type, version: header.version, position: offset, length: header.length, ...(snapshot && { snapshot }), ...(continuation && { continuation: true }) };
+  const replacesLast = header.type === RecordType.Change && (header.flags & FLAG_REPLACES_LAST) !== 0;
+  return { type: header.type, version: header.version, position: offset, length: header.length, ...(snapshot && { snapshot }), ...(continuation && { continuation: true }), ...(replacesLast && { replacesLast: true }) };
 }
 
 /** The error for bytes that are not an intact record, where reading cannot go on. */
@@ -163,7 +164,8 @@ export async function endOfLiveRecord(storage: Storage, g: Generation, version: 
       if (step === null) break;
       if (step.kind !== "record") throw stepError(step, " (a record verified at open no longer reads)");
       if (step.header.version !== version) continue;
-      if (step.header.type === RecordType.Change) [before, found] = [found, step.offset + step.header.length];
+      // A redo replaces the record before it: a rewind of the redo leaves no live record of the version.
+      if (step.header.type === RecordType.Change) [before, found] = [step.header.flags & FLAG_REPLACES_LAST ? -1 : found, step.offset + step.header.length];
       else [found, before] = [before, -1];
     }
   } finally {

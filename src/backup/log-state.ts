@@ -21,6 +21,8 @@ export interface LogEntry {
   readonly timestamp?: number;
   /** Set for a change record that continues the head version (it keeps the head where it is). */
   readonly continuation?: true;
+  /** Set for a redo: the change record first rewinds the live change of its version, then takes its place. */
+  readonly replacesLast?: true;
 }
 
 /** A live change that carries a snapshot. */
@@ -62,6 +64,11 @@ export class LogState {
     this.#location = location;
   }
 
+  /** Timestamp of the change before the head, when known (what a redo of the head follows). */
+  get prevTimestamp(): number | undefined {
+    return this.#prevTimestamp;
+  }
+
   /** Version of the newest live base snapshot; 0 when the log starts from an empty database. */
   get baseVersion(): number {
     return this.snapshots.at(-1)?.version ?? 0;
@@ -72,6 +79,11 @@ export class LogState {
     if (entry.type === RecordType.Rewind) {
       this.#rewind(entry);
       return;
+    }
+    // A redo is a rewind and a change in one record: both apply, or (cut short) neither.
+    if (entry.replacesLast) {
+      if (entry.continuation) this.#fail(entry, `continuation of version ${entry.version} is marked as replacing a change`);
+      this.#rewind(entry);
     }
     const { version } = entry;
     const ok = canFollow(this.head, version, entry.snapshot !== undefined, entry.continuation === true);
@@ -104,7 +116,12 @@ export class LogState {
   #rewind(entry: LogEntry): void {
     const last = this.last;
     if (!last || last.version !== entry.version || this.prevVersion === null) {
-      this.#fail(entry, `rewind of version ${entry.version} does not directly follow change ${entry.version}`);
+      this.#fail(
+        entry,
+        entry.type === RecordType.Rewind
+          ? `rewind of version ${entry.version} does not directly follow change ${entry.version}`
+          : `redo of version ${entry.version} does not directly follow a rewindable change ${entry.version}`,
+      );
     }
     this.head = this.prevVersion;
     this.prevVersion = null;

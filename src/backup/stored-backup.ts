@@ -6,7 +6,7 @@
  * bytes. Writes are serialised by a mutex; readers stream at any time, from the view they
  * opened with.
  */
-import { FLAG_CONTINUATION, RecordType, encodeChangeRecord, encodeRewindRecord, type SnapshotRef } from "../format/record-codec.js";
+import { FLAG_CONTINUATION, FLAG_REPLACES_LAST, RecordType, encodeChangeRecord, encodeRewindRecord, type DecodedRecord, type SnapshotRef } from "../format/record-codec.js";
 import { PLAIN, type Codec } from "../format/sealing.js";
 import type { StoredChange } from "../model/change.js";
 import { retainedGenerations, type RetentionPolicy } from "../model/retention.js";
@@ -245,15 +245,20 @@ export class StoredBackup implements Backend {
   addChange(change: ChangeToStore): Promise<void> {
     return this.#mutex.run(async () => {
       this.#checkWritable();
-      this.#checkFollows(change);
+      const replaced = this.#checkFollows(change);
       checkMode(this.#identity, change, this.location);
-      if (!change.snapshot) return this.#append(this.#encode(change), change.version, change.timestamp);
+      if (!change.snapshot) {
+        await this.#append(this.#encode(change), change.version, change.timestamp);
+        if (replaced?.snapshot) await this.#blobs.delete(replaced.snapshot);
+        return;
+      }
       this.#asyncWrites++;
       let ref: SnapshotRef | undefined;
       try {
         ref = await this.#blobs.put(change.version, change.snapshot, this.#codec);
         await this.#append(this.#encode(change, ref), change.version, change.timestamp, ref.ref);
         this.#blobs.settled(ref.ref);
+        if (replaced?.snapshot) await this.#blobs.delete(replaced.snapshot);
       } finally {
         // A failed append may still have stored its record (an S3 PUT whose answer was lost):
         // the blob stays out of collection here, and the next writer's open decides.
@@ -281,15 +286,30 @@ export class StoredBackup implements Backend {
     this.#checkWritable();
     this.#checkNoAsyncWrite();
     if (change.snapshot) throw new Error(`${this.kind} backend: addChangeSync takes no snapshot; use addChange`);
-    this.#checkFollows(change);
+    const replaced = this.#checkFollows(change);
     checkMode(this.#identity, change, this.location);
     this.#appendSync(this.#encode(change), change.version, change.timestamp);
+    if (replaced?.snapshot) void this.#blobs.delete(replaced.snapshot);
   }
 
   /** The record of a change; the caller has checked it follows the head and fits the backup's mode. */
   #encode(change: ChangeToStore, snapshot?: SnapshotRef): Buffer {
-    const { version, timestamp, transaction, continuation, captured } = change;
-    return encodeChangeRecord({ version, timestamp, transaction, continuation, captured, snapshot }, this.#codec);
+    const { version, timestamp, transaction, continuation, captured, replacesLast } = change;
+    return encodeChangeRecord({ version, timestamp, transaction, continuation, captured, snapshot, replacesLast }, this.#codec);
+  }
+
+  lastChange(): Promise<DecodedRecord | null> {
+    return this.#mutex.run(async () => {
+      this.#checkOpen();
+      const s = this.#live.state;
+      if (!s.last || s.prevVersion === null) return null;
+      return readRecord(this.#storage, this.#live.id, s.last, this.#codec.keyring);
+    });
+  }
+
+  lastTimestamps(): { readonly head?: number; readonly prev?: number } {
+    const s = this.#live.state;
+    return { ...(s.headTimestamp !== undefined && { head: s.headTimestamp }), ...(s.prevTimestamp !== undefined && { prev: s.prevTimestamp }) };
   }
 
   rewind(): Promise<void> {
@@ -322,11 +342,17 @@ export class StoredBackup implements Backend {
     return s.last;
   }
 
-  #checkFollows(change: ChangeToStore): void {
-    const head = this.#live.state.head;
+  /** Checks that `change` may follow the head; for a redo, returns the change it replaces. */
+  #checkFollows(change: ChangeToStore): LogEntry | undefined {
+    const replaced = change.replacesLast ? this.#rewindable() : undefined;
+    if (replaced && (change.version !== replaced.version || change.continuation)) {
+      throw new Error(`${this.kind} backend: a redo of version ${change.version} cannot replace change ${replaced.version}`);
+    }
+    const head = replaced ? this.#live.state.prevVersion! : this.#live.state.head;
     if (!canFollow(head, change.version, change.snapshot !== undefined, change.continuation === true)) {
       throw new Error(`${this.kind} backend: change ${change.version} cannot follow head ${head}; the version rules should have refused it`);
     }
+    return replaced;
   }
 
   #checkNoAsyncWrite(): void {
@@ -355,7 +381,8 @@ export class StoredBackup implements Backend {
 
   #applied(g: Generation, rec: Buffer, version: number, timestamp: number | undefined, snapshot: string | undefined, type: RecordType): void {
     const continuation = (rec[6]! & FLAG_CONTINUATION) !== 0;
-    g.state.apply({ type, version, position: g.end, length: rec.length, ...(timestamp !== undefined && { timestamp }), ...(snapshot && { snapshot }), ...(continuation && { continuation: true }) });
+    const replacesLast = type === RecordType.Change && (rec[6]! & FLAG_REPLACES_LAST) !== 0;
+    g.state.apply({ type, version, position: g.end, length: rec.length, ...(timestamp !== undefined && { timestamp }), ...(snapshot && { snapshot }), ...(continuation && { continuation: true }), ...(replacesLast && { replacesLast: true }) });
     g.end += rec.length;
   }
 

@@ -38,6 +38,9 @@ export interface DbakImportResult {
  * Writes the live records of a scanned `.dbak` file into `backend`, which must be empty and
  * open for writing. `onProgress` receives records done and records in all.
  */
+/** lightningd's own migrations read the clock (strftime('%s', 'now')): its history is imported as it is. */
+const LIGHTNINGD_SQL = { allowNondeterministic: true } as const;
+
 export async function importDbak(scan: DbakScan, backend: Backend, onProgress?: (done: number, total: number) => void): Promise<DbakImportResult> {
   const fd = fs.openSync(scan.file, "r");
   let snapshots = 0;
@@ -49,7 +52,7 @@ export async function importDbak(scan: DbakScan, backend: Backend, onProgress?: 
         if (record.version === scan.records[i - 1]?.version) {
           // scanDbak refuses a kept snapshot that repeats a version: this is a transaction.
           const transaction = readStatements(fd, scan.file, record);
-          await applyChange(backend, { version: record.version, transaction, continuation: true });
+          await applyChange(backend, { version: record.version, transaction, continuation: true }, LIGHTNINGD_SQL);
           continuations++;
           statements += transaction.length;
         } else if (record.kind === "snapshot") {
@@ -57,7 +60,7 @@ export async function importDbak(scan: DbakScan, backend: Backend, onProgress?: 
           snapshots++;
         } else {
           const transaction = readStatements(fd, scan.file, record);
-          await applyChange(backend, { version: record.version, transaction });
+          await applyChange(backend, { version: record.version, transaction }, LIGHTNINGD_SQL);
           statements += transaction.length;
         }
       } catch (err) {

@@ -26,13 +26,19 @@ export function registerIngest(program: Command): void {
         'Optional "timestamp": milliseconds since the epoch or ISO-8601. Blob and 64-bit integer\n' +
         'parameters are {"$blob": "<base64>"} and {"$bigint": "<decimal>"}.\n\n' +
         "Ack line (stdout):\n" +
-        '  {"version": N, "action": "append" | "rewind-then-append" | "new-base"}',
+        '  {"version": N, "action": "append" | "rewind-then-append" | "new-base" | "unchanged"}\n' +
+        '  ("unchanged": the line repeats the head exactly; "timestampClampedTo": the timestamp was\n' +
+        "  before the previous change's and was stored as that one.)\n\n" +
+        "SQL that reads the clock or random numbers (random(), datetime('now'), CURRENT_TIMESTAMP…)\n" +
+        "replays to a different database and is refused (E_NONDETERMINISTIC) unless\n" +
+        "--allow-nondeterministic is given.",
     )
+    .option("--allow-nondeterministic", "accept SQL that reads the clock or random numbers (it replays to different values)")
     .argument("<backend>", "the backup: a directory path, file:PATH, or a backend URL")
     .addHelpText("after", `\nExample:\n  echo '{"version":1,"transaction":["CREATE TABLE t(x)"]}' | tidemark ingest ./backup`);
   addCodecOptions(cmd, true);
   cmd
-    .action(async (location: string, opts: CodecFlags) => {
+    .action(async (location: string, opts: CodecFlags & { allowNondeterministic?: boolean }) => {
       await withBackend(location, "write", async (backend) => {
         const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
         let n = 0;
@@ -41,7 +47,7 @@ export function registerIngest(program: Command): void {
           if (line.trim() === "") continue;
           try {
             const wire = parseWireChange(line, { allowSnapshotPath: true });
-            const result = await applyChange(backend, changeFromWire(wire, openSnapshot));
+            const result = await applyChange(backend, changeFromWire(wire, openSnapshot), { allowNondeterministic: opts.allowNondeterministic === true });
             process.stdout.write(`${JSON.stringify(result)}\n`);
           } catch (err) {
             throw withContext(err, `line ${n}`);

@@ -48,6 +48,8 @@ const databaseSchema = z.strictObject({
   /** The host's database file: restored from the backup at start, before serving, when it is missing. */
   restoreIfMissing: z.string().min(1).optional(),
   rules: z.string().min(1).default("none"),
+  /** Accept SQL that reads the clock or random numbers; default: only with rules "core-lightning". */
+  allowNondeterministic: z.boolean().optional(),
   compaction: compactionSchema.default({ everyChanges: 100_000, every: "6h", logRatio: 4 }),
   retention: z
     .strictObject({ bases: z.number().int().min(0).optional(), for: z.union([z.literal(0), duration]).optional() })
@@ -128,6 +130,11 @@ export interface DatabaseConfig {
   readonly restoreIfMissing?: string;
   /** A rule set name or a rules file path. */
   readonly rules: string;
+  /**
+   * Accept SQL that reads the clock or random numbers (E_NONDETERMINISTIC otherwise). Default:
+   * true with rules "core-lightning" (lightningd's own migrations do it), false otherwise.
+   */
+  readonly allowNondeterministic: boolean;
   readonly compaction: CompactionPolicy;
   /** How often to run verify with a test restore (ms); never when absent. */
   readonly validationMs?: number;
@@ -275,6 +282,7 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
       create: db.create,
       ...(db.restoreIfMissing !== undefined && { restoreIfMissing: resolvePath(db.restoreIfMissing) }),
       rules: db.rules in { none: 1, "core-lightning": 1 } ? db.rules : resolvePath(db.rules),
+      allowNondeterministic: db.allowNondeterministic ?? db.rules === "core-lightning",
       ...(db.retention && {
         retention: {
           ...(db.retention.bases !== undefined && { bases: db.retention.bases }),

@@ -9,7 +9,7 @@ import { compact, type CompactionStats } from "../ops/compaction.js";
 import { compactionDue, nextCompactionAt, type CompactionState } from "../model/compaction-policy.js";
 import type { DatabaseConfig } from "./config.js";
 import { TidemarkError, type ErrorCode } from "../util/errors.js";
-import { applyChange, type IngestResult } from "../ops/ingest.js";
+import { applyChange, sameContent, type IngestResult } from "../ops/ingest.js";
 import type { Logger } from "../util/logger.js";
 import type { Metrics } from "./metrics.js";
 import { Mutex } from "../util/mutex.js";
@@ -79,6 +79,8 @@ export class ManagedDatabase {
   readonly #deps: DatabaseDeps;
   readonly #log: Logger;
   readonly #queue = new Mutex();
+  /** Changes queued or being stored, by version: a different one for the same version is refused (E_CONFLICT). */
+  readonly #pending = new Map<number, ChangeInput[]>();
   readonly #abort = new AbortController();
   /** With `watch:`, the capture feeding the primary, and its loop. */
   #capture: Capture | null = null;
@@ -223,10 +225,21 @@ export class ManagedDatabase {
    */
   ingest(change: ChangeInput, bytes: number): Promise<IngestResult> {
     const started = performance.now();
+    const racing = this.#pending.get(change.version);
+    if (racing?.some((other) => !sameContent(other, change))) {
+      const err = new TidemarkError("E_CONFLICT", `${this.name}: a different change ${change.version} is already queued or being stored; this one was not`, {
+        hint: "one writer per database: a version is redone only after its first change was acknowledged (or refused), never while it is in flight",
+      });
+      this.#record(err);
+      return Promise.reject(err);
+    }
+    const pending = racing ?? [];
+    pending.push(change);
+    this.#pending.set(change.version, pending);
     return this.#queue.run(async () => {
       this.#checkOpen();
       try {
-        const result = await applyChange(this.#backend, change);
+        const result = await applyChange(this.#backend, change, { allowNondeterministic: this.config.allowNondeterministic });
         const m = this.#series;
         m.ackLatency.observe((performance.now() - started) / 1000);
         (result.action === "append" ? m.appends : this.#deps.metrics.changes.labels({ db: this.name, action: result.action })).inc();
@@ -242,6 +255,9 @@ export class ManagedDatabase {
         if (!isClientAbort(err)) this.#record(err);
         throw err;
       }
+    }).finally(() => {
+      pending.splice(pending.indexOf(change), 1);
+      if (pending.length === 0) this.#pending.delete(change.version);
     });
   }
 

@@ -10,7 +10,7 @@ import { ERROR_CODES } from "../util/errors.js";
 import { PACKAGE_VERSION } from "../util/package-version.js";
 
 /** The label values each labelled counter is initialised with. */
-const ACTIONS = ["append", "rewind-then-append", "new-base"];
+const ACTIONS = ["append", "rewind-then-append", "new-base", "unchanged"];
 const COMPACTION_RESULTS = ["ok", "skipped", "error"];
 const VERIFY_RESULTS = ["ok", "failed"];
 const RETRY_OPS = ["get", "put", "list", "delete", "upload snapshot"];

@@ -211,14 +211,19 @@ export class ReplicaFeeder {
           continue;
         }
         await flush();
-        await applyChange(replica, {
-          version: change.version,
-          timestamp: change.timestamp,
-          ...(change.snapshot && { snapshot: change.snapshot.open() }),
-          ...(change.transaction && { transaction: change.transaction }),
-          ...(change.continuation && { continuation: true }),
-          ...(change.captured && { captured: change.captured }),
-        });
+        // The primary validated the change (or was told to accept it): a copy is never refused.
+        await applyChange(
+          replica,
+          {
+            version: change.version,
+            timestamp: change.timestamp,
+            ...(change.snapshot && { snapshot: change.snapshot.open() }),
+            ...(change.transaction && { transaction: change.transaction }),
+            ...(change.continuation && { continuation: true }),
+            ...(change.captured && { captured: change.captured }),
+          },
+          { allowNondeterministic: true },
+        );
         this.#version = replica.head().version;
         this.#timestamp = change.timestamp;
       }

@@ -36,6 +36,11 @@ export const FLAG_TRANSACTION = 2;
 export const FLAG_CONTINUATION = 0x80;
 /** The change carries pages captured from a WAL (docs/format.md, "Captured pages"). */
 export const FLAG_CAPTURED = 8;
+/**
+ * The change replaces the live change of the same version right before it: a rewind and the
+ * redone change in one record, so that a redo is one durable step (docs/format.md, "Redo").
+ */
+export const FLAG_REPLACES_LAST = 0x10;
 
 /** Where a change's snapshot blob is and what it must hash to. */
 export interface SnapshotRef {
@@ -69,6 +74,8 @@ export interface DecodedRecord {
   readonly transaction?: Statement[];
   /** Set for a continuation of the version of the record before it. */
   readonly continuation?: true;
+  /** Set for a redo: the change takes the place of the live change of its version before it. */
+  readonly replacesLast?: true;
   readonly captured?: CapturedPages;
 }
 
@@ -80,6 +87,8 @@ export interface ChangeRecordInput {
   readonly transaction?: readonly Statement[];
   /** Marks the record as a continuation of the version before it; it takes no snapshot. */
   readonly continuation?: boolean;
+  /** Marks the record as a redo of the live change of the same version before it; not with a continuation. */
+  readonly replacesLast?: boolean;
   readonly captured?: CapturedPages;
 }
 
@@ -114,6 +123,10 @@ export function encodeChangeRecord(change: ChangeRecordInput, codec: Codec = PLA
   if (change.continuation) {
     if (change.snapshot) throw new InputError(`change ${change.version}: a continuation takes no snapshot`);
     flags |= FLAG_CONTINUATION;
+  }
+  if (change.replacesLast) {
+    if (change.continuation) throw new InputError(`change ${change.version}: a continuation cannot replace a change`);
+    flags |= FLAG_REPLACES_LAST;
   }
   if (change.captured) {
     flags |= FLAG_CAPTURED;
@@ -277,6 +290,7 @@ export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, 
   const record: { -readonly [K in keyof DecodedRecord]: DecodedRecord[K] } = { type: header.type, version: header.version, timestamp };
   if (header.type === RecordType.Change) {
     if (header.flags & FLAG_CONTINUATION) record.continuation = true;
+    if (header.flags & FLAG_REPLACES_LAST) record.replacesLast = true;
     if (ref !== undefined) record.snapshot = { size: r.u64(), crc32: r.u32(), ref };
     if (header.flags & FLAG_TRANSACTION) {
       const count = r.u32();

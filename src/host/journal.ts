@@ -47,10 +47,11 @@ export interface SyncChangeSink {
 }
 
 /** Adapts an open backend into a sink (and a synchronous one when the backend can). */
-export function backendSink(backend: Backend): ChangeSink & Partial<SyncChangeSink> {
+export function backendSink(backend: Backend, options: { readonly allowNondeterministic?: boolean } = {}): ChangeSink & Partial<SyncChangeSink> {
+  const ingest = { allowNondeterministic: options.allowNondeterministic === true };
   const sink: ChangeSink & Partial<SyncChangeSink> = {
     head: async () => backend.head(),
-    addChange: (change) => applyChange(backend, change),
+    addChange: (change) => applyChange(backend, change, ingest),
     addSnapshot: (version, file) => applyChange(backend, { version, snapshot: fs.createReadStream(file) }),
     rewind: () => backend.rewind(),
   };
@@ -58,7 +59,7 @@ export function backendSink(backend: Backend): ChangeSink & Partial<SyncChangeSi
   if (typeof sync.addChangeSync === "function" && typeof sync.rewindSync === "function") {
     const b = backend as SyncBackend;
     sink.headSync = () => b.head();
-    sink.addChangeSync = (change) => void applyChangeSync(b, change);
+    sink.addChangeSync = (change) => void applyChangeSync(b, change, ingest);
     sink.rewindSync = () => b.rewindSync();
   }
   return sink;
@@ -80,6 +81,12 @@ export interface JournalTransaction {
 export interface JournalOptions {
   /** Where the seeding snapshot is written before it is sent; the OS temp directory by default. */
   readonly tmpDir?: string;
+  /**
+   * Let statements read the clock or random numbers (`random()`, `datetime('now')`, …), which
+   * replay to different values; refused with E_NONDETERMINISTIC by default. A sink made by
+   * {@link backendSink} must be given the same option; a daemon decides by its own config.
+   */
+  readonly allowNondeterministic?: boolean;
 }
 
 /** A better-sqlite3 database whose transactions are backed up before they commit. */
@@ -92,11 +99,14 @@ export class Journal {
   #version: number;
   #busy = false;
 
-  private constructor(db: Database.Database, sink: ChangeSink | null, syncSink: SyncChangeSink | null, version: number) {
+  readonly #checkSql: (sql: string) => void;
+
+  private constructor(db: Database.Database, sink: ChangeSink | null, syncSink: SyncChangeSink | null, version: number, options: JournalOptions) {
     this.#db = db;
     this.#sink = sink;
     this.#syncSink = syncSink;
     this.#version = version;
+    this.#checkSql = options.allowNondeterministic ? () => {} : checkDeterministic;
   }
 
   /** The host database's data version: the version of its last committed transaction. */
@@ -111,11 +121,15 @@ export class Journal {
    */
   static async open(db: Database.Database, sink: ChangeSink, options: JournalOptions = {}): Promise<Journal> {
     const host = hostVersion(db);
-    const head = await sink.head();
+    let head = await sink.head();
+    if (diedBeforeFirstCommit(db, host, head)) {
+      await sink.rewind();
+      head = await sink.head();
+    }
     if (head.version === 0) {
       const version = host.hasTable ? host.version : 0;
       if (version === 0 && !hasUserTables(db)) {
-        const j = new Journal(db, sink, null, 0);
+        const j = new Journal(db, sink, null, 0, options);
         await j.transaction(() => undefined, { force: true });
         return j;
       }
@@ -123,11 +137,11 @@ export class Journal {
       const seeded = Math.max(version, 1);
       setVersion(db, seeded);
       await seed(db, sink, seeded, options.tmpDir ?? os.tmpdir());
-      return new Journal(db, sink, null, seeded);
+      return new Journal(db, sink, null, seeded, options);
     }
     if (!host.hasTable) throw notJournaled(head.version);
     if (reconcile(host.version, head) === "rewind") await sink.rewind();
-    return new Journal(db, sink, null, host.version);
+    return new Journal(db, sink, null, host.version, options);
   }
 
   /**
@@ -135,22 +149,26 @@ export class Journal {
    * It reconciles like open(); an existing database with an empty backup must be seeded once
    * with open() first.
    */
-  static openSync(db: Database.Database, sink: SyncChangeSink): Journal {
+  static openSync(db: Database.Database, sink: SyncChangeSink, options: JournalOptions = {}): Journal {
     const host = hostVersion(db);
-    const head = sink.headSync();
+    let head = sink.headSync();
+    if (diedBeforeFirstCommit(db, host, head)) {
+      sink.rewindSync();
+      head = sink.headSync();
+    }
     if (head.version === 0) {
       if ((host.hasTable && host.version > 0) || hasUserTables(db)) {
         throw new TidemarkError("E_GAP", "the backup is empty but the host database is not", {
           hint: "seed the backup once with the asynchronous Journal.open(), which sends a snapshot",
         });
       }
-      const j = new Journal(db, null, sink, 0);
+      const j = new Journal(db, null, sink, 0, options);
       j.transactionSync(() => undefined, { force: true });
       return j;
     }
     if (!host.hasTable) throw notJournaled(head.version);
     if (reconcile(host.version, head) === "rewind") sink.rewindSync();
-    return new Journal(db, null, sink, host.version);
+    return new Journal(db, null, sink, host.version, options);
   }
 
   /**
@@ -234,7 +252,7 @@ export class Journal {
     };
     return {
       run: (sql, ...args) => {
-        checkDeterministic(sql);
+        this.#checkSql(sql);
         const params = normaliseParams(args);
         const st = prepare(sql);
         const r = params === undefined ? st.run() : st.run(params as never);
@@ -242,7 +260,7 @@ export class Journal {
         return r;
       },
       exec: (sql) => {
-        checkDeterministic(sql);
+        this.#checkSql(sql);
         db.exec(sql);
         recorded.push(sql);
       },
@@ -329,6 +347,15 @@ async function seed(db: Database.Database, sink: ChangeSink, version: number, tm
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Whether the host died between the ack of its very first change (version 1, which creates
+ * the version table) and its commit: the database is still empty, and the backup holds that
+ * one change, rewindable. Like any acknowledged change the host did not commit, it is rewound.
+ */
+function diedBeforeFirstCommit(db: Database.Database, host: { hasTable: boolean }, head: BackendHead): boolean {
+  return !host.hasTable && head.version === 1 && head.prevVersion === 0 && !hasUserTables(db);
 }
 
 function notJournaled(head: number): TidemarkError {

@@ -6,6 +6,7 @@
  * Named parameters are a JSON object instead of an array.
  */
 import type { ChangeInput, Param, SnapshotSource, Statement } from "./change.js";
+import { parse as parseKeepingNumbers } from "lossless-json";
 import { InputError } from "../util/errors.js";
 
 /** A change parsed from JSON; the snapshot, if any, is a path the caller opens. */
@@ -42,8 +43,77 @@ export function parseWireChange(text: string, options: WireOptions = {}): WireCh
       hint: options.jsonHint ?? 'send one JSON object per change, like {"version":1,"transaction":["CREATE TABLE t(x)"]}',
     });
   }
+  // JSON.parse reads `2e0` as 2, `1e400` as Infinity and 2^60 + 1 as 2^60: where the text has
+  // such a number, it is read again keeping each number's text, and checked as written.
+  if (!plainNumbersOnly(text)) value = exactNumbers(parseKeepingNumbers(text, null, (raw) => new RawNumber(raw)), "");
   return wireChange(value, options);
 }
+
+/** A JSON number as written, from the lossless parse. */
+class RawNumber {
+  constructor(readonly text: string) {}
+}
+
+const INTEGER_TEXT = /^-?(?:0|[1-9][0-9]*)$/;
+
+/**
+ * Turns the numbers of a lossless parse into JavaScript numbers, refusing what a number cannot
+ * carry: `version` and `timestamp` must be written as integers (no fraction or exponent) up to
+ * 2^53 - 1; any number must be finite; an integer beyond 2^53 - 1 must be sent as `$bigint`.
+ */
+function exactNumbers(v: unknown, path: string): unknown {
+  if (v instanceof RawNumber) return exactNumber(v.text, path);
+  if (Array.isArray(v)) return v.map((x, i) => exactNumbers(x, `${path}[${i}]`));
+  if (isPlainObject(v)) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, exactNumbers(x, path === "" ? k : `${path}.${k}`)]));
+  return v;
+}
+
+function exactNumber(text: string, path: string): number {
+  const n = Number(text);
+  const integer = INTEGER_TEXT.test(text);
+  if (path === "version" || path === "timestamp") {
+    if (!integer) throw bad(path, `expected an integer written without a fraction or exponent, got ${text}`);
+    if (!Number.isSafeInteger(n)) {
+      throw new InputError(`change.${path}: ${text} is larger than ${Number.MAX_SAFE_INTEGER} (2^53 - 1), the largest ${path} tidemark carries exactly`, {
+        hint: path === "version" ? "a host's data version counts its transactions: keep it below 2^53" : "send milliseconds since the epoch, or an ISO-8601 string",
+      });
+    }
+    return n;
+  }
+  if (!Number.isFinite(n)) throw bad(path, `${text} is not a finite number`);
+  if (integer && !Number.isSafeInteger(n)) {
+    throw new InputError(`change.${path}: the integer ${text} does not fit in a JSON number exactly (it would be stored as ${n})`.replace(".[", "["), {
+      hint: `send it as {"$bigint": "${text}"}`,
+    });
+  }
+  return n;
+}
+
+/**
+ * Whether every number outside the strings of JSON `text` is an integer of at most 15 digits
+ * written plainly, which JSON.parse reads exactly. A quick scan, so that the common change
+ * is parsed once.
+ */
+function plainNumbersOnly(text: string): boolean {
+  for (let at = 0; at < text.length; ) {
+    const quote = text.indexOf('"', at);
+    if (SUSPECT_NUMBER.test(text.slice(at, quote < 0 ? text.length : quote))) return false;
+    if (quote < 0) return true;
+    // Skip the string: its closing quote is the first one not escaped by an odd run of backslashes.
+    let end = quote;
+    for (;;) {
+      end = text.indexOf('"', end + 1);
+      if (end < 0) return true;
+      let slashes = 0;
+      while (text.charCodeAt(end - 1 - slashes) === 92) slashes++;
+      if (slashes % 2 === 0) break;
+    }
+    at = end + 1;
+  }
+  return true;
+}
+
+const SUSPECT_NUMBER = /[0-9][.eE]|[0-9]{16}/;
 
 /**
  * Turns a validated wire change into the change that applyChange takes. `openSnapshot` opens a
@@ -141,7 +211,10 @@ function wireStatement(st: unknown, path: string): Statement {
 
 function wireParam(p: unknown, path: string): Param {
   if (p === null || typeof p === "string") return p;
-  if (typeof p === "number") return p;
+  if (typeof p === "number") {
+    if (!Number.isFinite(p)) throw bad(path, `${p} is not a finite number`);
+    return p;
+  }
   if (isPlainObject(p)) {
     const keys = Object.keys(p);
     if (keys.length === 1 && keys[0] === "$blob") {
@@ -171,6 +244,13 @@ export function statementsToWire(statements: readonly Statement[]): unknown[] {
       : Object.fromEntries(Object.entries(st.params).map(([k, v]) => [k, paramToWire(v as Param)]));
     return { sql: st.sql, params };
   });
+}
+
+/** Whether two transactions are the same statements with the same parameters (compared through their wire form, which spells bigints and blobs out). */
+export function sameStatements(a: readonly Statement[] | undefined, b: readonly Statement[] | undefined): boolean {
+  if (a === b) return true;
+  if (!a || !b || a.length !== b.length) return false;
+  return JSON.stringify(statementsToWire(a)) === JSON.stringify(statementsToWire(b));
 }
 
 function paramToWire(p: Param): unknown {

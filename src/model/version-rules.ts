@@ -4,7 +4,7 @@
  * | case                          | action                       |
  * |-------------------------------|------------------------------|
  * | v == h+1                      | append                       |
- * | v == h (h rewindable)         | rewind h, then append        |
+ * | v == h (h rewindable)         | redo: replace h (one record) |
  * | v > h, carrying a snapshot    | append as a new base         |
  * | v > h+1, no snapshot          | GapError                     |
  * | v < h, or v == h after a rewind | StaleError                 |
@@ -55,7 +55,13 @@ export function decide(head: BackendHead, change: { readonly version: number; re
     if (head.prevVersion === h) {
       throw new StaleError(h, v, `change ${v} repeats version ${h}, which the host committed (a continuation of it is stored): the host lost committed state`);
     }
-    if (head.prevVersion !== null) return "rewind-then-append";
+    if (head.prevVersion !== null) {
+      // The redo follows the change before the head: without a snapshot, only as its next version.
+      if (!change.hasSnapshot && v !== head.prevVersion + 1) {
+        throw new GapError(head.prevVersion, v, `change ${v} redoes version ${v}, which was stored with a snapshot after version ${head.prevVersion}: a redo without a snapshot would leave a gap`);
+      }
+      return "rewind-then-append";
+    }
     throw new StaleError(h, v, `change ${v} repeats version ${h}, which was already rewound once: the host lost committed state`);
   }
   if (v > h) {

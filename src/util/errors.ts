@@ -14,6 +14,7 @@ export const ERROR_CODES = {
   E_GAP: "the change skips versions the backup does not have",
   E_STALE: "the host is behind the backup: it lost committed state",
   E_REWIND: "there is no change that may be rewound",
+  E_CONFLICT: "a different change for the same version is already queued or being stored",
   E_CORRUPT: "a stored record, snapshot or document fails its checksum or is malformed",
   E_INCOMPLETE: "the location holds an interrupted copy, not a backup",
   E_KEY: "an encryption key is missing or wrong",

@@ -146,6 +146,27 @@ describe("Journal", () => {
     db.close();
   });
 
+  it("refuses non-deterministic SQL in the shared ingest path too (a sink fed by hand), unless the Journal and its sink opt out", async () => {
+    const { dir, hostFile, backend, db } = await setup();
+    // A change that did not come through the Journal's recorder: the backend's door refuses it.
+    const sink = backendSink(backend);
+    await sink.addChange({ version: 1, transaction: ["CREATE TABLE t (x)"] });
+    await expect(sink.addChange({ version: 2, transaction: ["INSERT INTO t VALUES (CURRENT_DATE)"] })).rejects.toMatchObject({ code: "E_NONDETERMINISTIC" });
+    expect(backend.head().version).toBe(1);
+    await backend.rewind();
+    db.close();
+
+    // Opted out on both sides: the host runs it, the backup takes it, and a restore replays it.
+    const lax = new Database(hostFile);
+    const journal = await Journal.open(lax, backendSink(backend, { allowNondeterministic: true }), { allowNondeterministic: true });
+    await journal.transaction((tx) => tx.exec("CREATE TABLE t (x)"));
+    await journal.transaction((tx) => tx.run("INSERT INTO t VALUES (length(randomblob(16)))"));
+    expect(backend.head().version).toBe(journal.version);
+    await restoredEqualsHost(backend, dir, hostFile);
+    await backend.close();
+    lax.close();
+  });
+
   it("seeds an empty backup from an existing database with a snapshot", async () => {
     const { dir, hostFile, backend, db } = await setup();
     db.exec("CREATE TABLE legacy (x); INSERT INTO legacy VALUES ('from before tidemark')");

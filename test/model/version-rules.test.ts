@@ -18,6 +18,13 @@ describe("version rules", () => {
     expect(decide(h, { version, hasSnapshot })).toBe(action);
   });
 
+  it("a redo without a snapshot of a base that skipped versions would leave a gap: refused", () => {
+    const base = { version: 50, prevVersion: 10 };
+    expect(() => decide(base, { version: 50, hasSnapshot: false })).toThrow(GapError);
+    expect(() => decide(base, { version: 50, hasSnapshot: false })).toThrow(/redoes version 50, which was stored with a snapshot after version 10/);
+    expect(decide(base, { version: 50, hasSnapshot: true })).toBe("rewind-then-append");
+  });
+
   it("a gap is refused with a hint to send a new base", () => {
     let err: GapError | undefined;
     try {
