@@ -32,6 +32,7 @@ import {
   writeAll,
   writeFileDurably,
   type BlobListing,
+  type BlobReader,
   type DocumentName,
   type GenerationListing,
   type LogChunk,
@@ -157,7 +158,7 @@ export class FileStorage implements Storage {
 
   async *readLog(id: number, from: number, to: number): AsyncGenerator<LogChunk> {
     const file = this.#path(logName(id));
-    let fh: fsp.FileHandle;
+    let fh: Awaited<ReturnType<typeof fsp.open>>;
     try {
       fh = await fsp.open(file, "r");
     } catch (err) {
@@ -304,6 +305,28 @@ export class FileStorage implements Storage {
     } catch (err) {
       throw vanished(DRIVER_NAME, "read", file, err);
     }
+  }
+
+  async readBlob(name: string): Promise<BlobReader> {
+    const file = this.#path(name);
+    let fh: Awaited<ReturnType<typeof fsp.open>>;
+    try {
+      fh = await fsp.open(file, "r");
+    } catch (err) {
+      throw vanished(DRIVER_NAME, "read", file, err);
+    }
+    return {
+      read: async (into, length, position) => {
+        let done = 0;
+        while (done < length) {
+          const { bytesRead } = await fh.read(into, done, length - done, position + done);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+        }
+        return done;
+      },
+      close: () => fh.close(),
+    };
   }
 
   async listBlobs(): Promise<BlobListing[]> {

@@ -8,6 +8,7 @@
  */
 export type {
   BlobListing,
+  BlobReader,
   DocumentName,
   GenerationListing,
   LogChunk,

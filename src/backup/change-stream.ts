@@ -3,7 +3,7 @@
  * `Backend.streamChanges` yields, for every backend.
  */
 import { RecordType, decodeRecord, type DecodedRecord, type SnapshotRef } from "../format/record-codec.js";
-import { decodeSnapshot } from "../format/snapshot-codec.js";
+import { decodeSnapshot, type DecodeOptions } from "../format/snapshot-codec.js";
 import type { Keyring } from "../format/keyring.js";
 import type { StoredChange, StoredSnapshot } from "../model/change.js";
 import { TidemarkError } from "../util/errors.js";
@@ -121,16 +121,25 @@ function storedSnapshot(storage: Storage, ref: SnapshotRef, version: number, key
   const location = `${storage.location} snapshot ${ref.ref}`;
   return {
     size: ref.size,
-    open(): AsyncIterable<Buffer> {
-      const release = readers.enter();
-      return decodeSnapshot(released(storage.openBlob(ref.ref), release), ref, location, version, keyring);
+    open(options: DecodeOptions = {}): AsyncIterable<Buffer> {
+      return openSnapshot(storage, ref, location, version, keyring, readers.enter(), options);
     },
   };
 }
 
-async function* released(src: AsyncIterable<Buffer>, release: () => void): AsyncGenerator<Buffer> {
+/** Decodes a blob, read with positioned reads where the storage offers them; then releases it. */
+async function* openSnapshot(
+  storage: Storage,
+  ref: SnapshotRef,
+  location: string,
+  version: number,
+  keyring: Keyring,
+  release: () => void,
+  options: DecodeOptions,
+): AsyncGenerator<Buffer> {
   try {
-    yield* src;
+    const source = storage.readBlob ? await storage.readBlob(ref.ref) : storage.openBlob(ref.ref);
+    yield* decodeSnapshot(source, ref, location, version, keyring, options);
   } finally {
     release();
   }

@@ -17,6 +17,7 @@
  * stores a log in several pieces (an object per append) keeps each append's bytes together:
  * a record never spans two pieces.
  */
+import type { PositionedReader } from "../format/snapshot-codec.js";
 import { BackendError, asBackendError, type TidemarkError } from "../util/errors.js";
 import type { Logger } from "../util/logger.js";
 
@@ -152,6 +153,13 @@ export interface Storage {
   /** Streams a blob. The stream throws E_BACKEND with a "run it again" hint when it vanished. */
   openBlob(name: string): AsyncIterable<Buffer>;
 
+  /**
+   * Opens a blob for positioned reads, so that a reader takes each snapshot frame in one read
+   * into a buffer it reuses. Optional (the file backend offers it); without it readers stream
+   * `openBlob`. Throws as `openBlob` does when the blob vanished.
+   */
+  readBlob?(name: string): Promise<BlobReader>;
+
   /** The blobs that exist, sorted by name. */
   listBlobs(): Promise<BlobListing[]>;
 
@@ -169,6 +177,9 @@ export interface Storage {
 
 /** A backend module's factory: `export const createStorage: StorageFactory`. */
 export type StorageFactory = (url: URL, options: StorageOptions) => Promise<Storage>;
+
+/** A blob open for positioned reads ({@link Storage.readBlob}): `read(into, length, position)`, `close()`. */
+export type BlobReader = PositionedReader;
 
 /**
  * The error for a log or blob that is gone while being read (a compaction in another process

@@ -1,13 +1,14 @@
 /**
  * `tidemark init <backend> [--from-db PATH --version N]`
  */
-import fs from "node:fs";
 import type { Command } from "commander";
 import { openBackend } from "../backup/registry.js";
 import { UsageError } from "../util/errors.js";
 import { applyChange } from "../ops/ingest.js";
 import { terminalLogger } from "../util/logger.js";
-import { snapshotSqlite } from "../ops/sqlite-snapshot.js";
+import { streamSqlite, type SqliteStream } from "../ops/sqlite-snapshot.js";
+import { WalChangedError } from "../ops/wal-snapshot.js";
+import type { Backend } from "../backup/backup.js";
 import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, parseVersion, retentionOptions, type CodecFlags, type RetentionFlags } from "./common.js";
 
 interface InitOptions extends CodecFlags, RetentionFlags {
@@ -40,13 +41,14 @@ export function registerInit(program: Command): void {
       if (opts.version !== undefined && opts.fromDb === undefined) {
         throw new UsageError("--version only applies with --from-db", { hint: "tidemark init ./backup --from-db app.db --version 42" });
       }
-      const snapshot = opts.fromDb ? await snapshotSqlite(opts.fromDb, `--from-db ${opts.fromDb}`) : undefined;
+      // Opened (and checked to be a database) before anything is created.
+      let snapshot = opts.fromDb ? streamSqlite(opts.fromDb, `--from-db ${opts.fromDb}`) : undefined;
       try {
         const backend = await openBackend(location, { ...codecOptions(opts), ...retentionOptions(opts), mode: "create", log: terminalLogger() });
         try {
-          if (snapshot && opts.version !== undefined) {
-            await applyChange(backend, { version: opts.version, snapshot: fs.createReadStream(snapshot.file) });
-            process.stdout.write(`created backup at ${backend.location}, seeded at version ${opts.version} (${formatBytes(snapshot.bytes)} snapshot)\n`);
+          if (snapshot && opts.fromDb !== undefined && opts.version !== undefined) {
+            const bytes = await seed(backend, opts.version, snapshot, () => (snapshot = streamSqlite(opts.fromDb!, `--from-db ${opts.fromDb}`)));
+            process.stdout.write(`created backup at ${backend.location}, seeded at version ${opts.version} (${formatBytes(bytes)} snapshot)\n`);
           } else {
             process.stdout.write(`created empty backup at ${backend.location}; the first change must be version 1 or carry a snapshot\n`);
           }
@@ -54,7 +56,30 @@ export function registerInit(program: Command): void {
           await backend.close();
         }
       } finally {
-        snapshot?.dispose();
+        snapshot?.close();
       }
     });
+}
+
+/** Tries to take a snapshot this many times while the host's WAL keeps restarting under it. */
+const SEED_ATTEMPTS = 3;
+
+/**
+ * Stores the database's image as version `version`, streamed straight into the blob. When its
+ * WAL restarted while it was read (the blob is then discarded, nothing stored), takes it again.
+ * Resolves to the image's size.
+ */
+async function seed(backend: Backend, version: number, first: SqliteStream, again: () => SqliteStream): Promise<number> {
+  let snapshot = first;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await applyChange(backend, { version, snapshot: snapshot.source });
+      return snapshot.bytes;
+    } catch (err) {
+      const walChanged = err instanceof WalChangedError || (err as Error).cause instanceof WalChangedError;
+      if (!walChanged || attempt >= SEED_ATTEMPTS) throw err;
+      snapshot.close();
+      snapshot = again();
+    }
+  }
 }

@@ -44,3 +44,37 @@ export function crc32(buf: Uint8Array, start = 0, end = buf.length, seed = 0): n
   for (; i < end; i++) c = t[(c ^ buf[i]!) & 0xff]! ^ (c >>> 8);
   return ~c >>> 0;
 }
+
+/** The reflected CRC-32 polynomial. */
+const POLY = 0xedb88320;
+
+/** a × b modulo the CRC polynomial, both as reflected 32-bit polynomials. */
+function multModP(a: number, b: number): number {
+  let m = 0x80000000;
+  let p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) === 0) break;
+    }
+    m >>>= 1;
+    b = b & 1 ? (b >>> 1) ^ POLY : b >>> 1;
+  }
+  return p >>> 0;
+}
+
+/** x^(2^k) modulo the polynomial, for k = 0..31. */
+const X2N = new Uint32Array(32);
+X2N[0] = 1 << 30; // x^1
+for (let k = 1; k < 32; k++) X2N[k] = multModP(X2N[k - 1]!, X2N[k - 1]!);
+
+/**
+ * CRC-32 of the concatenation A‖B from `crcA`, `crcB` and B's length, without reading the
+ * bytes again (zlib's crc32_combine): a frame's checksum extends a running one.
+ */
+export function crc32Combine(crcA: number, crcB: number, lengthB: number): number {
+  // x^(8·lengthB): one factor of x^(2^k) per set bit of the bit count.
+  let x = 0x80000000; // x^0
+  for (let n = lengthB, k = 3; n > 0; n >>>= 1, k++) if (n & 1) x = multModP(X2N[k & 31]!, x);
+  return (multModP(x, crcA) ^ crcB) >>> 0;
+}

@@ -39,8 +39,11 @@ export interface ChangeInput {
 export interface StoredSnapshot {
   /** Size of the SQLite file in bytes. */
   readonly size: number;
-  /** Streams the SQLite file's bytes, verifying every checksum on the way. */
-  open(): AsyncIterable<Buffer>;
+  /**
+   * Streams the SQLite file's bytes, verifying every checksum on the way. With `reuse`, each
+   * buffer yielded is valid only until the next is asked for (one buffer serves every frame).
+   */
+  open(options?: { readonly reuse?: boolean }): AsyncIterable<Buffer>;
 }
 
 /** A change as a backend returns it. */

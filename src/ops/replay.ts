@@ -7,12 +7,10 @@
  * thread (replay-worker.js), so the two overlap. Batches in flight are bounded, so memory stays
  * bounded however long the backup.
  */
-import fs from "node:fs";
-import { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import fsp from "node:fs/promises";
 import { Worker } from "node:worker_threads";
 import type { Backend } from "../backup/backup.js";
-import type { Statement } from "../model/change.js";
+import type { Statement, StoredSnapshot } from "../model/change.js";
 import { TidemarkError } from "../util/errors.js";
 import type { Rewriter } from "./rewrite.js";
 import { PageFile } from "./page-file.js";
@@ -89,7 +87,7 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
         opened = false;
         pages?.close();
         pages = undefined;
-        await pipeline(Readable.from(change.snapshot.open()), fs.createWriteStream(dbPath));
+        await writeSnapshot(change.snapshot, dbPath);
       }
       if (change.captured) {
         // Captured pages go straight into the file, as a checkpoint writes them; SQLite opens it
@@ -138,6 +136,23 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
     pages?.close();
     await worker.close();
     throw err;
+  }
+}
+
+/**
+ * Writes a snapshot's bytes into a new file at `dbPath`. Each frame is written before the next
+ * is read, so the decoder may hand every frame over in one reused buffer.
+ */
+async function writeSnapshot(snapshot: StoredSnapshot, dbPath: string): Promise<void> {
+  const fh = await fsp.open(dbPath, "w");
+  try {
+    let position = 0;
+    for await (const buf of snapshot.open({ reuse: true })) {
+      for (let done = 0; done < buf.length; ) done += (await fh.write(buf, done, buf.length - done, position + done)).bytesWritten;
+      position += buf.length;
+    }
+  } finally {
+    await fh.close();
   }
 }
 

@@ -67,14 +67,16 @@ async function* pages(db: number, wal: WalFile, header: WalHeader | null, pageSi
   try {
     for (let first = 1; first <= dbPages; first += BATCH_PAGES) {
       const n = Math.min(BATCH_PAGES, dbPages - first + 1);
-      const buf = Buffer.alloc(n * pageSize);
+      const buf = Buffer.allocUnsafe(n * pageSize);
+      // The file's pages in one read (what it lacks reads as zeros), then the WAL's copies over them.
+      const got = readFully(db, buf, (first - 1) * pageSize);
+      if (got < buf.length) buf.fill(0, got);
       for (let i = 0; i < n; i++) {
         const pgno = first + i;
-        if (pgno === lock) continue; // never written by SQLite: zeros, as in the file
-        const frame = latest.get(pgno);
         const into = buf.subarray(i * pageSize, (i + 1) * pageSize);
+        if (pgno === lock) into.fill(0); // never written by SQLite: zeros, as in the file
+        const frame = latest.get(pgno);
         if (frame !== undefined) fs.readSync(walFd!, into, 0, pageSize, WAL_HEADER_SIZE + (frame - 1) * (WAL_FRAME_HEADER_SIZE + pageSize) + WAL_FRAME_HEADER_SIZE);
-        else fs.readSync(db, into, 0, pageSize, (pgno - 1) * pageSize); // a short read leaves zeros
       }
       yield buf;
     }
@@ -88,6 +90,17 @@ async function* pages(db: number, wal: WalFile, header: WalHeader | null, pageSi
   } finally {
     if (walFd !== null) fs.closeSync(walFd);
   }
+}
+
+/** Reads `buf.length` bytes at `position`, or up to the end of the file; returns how many. */
+function readFully(fd: number, buf: Buffer, position: number): number {
+  let got = 0;
+  while (got < buf.length) {
+    const n = fs.readSync(fd, buf, got, buf.length - got, position + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
 }
 
 /** The page size in a database file's header (bytes 16..17; 1 means 65536), 4096 for an empty file. */

@@ -104,6 +104,29 @@ describe("cli: init", () => {
     expect(missing.stderr).toMatch(/no such file/);
     expect(fs.existsSync(path.join(dir, "b2"))).toBe(false);
   });
+  it("seeds from a WAL-mode database whose host holds it open with commits still in the WAL", async () => {
+    const dir = tmpDir();
+    const host = path.join(dir, "host.db");
+    const db = new Database(host);
+    db.pragma("journal_mode = WAL");
+    db.pragma("wal_autocheckpoint = 0");
+    db.exec("CREATE TABLE t (x)");
+    const insertRow = db.prepare("INSERT INTO t VALUES (?)");
+    for (let i = 0; i < 3000; i++) insertRow.run(`row ${i} ${"x".repeat(i % 300)}`);
+    db.exec("DELETE FROM t WHERE rowid % 4 = 0");
+    expect(fs.statSync(`${host}-wal`).size).toBeGreaterThan(100_000);
+    const expected = db.prepare("SELECT x FROM t ORDER BY rowid").pluck().all();
+    try {
+      const backup = path.join(dir, "backup");
+      const r = await runCli(["init", backup, "--from-db", host, "--version", "5"]);
+      expect(r.code, r.stderr).toBe(0);
+      insertRow.run("after the snapshot");
+      expect((await runCli(["restore", backup, path.join(dir, "out.db")])).code).toBe(0);
+      expect(rowsOf(path.join(dir, "out.db"))).toEqual(expected);
+    } finally {
+      db.close();
+    }
+  });
 });
 
 describe("cli: ingest", () => {

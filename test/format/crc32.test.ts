@@ -1,6 +1,6 @@
 import { crc32 as zlibCrc32 } from "node:zlib";
 import { describe, expect, it } from "vitest";
-import { crc32 } from "../../src/format/crc32.js";
+import { crc32, crc32Combine } from "../../src/format/crc32.js";
 import { Rng } from "../helpers/workload.js";
 
 describe("crc32", () => {
@@ -19,5 +19,14 @@ describe("crc32", () => {
     const first = crc32(buf, 0, 300);
     expect(crc32(buf, 300, 1000, first)).toBe(zlibCrc32(buf));
     expect(crc32(buf, 300, 350, first)).toBe(zlibCrc32(buf.subarray(0, 350)));
+  });
+
+  it("combines the CRC of two pieces into the CRC of both, as zlib's crc32_combine", () => {
+    const buf = new Rng(13).bytes((1 << 20) + 40);
+    for (const [a, b] of [[0, 0], [0, 5], [5, 0], [1, 1], [300, 1000], [8, 1 << 20], [(1 << 20) + 3, 37]] as const) {
+      const crcA = zlibCrc32(buf.subarray(0, a));
+      const crcB = zlibCrc32(buf.subarray(a, a + b));
+      expect(crc32Combine(crcA, crcB, b), `${a} + ${b}`).toBe(zlibCrc32(buf.subarray(0, a + b)));
+    }
   });
 });

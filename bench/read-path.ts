@@ -1,0 +1,190 @@
+/**
+ * The read path, each against an honest limit measured in the same run (BENCH_ONLY=read):
+ *
+ *   restore N changes   open + restore() of N single-statement changes vs better-sqlite3 running
+ *                       the same statements in one transaction with the replay worker's pragmas,
+ *                       closing and fsyncing the file once; wall and CPU (both in this process,
+ *                       so process.cpuUsage covers the worker thread too)
+ *   snapshot restore    `tidemark restore` of a backup whose base is a BENCH_READ_MB database, in a
+ *                       child, vs `cp` + `sync` of that database file; CPU and wall; peak RSS
+ *   init --from-db      `tidemark init --from-db` of that database, in a child, vs a child that
+ *                       copies it with better-sqlite3's backup() and fsyncs the copy
+ *
+ * Environment: BENCH_READ_CHANGES (comma-separated counts, default "10000,100000"),
+ * BENCH_READ_MB (default 1024; 0 skips the snapshot rows), BENCH_READ_FIXTURES (a directory where
+ * the N-change backups are built once and kept for later runs: building one acks every change
+ * with an fdatasync, minutes for 100k).
+ */
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { randomBytes } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import Database from "better-sqlite3";
+import { openBackend } from "../src/backup/registry.js";
+import { applyChange } from "../src/ops/ingest.js";
+import { restore } from "../src/ops/restore.js";
+import { ms, type Row } from "./table.js";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const CLI = path.join(HERE, "..", "src", "cli.js");
+
+/** The replay worker's pragmas (src/ops/replay-worker.js), so that the limit does the same work. */
+export const REPLAY_PRAGMAS = ["journal_mode = OFF", "synchronous = OFF", "locking_mode = EXCLUSIVE", "cache_size = -32768"];
+
+/** Wall and CPU time of some work, in ms. */
+export interface Times {
+  readonly wallMs: number;
+  readonly cpuMs: number;
+}
+
+/** Runs `fn` and returns its wall time and this process's CPU time (all threads). */
+export async function measured(fn: () => Promise<unknown> | unknown): Promise<Times> {
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  await fn();
+  const wallMs = performance.now() - t0;
+  const c = process.cpuUsage(c0);
+  return { wallMs, cpuMs: (c.user + c.system) / 1000 };
+}
+
+/**
+ * The limit of a restore: the same statements in one transaction into a new file, with the
+ * replay worker's pragmas, then one fsync of the file.
+ */
+export function replayLimit(file: string, statements: readonly string[]): void {
+  const db = new Database(file);
+  for (const p of REPLAY_PRAGMAS) db.pragma(p);
+  db.exec("BEGIN");
+  for (const st of statements) db.exec(st);
+  db.exec("COMMIT");
+  db.close();
+  const fd = fs.openSync(file, "r+");
+  fs.fsyncSync(fd);
+  fs.closeSync(fd);
+}
+
+/** Runs a shell command and returns its wall and CPU time (its children's included). */
+function childTimes(script: string): Times {
+  const out = execFileSync("bash", ["-c", `TIMEFORMAT='%3R %3U %3S'; { time ( ${script} ) >/dev/null ; } 2>&1`], { encoding: "utf8" })
+    .trim()
+    .split("\n")
+    .at(-1)!;
+  const [r, u, s] = out.split(" ").map(Number);
+  return { wallMs: r! * 1000, cpuMs: (u! + s!) * 1000 };
+}
+
+const statementFor = (v: number) => `INSERT INTO ledger (id, account, amount, memo) VALUES (${v}, ${v % 97}, ${(v * 31) % 1000}, 'entry ${v}')`;
+const CREATE = "CREATE TABLE ledger (id INTEGER PRIMARY KEY, account INTEGER, amount INTEGER, memo TEXT)";
+const count = (n: number) => n.toLocaleString("en-US");
+const rate = (n: number, t: number) => `${count(Math.round(n / (t / 1000)))} stmt/s`;
+
+async function benchRestoreChanges(dir: string, rows: Row[], changes: number): Promise<void> {
+  fs.mkdirSync(dir, { recursive: true });
+  const fixtures = process.env.BENCH_READ_FIXTURES;
+  const location = fixtures ? path.join(fixtures, `changes-${changes}`) : path.join(dir, "backup");
+  const statements: string[] = [CREATE];
+  for (let v = 2; v <= changes; v++) statements.push(statementFor(v));
+  if (!fixtures || !fs.existsSync(`${location}.complete`)) {
+    fs.rmSync(location, { recursive: true, force: true });
+    const writer = await openBackend(location, { mode: "create" });
+    for (let v = 1; v <= changes; v++) await applyChange(writer, { version: v, transaction: [statements[v - 1]!] });
+    await writer.close();
+    if (fixtures) fs.writeFileSync(`${location}.complete`, "");
+  }
+
+  const limit = await measured(() => replayLimit(path.join(dir, "limit.db"), statements));
+  let openMs = 0;
+  const ours = await measured(async () => {
+    const t0 = performance.now();
+    const backend = await openBackend(location, { mode: "read" });
+    openMs = performance.now() - t0;
+    try {
+      await restore(backend, path.join(dir, "restored.db"));
+    } finally {
+      await backend.close();
+    }
+  });
+  const ratio = limit.wallMs / ours.wallMs;
+  const goal = changes <= 10_000 ? 0.6 : 0.8;
+  rows.push({
+    target: `restore ${count(changes)} changes (open + restore)`,
+    measured: `${rate(changes, ours.wallMs)}, CPU ${ms(ours.cpuMs)}`,
+    limit: `${rate(changes, limit.wallMs)}, CPU ${ms(limit.cpuMs)} same pragmas + fsync`,
+    ratio,
+    goal: `≥ ${goal}`,
+    ok: ratio >= goal,
+  });
+  process.stderr.write(
+    `read-path: restore ${count(changes)}: wall ${ms(ours.wallMs)} (open ${ms(openMs)}), CPU ${ms(ours.cpuMs)} = ${(ours.cpuMs / limit.cpuMs).toFixed(2)}× the limit's\n`,
+  );
+}
+
+/** A database of random blobs of about `mb` MiB. */
+function bigDatabase(file: string, mb: number): void {
+  const db = new Database(file);
+  db.pragma("journal_mode = OFF");
+  db.exec("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)");
+  const insert = db.prepare("INSERT INTO blobs (data) VALUES (?)");
+  const chunk = 256 * 1024;
+  db.exec("BEGIN");
+  for (let i = 0; i < (mb * 1024 * 1024) / chunk; i++) insert.run(randomBytes(chunk));
+  db.exec("COMMIT");
+  db.close();
+}
+
+async function benchSnapshotPath(dir: string, rows: Row[], mb: number): Promise<void> {
+  fs.mkdirSync(dir, { recursive: true });
+  const source = path.join(dir, "big.db");
+  bigDatabase(source, mb);
+  const size = fs.statSync(source).size;
+  const gib = `${(size / 2 ** 30).toFixed(2)} GiB`;
+
+  // init --from-db vs backup() + fsync, both children started the same way.
+  const backupChild = path.join(HERE, "sqlite-backup-child.js");
+  const limitInit = childTimes(`${process.execPath} ${backupChild} ${source} ${path.join(dir, "backup-copy.db")}`);
+  fs.rmSync(path.join(dir, "backup-copy.db"));
+  const location = path.join(dir, "backup");
+  const init = childTimes(`${process.execPath} ${CLI} init ${location} --from-db ${source} --version 1`);
+  rows.push({
+    target: `init --from-db, CPU (${gib})`,
+    measured: `${ms(init.cpuMs)} (wall ${ms(init.wallMs)})`,
+    limit: `${ms(limitInit.cpuMs)} (wall ${ms(limitInit.wallMs)}) backup() + fsync`,
+    ratio: init.cpuMs / limitInit.cpuMs,
+    goal: "≤ 1.3",
+    ok: init.cpuMs / limitInit.cpuMs <= 1.3,
+  });
+
+  // Snapshot restore vs cp + sync of the same database.
+  const copy = path.join(dir, "copy.db");
+  const cp = childTimes(`cp ${source} ${copy} && sync ${copy}`);
+  fs.rmSync(copy);
+  fs.rmSync(source);
+  const child = path.join(HERE, "restore-child.js");
+  const dest = path.join(dir, "restored.db");
+  let maxRssBytes = 0;
+  const ours = childTimes(`${process.execPath} ${child} ${location} ${dest} > ${path.join(dir, "child.json")}`);
+  ({ maxRssBytes } = JSON.parse(fs.readFileSync(path.join(dir, "child.json"), "utf8")) as { maxRssBytes: number });
+  rows.push({
+    target: `restore of a ${gib} base, CPU`,
+    measured: `${ms(ours.cpuMs)} (wall ${ms(ours.wallMs)})`,
+    limit: `${ms(cp.cpuMs)} (wall ${ms(cp.wallMs)}) cp + sync`,
+    ratio: ours.cpuMs / cp.cpuMs,
+    goal: "≤ 2.0",
+    ok: ours.cpuMs / cp.cpuMs <= 2,
+  });
+  const rss = maxRssBytes / 2 ** 20;
+  rows.push({ target: `restore peak RSS (${gib} base)`, measured: `${rss.toFixed(0)} MB`, limit: "200 MB", ratio: rss / 200, goal: "< 1.0", ok: rss < 200 });
+  const check = new Database(dest, { readonly: true });
+  const integrity = await measured(() => check.pragma("integrity_check"));
+  check.close();
+  process.stderr.write(`read-path: of that restore's CPU, PRAGMA integrity_check alone takes ${ms(integrity.cpuMs)}\n`);
+}
+
+/** Runs the read-path benchmarks; appends rows. */
+export async function benchReadPath(dir: string, rows: Row[]): Promise<void> {
+  const counts = (process.env.BENCH_READ_CHANGES ?? "10000,100000").split(",").map(Number).filter((n) => n > 1);
+  for (const n of counts) await benchRestoreChanges(path.join(dir, `restore-${n}`), rows, n);
+  const mb = Number(process.env.BENCH_READ_MB ?? 1024);
+  if (mb > 0) await benchSnapshotPath(path.join(dir, "snapshot"), rows, mb);
+}
