@@ -11,6 +11,7 @@ export type {
   DocumentName,
   GenerationListing,
   LogChunk,
+  StagedGeneration,
   Storage,
   StorageFactory,
   StorageOptions,
@@ -24,4 +25,4 @@ export { Mutex } from "./util/mutex.js";
 export { isProcessAlive } from "./util/pid.js";
 export { backoffDelay } from "./util/backoff.js";
 export { parseDuration } from "./util/duration.js";
-export { TMP_SUFFIX, fsyncDir, readAll, writeAll, writeFileDurably } from "./util/durable-fs.js";
+export { TMP_SUFFIX, fsyncDir, fsyncDirAsync, readAll, writeAll, writeFileDurably, writeFileDurablyAsync } from "./util/durable-fs.js";
