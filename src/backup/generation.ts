@@ -161,7 +161,9 @@ export async function endOfLiveRecord(storage: Storage, g: Generation, version: 
   /** Where the record of `version` before the last one ended: a rewind of the last returns there. */
   let before = -1;
   try {
-    for (;;) {
+    for (let n = 1; ; n++) {
+      // The walk runs beside a writer's acks: it gives the event loop a turn now and then.
+      if (n % 2048 === 0) await new Promise(setImmediate);
       let step = reader.next();
       if (step instanceof Promise) step = await step;
       if (step === null) break;
