@@ -66,6 +66,7 @@ export class Daemon {
       // every backup's writer lock first.
       await checkSocket(config.socket);
       await forEachBounded(config.databases, OPEN_CONCURRENCY, (db) => d.#open(db));
+      d.#inConfigOrder();
       await d.#restoreMissing();
       const handler = createApiHandler(d.#api());
       d.#servers.push(await listenOnSocket(config.socket, handler));
@@ -145,6 +146,16 @@ export class Daemon {
   /** Databases that failed to open, with why. */
   get failures(): ReadonlyMap<string, TidemarkError> {
     return new Map([...this.#failed].map(([k, v]) => [k, v.error]));
+  }
+
+  /** Lists the databases in the configuration's order, whichever finished opening first. */
+  #inConfigOrder(): void {
+    const opened = new Map(this.#dbs);
+    this.#dbs.clear();
+    for (const { name } of this.#config.databases) {
+      const db = opened.get(name);
+      if (db) this.#dbs.set(name, db);
+    }
   }
 
   async #open(config: DatabaseConfig): Promise<void> {
@@ -269,6 +280,7 @@ export class Daemon {
     await Promise.all(closing);
     const opening = next.databases.filter((db) => !this.#dbs.has(db.name));
     await forEachBounded(opening, OPEN_CONCURRENCY, (db) => this.#open(db));
+    this.#inConfigOrder();
     for (const db of opening) this.#spool?.addDatabase(db.name);
     this.#log.info({ databases: [...this.#dbs.keys()], failed: [...this.#failed.keys()] }, "configuration reloaded");
   }
