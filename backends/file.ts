@@ -27,16 +27,18 @@ import {
   TMP_SUFFIX,
   asBackendError,
   fsyncDir,
+  fsyncDirAsync,
   isProcessAlive,
   vanished,
   writeAll,
-  writeFileDurably,
+  writeFileDurablyAsync,
   type BlobListing,
   type BlobReader,
   type DocumentName,
   type GenerationListing,
   type LogChunk,
   type Logger,
+  type StagedGeneration,
   type Storage,
   type StorageFactory,
   type StorageOptions,
@@ -125,7 +127,7 @@ export class FileStorage implements Storage {
 
   async writeDocument(name: DocumentName, bytes: Buffer): Promise<void> {
     try {
-      writeFileDurably(this.#path(name), bytes);
+      await writeFileDurablyAsync(this.#path(name), bytes);
     } catch (err) {
       throw asBackendError(DRIVER_NAME, "write", this.#path(name), err);
     }
@@ -259,19 +261,56 @@ export class FileStorage implements Storage {
   }
 
   async createGeneration(id: number, bytes: Buffer): Promise<void> {
+    const staged = await this.stageGeneration(id, bytes);
+    await staged.commit(Buffer.alloc(0));
+  }
+
+  /**
+   * Writes the log beside the others as a temp file and fsyncs it; the commit appends the
+   * rest, fsyncs again, renames and fsyncs the directory. All of it on libuv's thread pool.
+   */
+  async stageGeneration(id: number, bytes: Buffer): Promise<StagedGeneration> {
     const file = this.#path(logName(id));
+    const tmp = file + TMP_SUFFIX;
+    let fh: fsp.FileHandle | null = null;
+    const discard = async () => {
+      await fh?.close().catch(() => {});
+      fh = null;
+      await fsp.rm(tmp, { force: true });
+    };
     try {
-      writeFileDurably(file, bytes);
+      fh = await fsp.open(tmp, "w", PRIVATE_FILE_MODE);
+      // A temp file left by a crash keeps its old mode through "w": set it.
+      await fh.chmod(PRIVATE_FILE_MODE);
+      await fh.writeFile(bytes);
+      await fh.datasync();
     } catch (err) {
-      fs.rmSync(file + TMP_SUFFIX, { force: true });
+      await discard().catch(() => {});
       throw asBackendError(DRIVER_NAME, "create generation", file, err);
     }
-    this.#closeLive();
+    return {
+      commit: async (more) => {
+        try {
+          if (!fh) throw new Error("the staged generation was discarded");
+          if (more.length > 0) await fh.write(more, 0, more.length, bytes.length);
+          await fh.sync();
+          await fh.close();
+          fh = null;
+          await fsp.rename(tmp, file);
+          await fsyncDirAsync(this.#dir);
+        } catch (err) {
+          await discard().catch(() => {});
+          throw asBackendError(DRIVER_NAME, "create generation", file, err);
+        }
+        this.#closeLive();
+      },
+      discard,
+    };
   }
 
   async deleteGeneration(id: number): Promise<void> {
     if (this.#live?.id === id) this.#closeLive();
-    fs.rmSync(this.#path(logName(id)), { force: true });
+    await fsp.rm(this.#path(logName(id)), { force: true });
   }
 
   async putBlob(name: string, source: AsyncIterable<Uint8Array>): Promise<number> {
@@ -289,10 +328,10 @@ export class FileStorage implements Storage {
       } finally {
         await fh.close();
       }
-      fs.renameSync(tmp, final);
-      fsyncDir(this.#dir);
+      await fsp.rename(tmp, final);
+      await fsyncDirAsync(this.#dir);
     } catch (err) {
-      fs.rmSync(tmp, { force: true });
+      await fsp.rm(tmp, { force: true });
       throw asBackendError(DRIVER_NAME, "write snapshot", final, err);
     }
     return size;
@@ -338,7 +377,7 @@ export class FileStorage implements Storage {
   }
 
   async deleteBlob(name: string): Promise<void> {
-    fs.rmSync(this.#path(name), { force: true });
+    await fsp.rm(this.#path(name), { force: true });
   }
 
   async close(): Promise<void> {

@@ -12,6 +12,7 @@ export type {
   DocumentName,
   GenerationListing,
   LogChunk,
+  StagedGeneration,
   Storage,
   StorageFactory,
   StorageOptions,
@@ -25,4 +26,4 @@ export { Mutex } from "./util/mutex.js";
 export { isProcessAlive } from "./util/pid.js";
 export { backoffDelay } from "./util/backoff.js";
 export { parseDuration } from "./util/duration.js";
-export { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, TMP_SUFFIX, fsyncDir, readAll, writeAll, writeFileDurably } from "./util/durable-fs.js";
+export { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, TMP_SUFFIX, fsyncDir, fsyncDirAsync, readAll, writeAll, writeFileDurably, writeFileDurablyAsync } from "./util/durable-fs.js";

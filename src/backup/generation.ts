@@ -10,7 +10,7 @@ import { CorruptError, TidemarkError } from "../util/errors.js";
 import type { Damage } from "./backup.js";
 import { LogState, type LogEntry } from "./log-state.js";
 import { RecordReader, isTornTail, type ReadStep } from "./log-reader.js";
-import type { Storage } from "./storage.js";
+import type { StagedGeneration, Storage } from "./storage.js";
 
 /** Bytes at the end of a log that a crash left mid-append. */
 export interface TornTail {
@@ -105,11 +105,15 @@ export async function scanGeneration(storage: Storage, id: number, size: number,
 
 /** The state of a log held in memory (one the core has just put together). */
 export function stateOf(content: Buffer, location: string): LogState {
-  const state = new LogState(location);
+  return applyRecords(new LogState(location), content, 0, location);
+}
+
+/** Applies the records in `content`, which sits at offset `offset` of a log, to `state`. */
+function applyRecords(state: LogState, content: Buffer, offset: number, location: string): LogState {
   for (let at = 0; at < content.length; ) {
     const probe = probeRecord(content, at);
-    if (probe.kind !== "ok") throw new CorruptError(location, `new log does not parse: ${probe.kind}`, { offset: at });
-    state.apply(entryOf(content, at, at, probe, location));
+    if (probe.kind !== "ok") throw new CorruptError(location, `new log does not parse: ${probe.kind}`, { offset: offset + at });
+    state.apply(entryOf(content, at, offset + at, probe, location));
     at += probe.length;
   }
   return state;
@@ -158,7 +162,9 @@ export async function endOfLiveRecord(storage: Storage, g: Generation, version: 
   /** Where the record of `version` before the last one ended: a rewind of the last returns there. */
   let before = -1;
   try {
-    for (;;) {
+    for (let n = 1; ; n++) {
+      // The walk runs beside a writer's acks: it gives the event loop a turn now and then.
+      if (n % 2048 === 0) await new Promise(setImmediate);
       let step = reader.next();
       if (step instanceof Promise) step = await step;
       if (step === null) break;
@@ -198,13 +204,48 @@ export function damageOf(err: CorruptError | null, intactVersion: number): Damag
 }
 
 /**
- * The log of generation `id`, which compaction writes to follow `old`: `baseRecord` (the
- * change at `baseVersion`, pointing to the new snapshot), then a copy of every record of
- * `old` after its live record of `baseVersion`. Returns the bytes and what they mean.
+ * Generation `id` as compaction writes it to follow `old`: `baseRecord` (the change at the
+ * base version, pointing to the new snapshot), then a copy of every record of `old` after its
+ * live record of that version. {@link stageNextGeneration} copies what `old` holds so far,
+ * while writers go on; {@link commitNextGeneration}, with writers held, copies the few records
+ * appended since and makes the new generation live.
  */
-export async function generationAfter(storage: Storage, old: Generation, baseVersion: number, baseRecord: Buffer, id: number): Promise<{ content: Buffer; state: LogState }> {
+export interface NextGeneration {
+  readonly id: number;
+  /** The generation it follows, and where in its log the copy has got to. */
+  readonly old: Generation;
+  readonly copiedTo: number;
+  /** The log so far, and what it means. */
+  readonly head: Buffer;
+  readonly state: LogState;
+  /** Written out of sight already, where the storage can stage. */
+  readonly staged?: StagedGeneration;
+}
+
+/** Copies what `old` holds after `baseVersion` into a new generation, staged where the storage can. */
+export async function stageNextGeneration(storage: Storage, old: Generation, baseVersion: number, baseRecord: Buffer, id: number): Promise<NextGeneration> {
+  const copiedTo = old.end;
   const tailStart = await endOfLiveRecord(storage, old, baseVersion);
-  const tail = (await readLogBytes(storage, old.id, tailStart, old.end - tailStart)).bytes;
-  const content = Buffer.concat([baseRecord, tail]);
-  return { content, state: stateOf(content, `${storage.location} (generation ${id})`) };
+  const tail = (await readLogBytes(storage, old.id, tailStart, copiedTo - tailStart)).bytes;
+  const head = Buffer.concat([baseRecord, tail]);
+  const state = stateOf(head, whereNext(storage, id));
+  const staged = storage.stageGeneration ? await storage.stageGeneration(id, head) : undefined;
+  return { id, old, copiedTo, head, state, ...(staged && { staged }) };
+}
+
+/**
+ * Copies the records `next.old` gained since it was staged and makes `next` the newest
+ * generation. The caller holds the writers back. Returns the new generation's state and end.
+ */
+export async function commitNextGeneration(storage: Storage, next: NextGeneration): Promise<{ state: LogState; end: number }> {
+  const old = next.old;
+  const more = old.end > next.copiedTo ? (await readLogBytes(storage, old.id, next.copiedTo, old.end - next.copiedTo)).bytes : Buffer.alloc(0);
+  const state = applyRecords(next.state, more, next.head.length, whereNext(storage, next.id));
+  if (next.staged) await next.staged.commit(more);
+  else await storage.createGeneration(next.id, more.length > 0 ? Buffer.concat([next.head, more]) : next.head);
+  return { state, end: next.head.length + more.length };
+}
+
+function whereNext(storage: Storage, id: number): string {
+  return `${storage.location} (generation ${id})`;
 }

@@ -144,6 +144,17 @@ export interface Storage {
    */
   createGeneration(id: number, bytes: Buffer): Promise<void>;
 
+  /**
+   * Optional, for a compaction that must not hold up writers: writes generation `id`'s log
+   * starting with `bytes`, durably but out of sight (not listed, not the newest, not read),
+   * and returns a handle. `commit(more)` appends `more` and makes the generation the newest,
+   * with `createGeneration`'s guarantees; it is the only part done while writers wait, so it
+   * should cost about one append. `discard()` removes what was staged. A crash before the
+   * commit leaves nothing a reader sees (the file backend's temp file goes at the next lock).
+   * Without it, the core calls `createGeneration` with the whole log.
+   */
+  stageGeneration?(id: number, bytes: Buffer): Promise<StagedGeneration>;
+
   /** Deletes an older generation's log. Deleting one that is gone is not an error. */
   deleteGeneration(id: number): Promise<void>;
 
@@ -173,6 +184,14 @@ export interface Storage {
 
   /** Releases handles and clients. Safe to call twice. The core releases the lock first. */
   close(): Promise<void>;
+}
+
+/** A generation written by {@link Storage.stageGeneration}, not yet the newest. */
+export interface StagedGeneration {
+  /** Appends `more` (possibly empty) and makes the generation the newest, atomically and durably. */
+  commit(more: Buffer): Promise<void>;
+  /** Removes the staged generation. Safe after a failed commit, and twice. */
+  discard(): Promise<void>;
 }
 
 /** A backend module's factory: `export const createStorage: StorageFactory`. */

@@ -17,8 +17,8 @@ import { Mutex } from "../util/mutex.js";
 import type { Backend, BackendHead, BackendOptions, BackendStatus, ChangeRange, ChangeToStore, CompactionBase, Damage } from "./backup.js";
 import { ChangeStream, generationFor } from "./change-stream.js";
 import { readIdentity, readManifest, writeIdentity, writeManifest, type Identity } from "./documents.js";
-import { checkBase, damageOf, generationAfter, readRecord, scanGeneration, stateOf, timestampOf, type Generation } from "./generation.js";
-import type { LogEntry } from "./log-state.js";
+import { checkBase, commitNextGeneration, damageOf, readRecord, scanGeneration, stageNextGeneration, stateOf, timestampOf, type Generation, type NextGeneration } from "./generation.js";
+import type { LogEntry, LogState } from "./log-state.js";
 import { RecordReader } from "./log-reader.js";
 import { ReaderCount } from "./reader-count.js";
 import { SnapshotBlobs } from "./snapshot-blobs.js";
@@ -398,8 +398,7 @@ export class StoredBackup implements Backend {
       }
       // The snapshot is opened only now that the backup takes it.
       ref = await this.#blobs.put(base.version, base.snapshot(), this.#codec);
-      const baseRef = ref;
-      await this.#mutex.run(() => this.#install(base, baseRef));
+      await this.#install(base, ref);
       this.#blobs.settled(ref.ref);
       await this.#collectGarbage();
     } catch (err) {
@@ -414,31 +413,52 @@ export class StoredBackup implements Backend {
     }
   }
 
-  /** Writes the new generation (base record, then every record after the base) and switches to it. */
+  /**
+   * Writes the new generation (base record, then every record after the base) and switches to
+   * it. Writers wait only for the switch: the tail settled so far is copied (and staged, where
+   * the storage can) while they go on; under the mutex only the records appended since are.
+   */
   async #install(base: CompactionBase, ref: SnapshotRef): Promise<void> {
-    this.#checkWritable();
-    this.#switching = true;
-    try {
-      await this.#switchTo(base, ref);
-    } finally {
-      this.#switching = false;
-    }
-    await this.#prune();
-  }
-
-  async #switchTo(base: CompactionBase, ref: SnapshotRef): Promise<void> {
     const old = this.#live;
     const id = this.#nextId;
-    const baseRecord = encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref }, this.#codec);
-    const { content, state } = await generationAfter(this.#storage, old, base.version, baseRecord, id);
     // The generation about to be superseded is listed as retained first, so that a crash right
     // after the switch keeps it; pruning by the retention policy comes after.
-    await writeManifest(this.#storage, [...this.#retained.map((g) => g.id), old.id]);
+    await this.#mutex.run(async () => {
+      this.#checkLive(old);
+      await writeManifest(this.#storage, [...this.#retained.map((g) => g.id), old.id]);
+    });
+    const baseRecord = encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref }, this.#codec);
+    const next = await stageNextGeneration(this.#storage, old, base.version, baseRecord, id);
     try {
-      await this.#storage.createGeneration(id, content);
+      await this.#mutex.run(async () => {
+        this.#checkLive(old);
+        this.#switching = true;
+        try {
+          await this.#switchTo(next, base);
+        } finally {
+          this.#switching = false;
+        }
+      });
+    } finally {
+      if (this.#live === old) await next.staged?.discard().catch(() => {});
+    }
+    await this.#mutex.run(() => this.#prune());
+  }
+
+  /** Throws unless `g` is still the live generation (a reset replaces it). */
+  #checkLive(g: Generation): void {
+    this.#checkWritable();
+    if (this.#live !== g) throw new TidemarkError("E_BACKEND", `[${this.kind}] compact ${this.location}: the backup was reset while compacting; nothing was installed`);
+  }
+
+  async #switchTo(next: NextGeneration, base: CompactionBase): Promise<void> {
+    const old = next.old;
+    let installed: { state: LogState; end: number };
+    try {
+      installed = await commitNextGeneration(this.#storage, next);
     } catch (err) {
       // Whether the new generation exists decides which one is live: find out.
-      const exists = await this.#storage.listGenerations().then((l) => l.some((g) => g.id === id), () => true);
+      const exists = await this.#storage.listGenerations().then((l) => l.some((g) => g.id === next.id), () => true);
       if (exists) {
         this.#broken = new BackendError(this.kind, "compact", this.location, "switching to the new generation failed half-way", {
           cause: err,
@@ -448,10 +468,10 @@ export class StoredBackup implements Backend {
       }
       throw err;
     }
-    this.#nextId = id + 1;
+    this.#nextId = next.id + 1;
     this.#retained.push(old);
-    this.#live = { id, state, end: content.length, firstTimestamp: base.timestamp };
-    state.headTimestamp = old.state.headTimestamp;
+    this.#live = { id: next.id, state: installed.state, end: installed.end, firstTimestamp: base.timestamp };
+    installed.state.headTimestamp = old.state.headTimestamp;
   }
 
   /** Drops the older generations the retention policy no longer asks for. */

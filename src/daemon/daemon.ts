@@ -16,6 +16,21 @@ import { Spool } from "./spool.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { SOCKET_MODE, applyAccess, type AccessGroup } from "./access-group.js";
 
+/**
+ * How many databases open at once: enough to overlap one's reads and fsyncs with another's
+ * CPU, few enough that a thousand do not hold a thousand logs open at once.
+ */
+const OPEN_CONCURRENCY = 16;
+
+/** Runs `fn` over `items`, at most `limit` at a time; `fn` does not throw (#open records failures). */
+async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
 /** A database that could not be opened, kept so that requests and status can say why. */
 interface FailedDatabase {
   readonly config: DatabaseConfig;
@@ -51,7 +66,8 @@ export class Daemon {
       // Before any database opens: a second daemon must say the socket is taken, not fail on
       // every backup's writer lock first.
       await checkSocket(config.socket);
-      await Promise.all(config.databases.map((db) => d.#open(db)));
+      await forEachBounded(config.databases, OPEN_CONCURRENCY, (db) => d.#open(db));
+      d.#inConfigOrder();
       await d.#restoreMissing();
       const handler = createApiHandler(d.#api());
       d.#servers.push(await listenOnSocket(config.socket, handler, config.group));
@@ -131,6 +147,16 @@ export class Daemon {
   /** Databases that failed to open, with why. */
   get failures(): ReadonlyMap<string, TidemarkError> {
     return new Map([...this.#failed].map(([k, v]) => [k, v.error]));
+  }
+
+  /** Lists the databases in the configuration's order, whichever finished opening first. */
+  #inConfigOrder(): void {
+    const opened = new Map(this.#dbs);
+    this.#dbs.clear();
+    for (const { name } of this.#config.databases) {
+      const db = opened.get(name);
+      if (db) this.#dbs.set(name, db);
+    }
   }
 
   async #open(config: DatabaseConfig): Promise<void> {
@@ -256,7 +282,8 @@ export class Daemon {
     }
     await Promise.all(closing);
     const opening = next.databases.filter((db) => !this.#dbs.has(db.name));
-    await Promise.all(opening.map((db) => this.#open(db)));
+    await forEachBounded(opening, OPEN_CONCURRENCY, (db) => this.#open(db));
+    this.#inConfigOrder();
     for (const db of opening) this.#spool?.addDatabase(db.name);
     this.#log.info({ databases: [...this.#dbs.keys()], failed: [...this.#failed.keys()] }, "configuration reloaded");
   }

@@ -2,6 +2,7 @@
  * Small durable-file helpers shared by the file backend, restore and compaction.
  */
 import fs from "node:fs";
+import fsp from "node:fs/promises";
 import path from "node:path";
 
 /** Suffix of files being written; a writer that finds them after a crash removes them. */
@@ -71,6 +72,36 @@ export function writeFileDurably(file: string, data: Uint8Array): void {
     throw err;
   }
   fsyncDir(path.dirname(file));
+}
+
+/** {@link fsyncDir} on libuv's thread pool: the event loop goes on meanwhile. */
+export async function fsyncDirAsync(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** {@link writeFileDurably} on libuv's thread pool: no write, fsync or rename blocks the event loop. */
+export async function writeFileDurablyAsync(file: string, data: Uint8Array): Promise<void> {
+  const tmp = file + TMP_SUFFIX;
+  try {
+    const fh = await fsp.open(tmp, "w", PRIVATE_FILE_MODE);
+    try {
+      await fh.chmod(PRIVATE_FILE_MODE);
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, file);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+  await fsyncDirAsync(path.dirname(file));
 }
 
 /** Removes a SQLite file and its -wal, -shm and -journal companions, if present. */

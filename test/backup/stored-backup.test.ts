@@ -9,14 +9,17 @@ import { describe, expect, it } from "vitest";
 import { createStorage as fileStorage } from "../../backends/file.js";
 import { openBackend, registerBackend } from "../../src/backup/registry.js";
 import { isSyncBackend, type SyncBackend } from "../../src/backup/backup.js";
-import type { Storage } from "../../src/backup/storage.js";
+import type { StagedGeneration, Storage } from "../../src/backup/storage.js";
 import { applyChange, applyChangeSync } from "../../src/ops/ingest.js";
 import { TidemarkError } from "../../src/util/errors.js";
 import { collect, tx } from "../helpers/backend-conformance.js";
 import { tmpDir } from "../helpers/tmp.js";
 
-/** What the wrapper does to the next createGeneration. */
-const hooks: { createGeneration?: (real: () => Promise<void>) => Promise<void> } = {};
+/**
+ * What the wrapper does to the next switch: the commit of a staged generation (how the file
+ * backend switches), or a createGeneration.
+ */
+const hooks: { createGeneration?: (real: () => Promise<void>) => Promise<void>; staged?: () => Promise<void> } = {};
 
 registerBackend("held", async (url, options) => {
   const inner: Storage = await fileStorage(new URL(`file://${url.pathname}`), options);
@@ -25,6 +28,16 @@ registerBackend("held", async (url, options) => {
       if (key === "createGeneration" && hooks.createGeneration) {
         const hook = hooks.createGeneration;
         return (id: number, bytes: Buffer) => hook(() => target.createGeneration(id, bytes));
+      }
+      if (key === "stageGeneration") {
+        return async (id: number, bytes: Buffer): Promise<StagedGeneration> => {
+          const staged = await target.stageGeneration!(id, bytes);
+          await hooks.staged?.();
+          return {
+            commit: (more) => (hooks.createGeneration ? hooks.createGeneration(() => staged.commit(more)) : staged.commit(more)),
+            discard: () => staged.discard(),
+          };
+        };
       }
       const v = (target as unknown as Record<string | symbol, unknown>)[key];
       return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
@@ -102,5 +115,38 @@ describe("backup core: compaction's switch", () => {
     expect(got.map((c) => c.version)).toEqual([4, 5]);
     expect(got[0]!.snapshot?.toString()).toBe("four");
     await w.close();
+  });
+
+  it("changes acknowledged while the tail is copied are not held up, and are in the new generation", async () => {
+    const dir = await seeded(5);
+    const b = await openBackend(`held://${dir}`, { mode: "write" });
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let reached!: () => void;
+    const atStaged = new Promise<void>((r) => (reached = r));
+    hooks.staged = async () => {
+      reached();
+      await held;
+    };
+    try {
+      const compaction = b.compact({ version: 4, timestamp: 4, snapshot: async function* () { yield Buffer.from("four"); } });
+      await atStaged;
+      // The copy so far is staged and compaction waits: writers still get their acks.
+      await applyChange(b, { version: 6, transaction: tx(6) });
+      await applyChange(b, { version: 7, transaction: tx(7) });
+      release();
+      await compaction;
+    } finally {
+      hooks.staged = undefined;
+    }
+    await applyChange(b, { version: 8, transaction: tx(8) });
+    await b.close();
+    expect(fs.readdirSync(dir).filter((n) => n.startsWith("log-"))).toEqual(["log-0000000002.tml"]);
+    const r = await openBackend(`held://${dir}`, { mode: "read" });
+    const got = await collect(r, { from: 4 });
+    expect(got.map((c) => c.version)).toEqual([4, 5, 6, 7, 8]);
+    expect(got[0]!.snapshot?.toString()).toBe("four");
+    expect(got[3]!.transaction).toEqual(tx(7));
+    await r.close();
   });
 });
