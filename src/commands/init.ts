@@ -3,11 +3,8 @@
  */
 import fs from "node:fs";
 import type { Command } from "commander";
-import { openBackend } from "../backup/registry.js";
 import { UsageError } from "../util/errors.js";
-import { applyChange } from "../ops/ingest.js";
 import { terminalLogger } from "../util/logger.js";
-import { snapshotSqlite } from "../ops/sqlite-snapshot.js";
 import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, parseVersion, retentionOptions, type CodecFlags, type RetentionFlags } from "./common.js";
 
 interface InitOptions extends CodecFlags, RetentionFlags {
@@ -40,7 +37,8 @@ export function registerInit(program: Command): void {
       if (opts.version !== undefined && opts.fromDb === undefined) {
         throw new UsageError("--version only applies with --from-db", { hint: "tidemark init ./backup --from-db app.db --version 42" });
       }
-      const snapshot = opts.fromDb ? await snapshotSqlite(opts.fromDb, `--from-db ${opts.fromDb}`) : undefined;
+      const [{ openBackend }, { applyChange }] = await Promise.all([import("../backup/registry.js"), import("../ops/ingest.js")]);
+      const snapshot = opts.fromDb ? await (await import("../ops/sqlite-snapshot.js")).snapshotSqlite(opts.fromDb, `--from-db ${opts.fromDb}`) : undefined;
       try {
         const backend = await openBackend(location, { ...codecOptions(opts), ...retentionOptions(opts), mode: "create", log: terminalLogger() });
         try {
