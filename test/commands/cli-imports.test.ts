@@ -45,8 +45,8 @@ function loadedBy(args: string[], input = ""): Loaded {
   return { packages, own, stdout: r.stdout };
 }
 
-/** Packages only the daemon, S3, the host client, capture or restore use. */
-const HEAVY = ["@aws-sdk/client-s3", "@aws-sdk/lib-storage", "@aws-sdk/credential-provider-node", "undici", "prom-client", "pino", "yaml", "chokidar", "better-sqlite3", "cli-progress"];
+/** Packages only the daemon (zod: its configuration), S3, the host client, capture or restore use. */
+const HEAVY = ["zod", "@aws-sdk/client-s3", "@aws-sdk/lib-storage", "@aws-sdk/credential-provider-node", "undici", "prom-client", "pino", "yaml", "chokidar", "better-sqlite3", "cli-progress"];
 
 async function fileBackup(): Promise<string> {
   const backup = path.join(tmpDir(), "backup");
