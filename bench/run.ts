@@ -15,12 +15,15 @@
  *                    fdatasync, direct and through the daemon, with CPU time
  *   watch            see bench/watch.ts: capture lag at 1,000 tx/s, the app's commit latency
  *                    with and without watch, restore CPU vs cp, bytes per captured transaction
+ *   cli              see bench/cli.ts: start-up (--version, status) vs node -e 0, and
+ *                    `tidemark ingest` per change vs a raw append+fdatasync writer, wall and CPU
  *
  * Environment: BENCH_DIR (default: a temp dir), BENCH_CHANGES (default 100000),
  * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 10000),
  * BENCH_PROTECTION_CHANGES (default 50000), BENCH_CLN_WRITES (default 2000),
  * BENCH_WATCH_TX (default 5000), BENCH_WATCH_MB (default 32),
- * BENCH_ONLY (core,daemon,s3,protection,cln,watch,read; default all); read: see bench/read-path.ts.
+ * BENCH_CLI_RUNS (default 20), BENCH_INGEST_CHANGES (default 2000),
+ * BENCH_ONLY (core,daemon,s3,protection,cln,watch,read,cli; default all); read: see bench/read-path.ts, cli: bench/cli.ts.
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -35,6 +38,7 @@ import { compact } from "../src/ops/compaction.js";
 import { applyChange } from "../src/ops/ingest.js";
 import { restore } from "../src/ops/restore.js";
 import { writeAll } from "../src/util/durable-fs.js";
+import { benchCli } from "./cli.js";
 import { benchCln } from "./cln.js";
 import { benchDaemon } from "./daemon.js";
 import { benchProtection } from "./protection.js";
@@ -208,7 +212,7 @@ async function benchRestoreRss(): Promise<void> {
 
 try {
   process.stderr.write(`bench: ${os.cpus().length} cores, node ${process.version}, dir ${ROOT}\n`);
-  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln,watch,read").split(","));
+  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln,watch,read,cli").split(","));
   if (only.has("core")) {
     await benchAckLatency();
     await benchRestoreAndCompaction();
@@ -222,6 +226,7 @@ try {
   if (only.has("cln")) await benchCln(path.join(ROOT, "cln"), rows, Number(process.env.BENCH_CLN_WRITES ?? 2000));
   if (only.has("read")) await benchReadPath(path.join(ROOT, "read"), rows);
   if (only.has("watch")) await benchWatch(path.join(ROOT, "watch"), rows, Number(process.env.BENCH_WATCH_TX ?? 5000), Number(process.env.BENCH_WATCH_MB ?? 32));
+  if (only.has("cli")) await benchCli(path.join(ROOT, "cli"), rows, Number(process.env.BENCH_CLI_RUNS ?? 20), Number(process.env.BENCH_INGEST_CHANGES ?? 2000));
   printTable(rows);
 } finally {
   fs.rmSync(ROOT, { recursive: true, force: true });

@@ -1,38 +1,62 @@
 #!/usr/bin/env node
 /**
  * The `tidemark` command line. Exit codes: 0 success, 1 error, 2 usage error.
+ *
+ * Start-up loads only what the command line asks for: `tidemark --version` reads package.json
+ * and nothing else; any other command line loads commander and the command modules (which load
+ * what their actions run when they run; see src/commands/common.ts).
  */
 import { readFileSync } from "node:fs";
-import { Command, CommanderError, Help } from "commander";
+import type { Command, Help } from "commander";
 import { TidemarkError, formatError } from "./util/errors.js";
-import { registerCln } from "./commands/cln.js";
-import { registerCompact } from "./commands/compact.js";
-import { registerCopy } from "./commands/copy.js";
-import { registerDaemon } from "./commands/daemon.js";
-import { registerIngest } from "./commands/ingest.js";
-import { registerInit } from "./commands/init.js";
-import { registerRestore } from "./commands/restore.js";
-import { registerRewind } from "./commands/rewind.js";
-import { registerStatus } from "./commands/status.js";
-import { registerVerify } from "./commands/verify.js";
-import { registerWatch } from "./commands/watch.js";
 
 const EXIT_ERROR = 1;
 const EXIT_USAGE = 2;
 /** 128 + SIGINT, as shells report a command stopped by Ctrl-C. */
 const EXIT_INTERRUPTED = 130;
 
+/** The version in tidemark's package.json. */
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+}
+
 /** Builds the program with every command registered. */
-export function buildProgram(): Command {
-  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+export async function buildProgram(): Promise<Command> {
+  const [
+    { Command, Help },
+    { registerInit },
+    { registerIngest },
+    { registerStatus },
+    { registerRestore },
+    { registerCompact },
+    { registerRewind },
+    { registerVerify },
+    { registerCopy },
+    { registerWatch },
+    { registerDaemon },
+    { registerCln },
+  ] = await Promise.all([
+    import("commander"),
+    import("./commands/init.js"),
+    import("./commands/ingest.js"),
+    import("./commands/status.js"),
+    import("./commands/restore.js"),
+    import("./commands/compact.js"),
+    import("./commands/rewind.js"),
+    import("./commands/verify.js"),
+    import("./commands/copy.js"),
+    import("./commands/watch.js"),
+    import("./commands/daemon.js"),
+    import("./commands/cln.js"),
+  ]);
   const program = new Command()
     .name("tidemark")
     .description("Write-ahead changelog backups for SQLite: every acknowledged transaction is durable before the host commits.")
-    .version(pkg.version, "-V, --version", "print the tidemark version")
+    .version(packageVersion(), "-V, --version", "print the tidemark version")
     .enablePositionalOptions()
     .showHelpAfterError("(add --help for usage)")
     .exitOverride()
-    .configureHelp({ boxWrap: reflow });
+    .configureHelp({ boxWrap: reflowWith(Help) });
   registerInit(program);
   registerIngest(program);
   registerStatus(program);
@@ -75,18 +99,21 @@ function withSingleDashSuggestion(cmd: Command, text: string): string {
  * breaks for reading in the source: a paragraph's breaks are joined before it is wrapped, and a
  * paragraph with indented lines (examples, formats) is left as written.
  */
-function reflow(this: Help, text: string, width: number): string {
-  // Too narrow to wrap (commander's own rule): as written is the most readable.
-  if (width < this.minWidthToWrap) return text;
-  return text
-    .split("\n\n")
-    .map((p) => (/\n\s/.test(p) ? p : Help.prototype.boxWrap.call(this, p.replaceAll("\n", " "), width)))
-    .join("\n\n");
+function reflowWith(HelpClass: typeof Help) {
+  return function reflow(this: Help, text: string, width: number): string {
+    // Too narrow to wrap (commander's own rule): as written is the most readable.
+    if (width < this.minWidthToWrap) return text;
+    return text
+      .split("\n\n")
+      .map((p) => (/\n\s/.test(p) ? p : HelpClass.prototype.boxWrap.call(this, p.replaceAll("\n", " "), width)))
+      .join("\n\n");
+  };
 }
 
 /** Runs the CLI with `argv` and returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  const program = await buildProgram();
+  const { CommanderError } = await import("commander");
   try {
     await program.parseAsync(argv);
     return 0;
@@ -112,4 +139,7 @@ export async function main(argv: string[]): Promise<number> {
 process.stdout.on("error", (err: NodeJS.ErrnoException) => {
   if (err.code !== "EPIPE" && err.code !== "ERR_STREAM_DESTROYED") throw err;
 });
-process.exitCode = await main(process.argv);
+// The version alone needs neither commander nor any command: printed as commander prints it.
+const args = process.argv.slice(2);
+if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) process.stdout.write(`${packageVersion()}\n`);
+else process.exitCode = await main(process.argv);

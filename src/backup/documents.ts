@@ -7,8 +7,12 @@
  * holds a key this version does not know, is damage: an error naming it, never a different
  * setting. Backups written before the checksum (format version 1, file backend only) are read
  * as they are, and their first writer rewrites both documents with it.
+ *
+ * The schemas are checked by the few lines below rather than by zod: these three fixed shapes
+ * are read by every command that opens a backup, and loading zod costs a process about as much
+ * CPU as starting Node itself (issue 13: `tidemark status` within 2.5× `node -e 0`). The
+ * daemon's configuration, large and written by people, keeps zod (src/daemon/config.ts).
  */
-import { z } from "zod";
 import { crc32 } from "../format/crc32.js";
 import { COMPRESSION_NAMES } from "../format/sealing.js";
 import { CorruptError, TidemarkError } from "../util/errors.js";
@@ -21,34 +25,96 @@ export const IDENTITY_VERSION = 2;
 
 const TRAILER_RE = /,\n {2}"crc32": "([0-9a-f]{8})"\n\}\n$/;
 
-const retentionSchema = z.strictObject({
-  bases: z.number().int().min(0).optional(),
+/** What is wrong with a value: where (the path of keys) and what, or the keys no schema knows. */
+interface Issue {
+  readonly path: readonly string[];
+  readonly message: string;
+  readonly unknownKeys?: readonly string[];
+}
+
+/** Checks a value at `path`: undefined when it is valid. */
+type Check = (value: unknown, path: readonly string[]) => Issue | undefined;
+
+const got = (value: unknown) => `, got ${JSON.stringify(value)?.slice(0, 40) ?? String(value)}`;
+const expected = (ok: (v: unknown) => boolean, what: string): Check => (v, path) => (ok(v) ? undefined : { path, message: `expected ${what}${got(v)}` });
+const wholeNumber = (min: number, max = Number.MAX_SAFE_INTEGER): Check =>
+  expected((v) => Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max, `a whole number ${max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`}`);
+const isString = expected((v) => typeof v === "string", "a string");
+const literal = (x: unknown): Check => expected((v) => v === x, JSON.stringify(x));
+const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** An object holding only the keys of `shape`; those not in `required` may be left out. */
+function strictObject(shape: Record<string, Check>, required: readonly string[] = []): Check {
+  return (v, path) => {
+    if (!isPlainObject(v)) return { path, message: `expected an object${got(v)}` };
+    const unknownKeys = Object.keys(v).filter((k) => !Object.hasOwn(shape, k));
+    if (unknownKeys.length > 0) return { path, message: "unknown keys", unknownKeys };
+    for (const [key, check] of Object.entries(shape)) {
+      if (v[key] === undefined) {
+        if (required.includes(key)) return { path: [...path, key], message: "required" };
+        continue;
+      }
+      const issue = check(v[key], [...path, key]);
+      if (issue) return issue;
+    }
+    return undefined;
+  };
+}
+
+const retentionSchema = strictObject({
+  bases: wholeNumber(0),
   // Not necessarily whole: tidemark 0.1 wrote 0.7d as 60479999.99999999.
-  maxAgeMs: z.number().min(0).optional(),
+  maxAgeMs: expected((v) => typeof v === "number" && v >= 0, "a number >= 0"),
 });
 
-const settingsShape = {
-  created: z.string(),
-  compression: z.enum(COMPRESSION_NAMES).optional(),
-  brotliQuality: z.number().int().min(0).max(11).optional(),
-  encrypted: z.boolean().optional(),
-  retention: retentionSchema.optional(),
-  capture: z.literal(true).optional(),
-  keys: z.record(z.string().regex(/^\d+$/), z.string().regex(/^[0-9a-f]{16}$/)).optional(),
+const settingsShape: Record<string, Check> = {
+  created: isString,
+  compression: expected((v) => (COMPRESSION_NAMES as readonly unknown[]).includes(v), `one of ${COMPRESSION_NAMES.join(", ")}`),
+  brotliQuality: wholeNumber(0, 11),
+  encrypted: expected((v) => typeof v === "boolean", "true or false"),
+  retention: retentionSchema,
+  capture: literal(true),
+  keys: (v, path) => {
+    if (!isPlainObject(v)) return { path, message: `expected an object${got(v)}` };
+    for (const [id, fingerprint] of Object.entries(v)) {
+      if (!/^\d+$/.test(id)) return { path: [...path, id], message: "expected a key id of digits" };
+      if (typeof fingerprint !== "string" || !/^[0-9a-f]{16}$/.test(fingerprint)) return { path: [...path, id], message: `expected 16 hex digits${got(fingerprint)}` };
+    }
+    return undefined;
+  },
 };
 
-const identitySchema = z.strictObject({
-  format: z.literal(IDENTITY_FORMAT),
-  formatVersion: z.literal(IDENTITY_VERSION),
-  ...settingsShape,
-  /** Set while `tidemark copy` fills the backup: until it is gone, this is not a backup. */
-  incomplete: z.string().optional(),
-});
+const identitySchema = strictObject(
+  {
+    format: literal(IDENTITY_FORMAT),
+    formatVersion: literal(IDENTITY_VERSION),
+    ...settingsShape,
+    /** Set while `tidemark copy` fills the backup: until it is gone, this is not a backup. */
+    incomplete: isString,
+  },
+  ["format", "formatVersion", "created"],
+);
 
 /** Format version 1 of the file backend: the same settings, no checksum. */
-const legacyFileIdentitySchema = z.strictObject({ format: z.literal("tidemark-file"), formatVersion: z.literal(1), ...settingsShape });
+const legacyFileIdentitySchema = strictObject({ format: literal("tidemark-file"), formatVersion: literal(1), ...settingsShape }, ["format", "formatVersion", "created"]);
 
-const manifestSchema = z.strictObject({ retained: z.array(z.number().int().min(1)) });
+const manifestSchema = strictObject(
+  {
+    retained: (v, path) => {
+      if (!Array.isArray(v)) return { path, message: `expected an array${got(v)}` };
+      const check = wholeNumber(1);
+      for (const [i, x] of v.entries()) {
+        const issue = check(x, [...path, String(i)]);
+        if (issue) return issue;
+      }
+      return undefined;
+    },
+  },
+  ["retained"],
+);
+
+/** The shape `tidemark.json` holds once its schema has passed. */
+type IdentityDocument = Identity & { format: string; formatVersion: number };
 
 /** What `tidemark.json` says. */
 export interface Identity extends BackupSettings {
@@ -97,11 +163,10 @@ function decodeDocument(bytes: Buffer, where: string, allowLegacy: boolean): { v
 
 const DOCUMENT_HINT = "do not edit it by hand; put back the document from a copy of the backup (the log and snapshots are untouched)";
 
-function schemaError(where: string, error: z.ZodError): CorruptError {
-  const issue = error.issues[0]!;
+function schemaError(where: string, issue: Issue): CorruptError {
   const field = issue.path.join(".");
-  if (issue.code === "unrecognized_keys") {
-    const keys = issue.keys.map((k) => JSON.stringify(field ? `${field}.${k}` : k)).join(", ");
+  if (issue.unknownKeys) {
+    const keys = issue.unknownKeys.map((k) => JSON.stringify(field ? `${field}.${k}` : k)).join(", ");
     return new CorruptError(where, `unknown key ${keys}: not a setting this tidemark knows, so the document is not trusted`, {}, { hint: DOCUMENT_HINT });
   }
   return new CorruptError(where, `${field || "the document"}: ${issue.message}`, {}, { hint: DOCUMENT_HINT });
@@ -123,16 +188,10 @@ export function decodeIdentity(bytes: Buffer, where: string): Identity {
   if (typeof version === "number" && version > IDENTITY_VERSION) {
     throw new CorruptError(where, `backup format version ${version} is not supported`, {}, { hint: "upgrade tidemark" });
   }
-  if (legacy) {
-    const parsed = legacyFileIdentitySchema.safeParse(value);
-    if (!parsed.success) throw schemaError(where, parsed.error);
-    const { format: _f, formatVersion: _v, ...settings } = parsed.data;
-    return { ...settings, legacy: true };
-  }
-  const parsed = identitySchema.safeParse(value);
-  if (!parsed.success) throw schemaError(where, parsed.error);
-  const { format: _f, formatVersion: _v, ...settings } = parsed.data;
-  return settings;
+  const issue = (legacy ? legacyFileIdentitySchema : identitySchema)(value, []);
+  if (issue) throw schemaError(where, issue);
+  const { format: _f, formatVersion: _v, ...settings } = value as IdentityDocument;
+  return legacy ? { ...settings, legacy: true } : settings;
 }
 
 /** Encodes `tidemark.json`. */
@@ -144,9 +203,9 @@ export function encodeIdentity(identity: Identity): Buffer {
 /** Reads `generations.json`: the ids of the older generations kept. */
 export function decodeManifest(bytes: Buffer, where: string, legacy: boolean): number[] {
   const { value } = decodeDocument(bytes, where, legacy);
-  const parsed = manifestSchema.safeParse(value);
-  if (!parsed.success) throw schemaError(where, parsed.error);
-  return parsed.data.retained;
+  const issue = manifestSchema(value, []);
+  if (issue) throw schemaError(where, issue);
+  return (value as { retained: number[] }).retained;
 }
 
 /** Encodes `generations.json`. */

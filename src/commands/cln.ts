@@ -3,12 +3,7 @@
  */
 import path from "node:path";
 import type { Command } from "commander";
-import { scanDbak } from "../cln/dbak.js";
-import { importDbak, type DbakImportResult } from "../cln/import.js";
-import { clnInit } from "../cln/init.js";
-import { DEFAULT_DAEMON_DB, assertLockReplaceable, resolveLocation, writeBackupLock } from "../cln/lock.js";
-import { nodeDbPath, readDataVersion } from "../cln/node-db.js";
-import { runClnPlugin } from "../cln/plugin.js";
+import type { DbakImportResult } from "../cln/import.js";
 import { UsageError } from "../util/errors.js";
 import { terminalLogger } from "../util/logger.js";
 import { createProgress } from "./progress.js";
@@ -62,6 +57,7 @@ function registerPlugin(program: Command): void {
       const onSignal = () => stop.abort();
       process.once("SIGTERM", onSignal);
       process.once("SIGINT", onSignal);
+      const { runClnPlugin } = await import("../cln/plugin.js");
       try {
         await runClnPlugin({ input: process.stdin, output: process.stdout, cwd: process.cwd(), signal: stop.signal });
       } finally {
@@ -111,6 +107,7 @@ function registerInit(cln: Command): void {
           hint: "tidemark cln init --lightning-dir DIR --daemon-socket /run/tidemark/tidemark.sock --daemon-db cln",
         });
       }
+      const [{ clnInit }, { DEFAULT_DAEMON_DB }] = await Promise.all([import("../cln/init.js"), import("../cln/lock.js")]);
       const result = await clnInit({
         lightningDir: opts.lightningDir,
         ...(backend !== undefined && { backend }),
@@ -171,6 +168,11 @@ function registerImport(cln: Command): void {
       "\nExample:\n  tidemark cln import /mnt/backup/lightningd.dbak /mnt/backup/tidemark --lightning-dir ~/.lightning/bitcoin",
     )
     .action(async (file: string, location: string, opts: ImportCliOptions) => {
+      const [{ scanDbak }, { importDbak }, { assertLockReplaceable, resolveLocation, writeBackupLock }] = await Promise.all([
+        import("../cln/dbak.js"),
+        import("../cln/import.js"),
+        import("../cln/lock.js"),
+      ]);
       const dbak = path.resolve(file);
       const scan = scanDbak(dbak);
       if (opts.lightningDir !== undefined) assertLockReplaceable(opts.lightningDir, dbak, opts.force ?? false);
@@ -189,7 +191,7 @@ function registerImport(cln: Command): void {
       let node: NodeComparison | undefined;
       if (opts.lightningDir !== undefined) {
         lockFile = writeBackupLock(opts.lightningDir, { backendUrl: resolveLocation(location, process.cwd()) }, true);
-        node = compareNode(opts.lightningDir, result.headVersion);
+        node = await compareNode(opts.lightningDir, result.headVersion);
       }
       if (node && !node.ok) process.stderr.write(`warning: ${node.message}\n`);
       if (opts.json) return printJson({ file: dbak, backend, ...result, ...(lockFile && { lockFile }), ...(node && { node }) });
@@ -230,7 +232,8 @@ interface NodeComparison {
   readonly message: string;
 }
 
-function compareNode(lightningDir: string, head: number): NodeComparison | undefined {
+async function compareNode(lightningDir: string, head: number): Promise<NodeComparison | undefined> {
+  const { nodeDbPath, readDataVersion } = await import("../cln/node-db.js");
   const db = nodeDbPath(lightningDir);
   if (db === null) return undefined;
   const dataVersion = readDataVersion(db);

@@ -1,11 +1,15 @@
 /**
  * Helpers shared by the CLI commands.
+ *
+ * Every command module is loaded to build the program (for --help and --version), so a command
+ * module imports at its top only commander, this file and small util/ modules; what its action
+ * runs (the backup core, ops/, the daemon, better-sqlite3, undici, …) it loads with `import()`
+ * when it runs. test/commands/cli-imports.test.ts checks which modules each command loads.
  */
 import { InvalidArgumentError, Option, type Command } from "commander";
 import type { Backend, BackendOptions, OpenMode } from "../backup/backup.js";
 import { COMPRESSION_NAMES, type CompressionName } from "../format/sealing.js";
 import { Keyring, parseKeySpec, type KeySource } from "../format/keyring.js";
-import { openBackend } from "../backup/registry.js";
 import { parseDuration } from "../util/duration.js";
 import { terminalLogger } from "../util/logger.js";
 import { TidemarkError } from "../util/errors.js";
@@ -17,6 +21,7 @@ export async function withBackend<T>(
   fn: (backend: Backend) => Promise<T>,
   options: Omit<BackendOptions, "mode"> = {},
 ): Promise<T> {
+  const { openBackend } = await import("../backup/registry.js");
   const backend = await openBackend(location, { log: terminalLogger(), ...options, mode });
   try {
     return await fn(backend);

@@ -2,10 +2,8 @@
  * `tidemark compact <backend>`
  */
 import type { Command } from "commander";
-import { compact } from "../ops/compaction.js";
 import { createProgress } from "./progress.js";
 import { interruptible } from "./interrupt.js";
-import { loadRules } from "../ops/rewrite.js";
 import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, formatMs, formatRewrites, printJson, retentionOptions, viaDaemonWhenLocked, withBackend, type CodecFlags, type RetentionFlags } from "./common.js";
 
 /** Registers the command. */
@@ -27,6 +25,7 @@ export function registerCompact(program: Command): void {
   addRetentionOptions(cmd);
   cmd
     .action(async (location: string, opts: { rules?: string; tmpDir?: string; quiet?: boolean; json?: boolean } & CodecFlags & RetentionFlags) => {
+      const [{ compact }, { loadRules }] = await Promise.all([import("../ops/compaction.js"), import("../ops/rewrite.js")]);
       const rules = loadRules(opts.rules ?? "none");
       await viaDaemonWhenLocked("compact", () => withBackend(location, "write", async (backend) => {
         const progress = createProgress("compact", "versions", opts.quiet || opts.json);

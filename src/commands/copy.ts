@@ -2,9 +2,6 @@
  * `tidemark copy <src> <dst> [--force]`
  */
 import type { Command } from "commander";
-import { openOrCreateBackend } from "../backup/registry.js";
-import { copyBackup } from "../ops/copy.js";
-import { refuseDamagedHead } from "../ops/point-in-time.js";
 import { terminalLogger } from "../util/logger.js";
 import { TidemarkError } from "../util/errors.js";
 import { createProgress } from "./progress.js";
@@ -35,6 +32,11 @@ export function registerCopy(program: Command): void {
   addCodecOptions(cmd, true);
   cmd
     .action(async (src: string, dst: string, opts: { force?: boolean; quiet?: boolean; json?: boolean } & CodecFlags) => {
+      const [{ openOrCreateBackend }, { copyBackup }, { refuseDamagedHead }] = await Promise.all([
+        import("../backup/registry.js"),
+        import("../ops/copy.js"),
+        import("../ops/point-in-time.js"),
+      ]);
       await withBackend(src, "read", async (from) => {
         const options = codecOptions(opts);
         const status = await from.status();

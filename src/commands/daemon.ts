@@ -1,17 +1,12 @@
 /**
  * `tidemark daemon [--config FILE]`
  */
-import { watch } from "chokidar";
 import type { Command } from "commander";
-import { defaultConfig, loadConfigFile, type Config } from "../daemon/config.js";
-import { Daemon } from "../daemon/daemon.js";
-import { checkLocation } from "../backup/registry.js";
+import type { Config } from "../daemon/config.js";
 import { requireCompression } from "../format/sealing.js";
 import { ConfigError, TidemarkError, formatError } from "../util/errors.js";
 import { Keyring } from "../format/keyring.js";
 import { daemonLogger } from "../util/logger.js";
-import { loadRules } from "../ops/rewrite.js";
-import { notifySystemd } from "../daemon/sd-notify.js";
 
 /** How long after a config file event the reload happens. */
 const RELOAD_DEBOUNCE_MS = 200;
@@ -38,6 +33,11 @@ export function registerDaemon(program: Command): void {
       "\nExamples:\n  tidemark daemon\n  tidemark daemon --config /etc/tidemark/tidemark.yaml\n  tidemark daemon --config /etc/tidemark/tidemark.yaml --check",
     )
     .action(async (opts: { config?: string; check?: boolean }) => {
+      const [{ defaultConfig, loadConfigFile }, { Daemon }, { notifySystemd }] = await Promise.all([
+        import("../daemon/config.js"),
+        import("../daemon/daemon.js"),
+        import("../daemon/sd-notify.js"),
+      ]);
       const load = (): Config => (opts.config ? loadConfigFile(opts.config) : defaultConfig());
       const config = load();
       if (opts.check) {
@@ -72,7 +72,7 @@ export function registerDaemon(program: Command): void {
       // chokidar drops a second change within 50 ms of the first; reloading a moment after the
       // last event reads the file as the final write left it.
       let debounce: NodeJS.Timeout | null = null;
-      const watcher = opts.config ? watch(opts.config, { ignoreInitial: true }) : null;
+      const watcher = opts.config ? (await import("chokidar")).watch(opts.config, { ignoreInitial: true }) : null;
       watcher?.on("change", () => {
         if (debounce) clearTimeout(debounce);
         debounce = setTimeout(() => reload("config file changed"), RELOAD_DEBOUNCE_MS);
@@ -104,6 +104,7 @@ export function registerDaemon(program: Command): void {
  * the compression is available, the rules load. The first problem is thrown, naming the field.
  */
 async function checkDatabases(config: Config): Promise<void> {
+  const [{ checkLocation }, { loadRules }] = await Promise.all([import("../backup/registry.js"), import("../ops/rewrite.js")]);
   for (const [i, db] of config.databases.entries()) {
     const field = `databases[${i}]`;
     Keyring.load(db.keys, `${field}.encryption.keys`);

@@ -4,9 +4,7 @@
 import fs from "node:fs";
 import readline from "node:readline";
 import type { Command } from "commander";
-import { changeFromWire, parseWireChange } from "../model/change-json.js";
 import { InputError, withContext } from "../util/errors.js";
-import { applyChange } from "../ops/ingest.js";
 import { addCodecOptions, codecOptions, withBackend, type CodecFlags } from "./common.js";
 
 const SQLITE_HEADER = "SQLite format 3\0";
@@ -39,6 +37,7 @@ export function registerIngest(program: Command): void {
   addCodecOptions(cmd, true);
   cmd
     .action(async (location: string, opts: CodecFlags & { allowNondeterministic?: boolean }) => {
+      const [{ changeFromWire, parseWireChange }, { applyChange }] = await Promise.all([import("../model/change-json.js"), import("../ops/ingest.js")]);
       await withBackend(location, "write", async (backend) => {
         const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
         let n = 0;

@@ -2,12 +2,9 @@
  * `tidemark init <backend> [--from-db PATH --version N]`
  */
 import type { Command } from "commander";
-import { openBackend } from "../backup/registry.js";
 import { UsageError } from "../util/errors.js";
-import { applyChange } from "../ops/ingest.js";
 import { terminalLogger } from "../util/logger.js";
-import { streamSqlite, type SqliteStream } from "../ops/sqlite-snapshot.js";
-import { WalChangedError } from "../ops/wal-snapshot.js";
+import type { SqliteStream } from "../ops/sqlite-snapshot.js";
 import type { Backend } from "../backup/backup.js";
 import { addCodecOptions, addRetentionOptions, codecOptions, formatBytes, parseVersion, retentionOptions, type CodecFlags, type RetentionFlags } from "./common.js";
 
@@ -41,6 +38,7 @@ export function registerInit(program: Command): void {
       if (opts.version !== undefined && opts.fromDb === undefined) {
         throw new UsageError("--version only applies with --from-db", { hint: "tidemark init ./backup --from-db app.db --version 42" });
       }
+      const [{ openBackend }, { streamSqlite }] = await Promise.all([import("../backup/registry.js"), import("../ops/sqlite-snapshot.js")]);
       // Opened (and checked to be a database) before anything is created.
       let snapshot = opts.fromDb ? streamSqlite(opts.fromDb, `--from-db ${opts.fromDb}`) : undefined;
       try {
@@ -70,6 +68,7 @@ const SEED_ATTEMPTS = 3;
  * Resolves to the image's size.
  */
 async function seed(backend: Backend, version: number, first: SqliteStream, again: () => SqliteStream): Promise<number> {
+  const [{ applyChange }, { WalChangedError }] = await Promise.all([import("../ops/ingest.js"), import("../ops/wal-snapshot.js")]);
   let snapshot = first;
   for (let attempt = 1; ; attempt++) {
     try {

@@ -3,7 +3,13 @@
  * terminal, naming the phase it is in; elsewhere (a pipe, a log file, a unit's journal) a plain
  * line every few seconds; nothing with --quiet.
  */
-import cliProgress from "cli-progress";
+import { createRequire } from "node:module";
+import type CliProgress from "cli-progress";
+
+/** cli-progress, loaded when a bar is drawn (on a terminal only). */
+function loadCliProgress(): typeof CliProgress {
+  return createRequire(import.meta.url)("cli-progress") as typeof CliProgress;
+}
 
 /** Receives progress: units done and units in all. */
 export type ProgressFn = (done: number, total: number) => void;
@@ -36,6 +42,7 @@ export function createProgress(label: string, unit: string, quiet = false): Prog
 }
 
 function terminalProgress(label: string, unit: string): Progress {
+  const cliProgress = loadCliProgress();
   const bar = new cliProgress.SingleBar(
     {
       format: `${label} [{bar}] {percentage}% | {value}/{total} ${unit} | {rate}/s | ETA {eta_formatted} | {phase}`,

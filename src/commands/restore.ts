@@ -6,8 +6,6 @@ import fs from "node:fs";
 import type { Command } from "commander";
 import { createProgress } from "./progress.js";
 import { interruptible } from "./interrupt.js";
-import { restore } from "../ops/restore.js";
-import { loadRules } from "../ops/rewrite.js";
 import { TidemarkError, UsageError } from "../util/errors.js";
 import { count } from "../util/plural.js";
 import { addCodecOptions, codecOptions, parseTime, formatBytes, formatMs, formatRewrites, parseVersion, printJson, withBackend, type CodecFlags } from "./common.js";
@@ -53,6 +51,7 @@ export function registerRestore(program: Command): void {
     .action(async (location: string, dest: string, opts: RestoreCliOptions) => {
       if (opts.version !== undefined && opts.time !== undefined) throw new UsageError("give --version or --time, not both");
       if (opts.force && opts.ifDbNotExists) throw new UsageError("give --force or --if-db-not-exists, not both");
+      const [{ restore }, { loadRules }] = await Promise.all([import("../ops/restore.js"), import("../ops/rewrite.js")]);
       const rules = loadRules(opts.rules ?? "none");
       const skip = (why: string) => {
         if (opts.json) printJson({ restored: false, dest, reason: why });

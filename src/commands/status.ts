@@ -3,11 +3,8 @@
  */
 import type { Command } from "commander";
 import type { Backend, BackendStatus } from "../backup/backup.js";
-import { headPosition, walLag } from "../ops/capture.js";
-import { connect } from "../host/client.js";
 import type { DatabaseStatus } from "../daemon/managed-database.js";
 import { UsageError } from "../util/errors.js";
-import { refuseDamagedHead } from "../ops/point-in-time.js";
 import { DEFAULT_RETENTION } from "../model/retention.js";
 import { versionRange } from "../util/plural.js";
 import { addCodecOptions, codecOptions, formatBytes, formatDuration, printJson, withBackend, type CodecFlags } from "./common.js";
@@ -46,6 +43,7 @@ export function registerStatus(program: Command): void {
         return daemonStatus(opts.socket, opts);
       }
       if (!location) throw new UsageError("missing the backend (or --socket)", { hint: "tidemark status ./backup" });
+      const { refuseDamagedHead } = await import("../ops/point-in-time.js");
       await withBackend(location, "read", async (backend) => {
         const s = await backend.status({ checkBase: true });
         const lag = opts.watch === undefined ? undefined : await captureLag(backend, s, opts.watch);
@@ -58,6 +56,7 @@ export function registerStatus(program: Command): void {
 }
 
 async function daemonStatus(socket: string, opts: StatusOptions): Promise<void> {
+  const { connect } = await import("../host/client.js");
   const client = connect({ socket, attempts: 1, ...(opts.db && { db: opts.db }) });
   try {
     const all: DatabaseStatus[] = opts.db ? [await client.status()] : (await client.list()).databases;
@@ -81,6 +80,7 @@ async function daemonStatus(socket: string, opts: StatusOptions): Promise<void> 
 /** How far a captured backup is behind its database, from the WAL position its head recorded. */
 async function captureLag(backend: Backend, s: BackendStatus, db: string): Promise<CaptureLag> {
   if (s.settings?.capture !== true) throw new UsageError(`--watch applies to captured backups; ${backend.location} is a write-ahead backup`);
+  const { headPosition, walLag } = await import("../ops/capture.js");
   const { transactions, walBytes } = walLag(db, s.version === 0 ? null : await headPosition(backend));
   const behind = transactions === null || transactions > 0;
   return { db, head: s.version, lagTransactions: transactions, lagSeconds: behind && s.headTimestamp !== undefined ? Math.max(0, Date.now() - s.headTimestamp) / 1000 : 0, walBytes };

@@ -6,8 +6,6 @@ import { TidemarkError } from "../util/errors.js";
 import { createProgress } from "./progress.js";
 import { interruptible } from "./interrupt.js";
 import { count, versionRange } from "../util/plural.js";
-import { verify } from "../ops/verify.js";
-import { loadRules } from "../ops/rewrite.js";
 import { addCodecOptions, codecOptions, formatBytes, formatMs, printJson, withBackend, type CodecFlags } from "./common.js";
 
 /** Registers the command. */
@@ -31,6 +29,7 @@ export function registerVerify(program: Command): void {
   addCodecOptions(cmd, false);
   cmd
     .action(async (location: string, opts: { quiet?: boolean; json?: boolean; restore?: boolean; rules?: string; tmpDir?: string } & CodecFlags) => {
+      const [{ verify }, { loadRules }] = await Promise.all([import("../ops/verify.js"), import("../ops/rewrite.js")]);
       await withBackend(location, "read", async (backend) => {
         const progress = createProgress("verify", "versions", opts.quiet || opts.json);
         progress.phase("checking records");

@@ -3,8 +3,6 @@
  * database, by any program, into a captured backup (created when missing).
  */
 import { InvalidArgumentError, type Command } from "commander";
-import { openOrCreateBackend } from "../backup/registry.js";
-import { Capture, checkCapturable } from "../ops/capture.js";
 import { TidemarkError } from "../util/errors.js";
 import { count } from "../util/plural.js";
 import { terminalLogger } from "../util/logger.js";
@@ -41,6 +39,7 @@ export function registerWatch(program: Command): void {
   addCodecOptions(cmd, true);
   addRetentionOptions(cmd);
   cmd.action(async (db: string, location: string, opts: WatchOptions) => {
+    const [{ openOrCreateBackend }, { Capture, checkCapturable }] = await Promise.all([import("../backup/registry.js"), import("../ops/capture.js")]);
     const log = terminalLogger(opts.verbose ?? false);
     // Before anything is created for it.
     checkCapturable(db);

@@ -3,7 +3,13 @@
  * pass a pino logger and the CLI a terse terminal one.
  */
 import fs from "node:fs";
-import { pino } from "pino";
+import { createRequire } from "node:module";
+import type { Level, pino as Pino } from "pino";
+
+/** pino, loaded when the daemon's logger is made: commands that log to the terminal never load it. */
+function loadPino(): typeof Pino {
+  return (createRequire(import.meta.url)("pino") as { pino: typeof Pino }).pino;
+}
 
 /** A log method: fields first, then a lowercase message (pino's calling convention). */
 export type LogFn = (fields: Record<string, unknown>, msg: string) => void;
@@ -94,6 +100,7 @@ export function daemonLogger(level: string, options: DaemonLogOptions = {}): Log
   const write = options.write ?? ((line: string) => void process.stdout.write(line));
   const prefixed = options.priorityPrefix ?? stdoutIsJournal();
   const text = options.format === "text";
+  const pino = loadPino();
   const opts = {
     level,
     base: { pid: process.pid },
@@ -104,7 +111,7 @@ export function daemonLogger(level: string, options: DaemonLogOptions = {}): Log
   if (!prefixed && !text && !options.write) return pino(opts) as unknown as Logger;
   // One stream per level (dedupe: each line goes to the highest that matches), each with its prefix.
   const streams = PRIORITIES.map(([name, , priority]) => ({
-    level: name as pino.Level,
+    level: name as Level,
     stream: { write: (line: string) => write(`${prefixed ? `<${priority}>` : ""}${text ? textLine(line) : line}`) },
   }));
   return pino(opts, pino.multistream(streams, { dedupe: true })) as unknown as Logger;
