@@ -1,10 +1,11 @@
 /**
  * `tidemark ingest <backend>`: changes as JSON lines on stdin, one durable ack line per change.
  */
-import fs from "node:fs";
 import readline from "node:readline";
 import type { Command } from "commander";
+import type { SnapshotSource } from "../model/change.js";
 import { InputError, withContext } from "../util/errors.js";
+import { openRegularFile } from "../util/regular-file.js";
 import { addCodecOptions, codecOptions, withBackend, type CodecFlags } from "./common.js";
 
 const SQLITE_HEADER = "SQLite format 3\0";
@@ -46,7 +47,8 @@ export function registerIngest(program: Command): void {
           if (line.trim() === "") continue;
           try {
             const wire = parseWireChange(line, { allowSnapshotPath: true });
-            const result = await applyChange(backend, changeFromWire(wire, openSnapshot), { allowNondeterministic: opts.allowNondeterministic === true });
+            const snapshot = wire.snapshotPath !== undefined ? await openSnapshot(wire.snapshotPath) : undefined;
+            const result = await applyChange(backend, changeFromWire(wire, () => snapshot!), { allowNondeterministic: opts.allowNondeterministic === true });
             process.stdout.write(`${JSON.stringify(result)}\n`);
           } catch (err) {
             throw withContext(err, `line ${n}`);
@@ -56,19 +58,18 @@ export function registerIngest(program: Command): void {
     });
 }
 
-/** Opens a snapshot file after checking that it is a SQLite database. */
-function openSnapshot(file: string): fs.ReadStream {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, "r");
-  } catch (err) {
-    throw new InputError(`change.snapshot_path: cannot open ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
+/**
+ * Opens a snapshot_path as the spool does: a regular file only (a FIFO, device, directory or
+ * symbolic link is refused unread), and only the bytes it held when it was opened.
+ */
+async function openSnapshot(file: string): Promise<SnapshotSource> {
+  const opened = await openRegularFile(file, "change.snapshot_path");
+  if (!opened) throw new InputError(`change.snapshot_path: ${file} does not exist`);
   const head = Buffer.alloc(SQLITE_HEADER.length);
-  fs.readSync(fd, head, 0, head.length, 0);
-  if (head.toString("latin1") !== SQLITE_HEADER) {
-    fs.closeSync(fd);
+  const { bytesRead } = await opened.handle.read(head, 0, head.length, 0);
+  if (bytesRead < head.length || head.toString("latin1") !== SQLITE_HEADER) {
+    await opened.handle.close();
     throw new InputError(`change.snapshot_path: ${file} is not a SQLite database`);
   }
-  return fs.createReadStream(file, { fd, start: 0, highWaterMark: 1 << 20 });
+  return opened.handle.createReadStream({ start: 0, end: opened.size - 1, highWaterMark: 1 << 20 });
 }
