@@ -64,7 +64,7 @@ export function registerIngest(program: Command): void {
  */
 async function openSnapshot(file: string): Promise<SnapshotSource> {
   const opened = await openRegularFile(file, "change.snapshot_path");
-  if (!opened) throw new InputError(`change.snapshot_path: ${file} does not exist`);
+  if (!opened) throw new InputError(`change.snapshot_path: cannot open ${file}: ENOENT`);
   const head = Buffer.alloc(SQLITE_HEADER.length);
   const { bytesRead } = await opened.handle.read(head, 0, head.length, 0);
   if (bytesRead < head.length || head.toString("latin1") !== SQLITE_HEADER) {

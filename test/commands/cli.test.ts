@@ -168,6 +168,20 @@ describe("cli: ingest", () => {
     expect(r.stderr).toMatch(/is not a SQLite database/);
   });
 
+  it.each([
+    ["a FIFO", (file: string) => execFileSync("mkfifo", [file])],
+    ["a symbolic link to /dev/zero", (file: string) => fs.symlinkSync("/dev/zero", file)],
+  ])("refuses a snapshot_path that is %s, unread, and changes nothing", async (_name, make) => {
+    const { dir, backup } = await backupWith(2);
+    const file = path.join(dir, "snap.db");
+    make(file);
+    const before = (await runCli(["status", backup, "--json"])).stdout;
+    const r = await runCli(["ingest", backup], { input: lines({ version: 5, snapshot_path: file }) });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/line 1: change\.snapshot_path .*snap\.db is a (FIFO|symbolic link), not a regular file; it was not read/);
+    expect((await runCli(["status", backup, "--json"])).stdout).toBe(before);
+  });
+
   it("says how to create a backup that does not exist", async () => {
     const dir = tmpDir();
     const r = await runCli(["ingest", path.join(dir, "missing")], { input: lines(CREATE) });
