@@ -20,7 +20,8 @@ export function registerInit(program: Command): void {
     .summary("create a new backup")
     .description(
       "Create a new, empty backup at <backend>. With --from-db, seed it with a consistent snapshot of a\n" +
-        "live SQLite database (taken with SQLite's backup API, safe while the host writes) as version N.",
+        "live SQLite database as version N: read once, straight into the backup, under a read transaction\n" +
+        "(a WAL-mode host writes on meanwhile; a rollback-journal host's writes wait until it is read).",
     )
     .argument("<backend>", "where the backup goes: a directory path, file:PATH, or a backend URL")
     .option("--from-db <path>", "seed the backup with a snapshot of this SQLite database")
