@@ -243,7 +243,7 @@ export class ManagedDatabase {
         const m = this.#series;
         m.ackLatency.observe((performance.now() - started) / 1000);
         (result.action === "append" ? m.appends : this.#deps.metrics.changes.labels({ db: this.name, action: result.action })).inc();
-        m.bytesWritten.inc(bytes);
+        if (result.action !== "unchanged") m.bytesWritten.inc(bytes);
         m.headVersion.set(result.version);
         this.#lastAck = new Date().toISOString();
         this.#changesSince++;

@@ -29,6 +29,6 @@ describe("lightningd's real traffic and the non-determinism check", () => {
       }
     }
     expect(refused).toHaveLength(1);
-    expect(refused[0]).toMatch(/^UPDATE invoices SET paid_timestamp = strftime\('%s', 'now'\) WHERE/);
+    expect(refused[0]).toMatch(/^UPDATE invoices\s+SET paid_timestamp = strftime\('%s', 'now'\) WHERE/);
   });
 });
