@@ -20,7 +20,8 @@
  * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 10000),
  * BENCH_PROTECTION_CHANGES (default 50000), BENCH_CLN_WRITES (default 2000),
  * BENCH_WATCH_TX (default 5000), BENCH_WATCH_MB (default 32),
- * BENCH_ONLY (core,daemon,s3,protection,cln,watch; default all).
+ *   shadow           see bench/shadow.ts: the validated ack (shadow check) vs raw append+fdatasync
+ * BENCH_ONLY (core,daemon,s3,protection,cln,watch,shadow; default all).
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -39,10 +40,13 @@ import { benchCln } from "./cln.js";
 import { benchDaemon } from "./daemon.js";
 import { benchProtection } from "./protection.js";
 import { benchS3 } from "./s3.js";
+import { benchShadow } from "./shadow.js";
 import { benchWatch } from "./watch.js";
 import { ms, percentile, printTable, type Row } from "./table.js";
 
 const ROOT = fs.mkdtempSync(path.join(process.env.BENCH_DIR ?? os.tmpdir(), "tidemark-bench-"));
+// The shadows of the backups benched (src/ops/shadow.ts) stay inside the bench directory.
+process.env.TIDEMARK_SHADOW_DIR ??= path.join(ROOT, "shadows");
 const CHANGES = Number(process.env.BENCH_CHANGES ?? 100_000);
 const SNAPSHOT_MB = Number(process.env.BENCH_SNAPSHOT_MB ?? 1024);
 
@@ -210,7 +214,7 @@ async function benchRestoreRss(): Promise<void> {
 
 try {
   process.stderr.write(`bench: ${os.cpus().length} cores, node ${process.version}, dir ${ROOT}\n`);
-  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln,watch").split(","));
+  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln,watch,shadow").split(","));
   if (only.has("core")) {
     await benchAckLatency();
     await benchRestoreAndCompaction();
@@ -223,6 +227,7 @@ try {
   }
   if (only.has("cln")) await benchCln(path.join(ROOT, "cln"), rows, Number(process.env.BENCH_CLN_WRITES ?? 2000));
   if (only.has("watch")) await benchWatch(path.join(ROOT, "watch"), rows, Number(process.env.BENCH_WATCH_TX ?? 5000), Number(process.env.BENCH_WATCH_MB ?? 32));
+  if (only.has("shadow")) await benchShadow(path.join(ROOT, "shadow"), rows, Number(process.env.BENCH_SHADOW_ROUNDS ?? 4000));
   printTable(rows);
 } finally {
   fs.rmSync(ROOT, { recursive: true, force: true });

@@ -11,7 +11,7 @@ import { looksLikeDbak } from "./dbak.js";
 import { localPathOf, type BackupLock, type DaemonTarget, type DirectLock } from "./lock.js";
 import { compact, type CompactionStats } from "../ops/compaction.js";
 import { TidemarkError } from "../util/errors.js";
-import { applyChange, type IngestResult } from "../ops/ingest.js";
+import { applyChange, closeShadow, shadowOf, type IngestResult } from "../ops/ingest.js";
 import type { Logger } from "../util/logger.js";
 import { CORE_LIGHTNING_RULES } from "../ops/rewrite.js";
 
@@ -41,14 +41,20 @@ export async function openDestination(lock: BackupLock, log: Logger): Promise<Cl
   return backendDestination(await openBackend(lock.backendUrl, { mode: "write", log }));
 }
 
+/** Changes are checked as a restore with the core-lightning rules replays them. */
+const CLN_SHADOW = { rules: CORE_LIGHTNING_RULES };
+
 function backendDestination(backend: Backend): ClnDestination {
   return {
     description: backend.location,
     restoreCommand: (dest) => `tidemark restore ${backend.location} ${dest} --rules core-lightning`,
     head: async () => backend.head(),
-    addChange: (change) => applyChange(backend, change),
-    compact: (signal) => compact(backend, { rules: CORE_LIGHTNING_RULES, signal }),
-    close: () => backend.close(),
+    addChange: (change) => applyChange(backend, change, { shadow: CLN_SHADOW }),
+    compact: (signal) => compact(backend, { rules: CORE_LIGHTNING_RULES, signal, shadow: shadowOf(backend, CLN_SHADOW) }),
+    close: () => {
+      closeShadow(backend);
+      return backend.close();
+    },
   };
 }
 

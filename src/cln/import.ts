@@ -11,7 +11,11 @@ import fs from "node:fs";
 import type { Backend } from "../backup/backup.js";
 import { readSnapshot, readStatements, type DbakRecord, type DbakScan } from "./dbak.js";
 import { withContext } from "../util/errors.js";
-import { applyChange } from "../ops/ingest.js";
+import { applyChange, type ApplyOptions } from "../ops/ingest.js";
+import { CORE_LIGHTNING_RULES } from "../ops/rewrite.js";
+
+/** Each change is checked as a restore with the core-lightning rules would replay it. */
+const CLN_SHADOW: ApplyOptions = { shadow: { rules: CORE_LIGHTNING_RULES } };
 
 /** What an import did. */
 export interface DbakImportResult {
@@ -49,15 +53,15 @@ export async function importDbak(scan: DbakScan, backend: Backend, onProgress?: 
         if (record.version === scan.records[i - 1]?.version) {
           // scanDbak refuses a kept snapshot that repeats a version: this is a transaction.
           const transaction = readStatements(fd, scan.file, record);
-          await applyChange(backend, { version: record.version, transaction, continuation: true });
+          await applyChange(backend, { version: record.version, transaction, continuation: true }, CLN_SHADOW);
           continuations++;
           statements += transaction.length;
         } else if (record.kind === "snapshot") {
-          await applyChange(backend, { version: record.version, snapshot: readSnapshot(scan.file, record) });
+          await applyChange(backend, { version: record.version, snapshot: readSnapshot(scan.file, record) }, CLN_SHADOW);
           snapshots++;
         } else {
           const transaction = readStatements(fd, scan.file, record);
-          await applyChange(backend, { version: record.version, transaction });
+          await applyChange(backend, { version: record.version, transaction }, CLN_SHADOW);
           statements += transaction.length;
         }
       } catch (err) {

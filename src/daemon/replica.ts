@@ -218,7 +218,7 @@ export class ReplicaFeeder {
           ...(change.transaction && { transaction: change.transaction }),
           ...(change.continuation && { continuation: true }),
           ...(change.captured && { captured: change.captured }),
-        });
+        }, { validate: false });
         this.#version = replica.head().version;
         this.#timestamp = change.timestamp;
       }
