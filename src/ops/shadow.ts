@@ -287,6 +287,8 @@ export class Shadow {
       this.#copying--;
       this.#db?.pragma("wal_autocheckpoint = 1000");
     }
+    // Closed meanwhile (closing checkpoints into the main file): the copy may be torn.
+    if (this.#db !== db) return null;
     if (this.#mode !== 2) {
       const fd = fs.openSync(dest, "r+");
       try {

@@ -4,6 +4,8 @@ import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { openBackend } from "../../src/backup/registry.js";
 import { Journal, backendSink } from "../../src/host/journal.js";
+import { applyChange, closeShadow } from "../../src/ops/ingest.js";
+import { MAX_OPEN_SHADOWS } from "../../src/ops/shadow.js";
 import { restore } from "../../src/ops/restore.js";
 import { runCli } from "../helpers/cli.js";
 import { expectSameDb } from "../helpers/sqlite.js";
@@ -122,6 +124,36 @@ describe("a change is checked against the backup's state before it is stored", (
       expect(rows(out, "SELECT id FROM payments ORDER BY id")).toEqual([1, 2, 3]);
     } finally {
       node.close();
+    }
+  });
+
+  it("keeps at most MAX_OPEN_SHADOWS shadows open: the least recently used is closed cleanly and resyncs, still checking and still exact on a redo", async () => {
+    const dir = tmpDir();
+    const shadows = path.join(dir, "shadows");
+    const opts = { shadow: { dir: shadows } };
+    const backends = [];
+    try {
+      for (let i = 0; i < MAX_OPEN_SHADOWS + 3; i++) {
+        const b = await openBackend(path.join(dir, `b${i}`), { mode: "create" });
+        backends.push(b);
+        await applyChange(b, { version: 1, transaction: ["CREATE TABLE t (x UNIQUE)"] }, opts);
+        await applyChange(b, { version: 2, transaction: [`INSERT INTO t VALUES (${i})`] }, opts);
+      }
+      // The first ones were closed to make room, each leaving its clean marker.
+      expect(fs.readdirSync(shadows).filter((n) => n.endsWith(".clean")).length).toBe(3);
+      const first = backends[0]!;
+      await expect(applyChange(first, { version: 3, transaction: ["INSERT INTO t VALUES (0)"] }, opts)).rejects.toMatchObject({ code: "E_REPLAY" });
+      await applyChange(first, { version: 3, transaction: ["INSERT INTO t VALUES (1)"] }, opts);
+      // A redo right after: the shadow undoes version 3 (or a unique 1 would refuse it).
+      await applyChange(first, { version: 3, transaction: ["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (3)"] }, opts);
+      const out = path.join(dir, "out.db");
+      await restore(first, out);
+      expect(rows(out)).toEqual([0, 1, 3]);
+    } finally {
+      for (const b of backends) {
+        closeShadow(b);
+        await b.close();
+      }
     }
   });
 });
