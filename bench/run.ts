@@ -17,13 +17,14 @@
  *                    with and without watch, restore CPU vs cp, bytes per captured transaction
  *   cli              see bench/cli.ts: start-up (--version, status) vs node -e 0, and
  *                    `tidemark ingest` per change vs a raw append+fdatasync writer, wall and CPU
+ *   shadow           see bench/shadow.ts: the validated ack (shadow check) vs raw append+fdatasync
  *
  * Environment: BENCH_DIR (default: a temp dir), BENCH_CHANGES (default 100000),
  * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 10000),
  * BENCH_PROTECTION_CHANGES (default 50000), BENCH_CLN_WRITES (default 2000),
  * BENCH_WATCH_TX (default 5000), BENCH_WATCH_MB (default 32),
- * BENCH_CLI_RUNS (default 20), BENCH_INGEST_CHANGES (default 2000),
- * BENCH_ONLY (core,daemon,s3,protection,cln,watch,read,cli; default all); read: see bench/read-path.ts, cli: bench/cli.ts.
+ * BENCH_CLI_RUNS (default 20), BENCH_INGEST_CHANGES (default 2000), BENCH_SHADOW_ROUNDS (default 4000),
+ * BENCH_ONLY (core,daemon,s3,protection,cln,watch,read,cli,shadow; default all); read: see bench/read-path.ts, cli: bench/cli.ts.
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -44,10 +45,13 @@ import { benchDaemon } from "./daemon.js";
 import { benchProtection } from "./protection.js";
 import { benchReadPath, measured, replayLimit } from "./read-path.js";
 import { benchS3 } from "./s3.js";
+import { benchShadow } from "./shadow.js";
 import { benchWatch } from "./watch.js";
 import { ms, percentile, printTable, type Row } from "./table.js";
 
 const ROOT = fs.mkdtempSync(path.join(process.env.BENCH_DIR ?? os.tmpdir(), "tidemark-bench-"));
+// The shadows of the backups benched (src/ops/shadow.ts) stay inside the bench directory.
+process.env.TIDEMARK_SHADOW_DIR ??= path.join(ROOT, "shadows");
 const CHANGES = Number(process.env.BENCH_CHANGES ?? 100_000);
 const SNAPSHOT_MB = Number(process.env.BENCH_SNAPSHOT_MB ?? 1024);
 
@@ -212,7 +216,7 @@ async function benchRestoreRss(): Promise<void> {
 
 try {
   process.stderr.write(`bench: ${os.cpus().length} cores, node ${process.version}, dir ${ROOT}\n`);
-  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln,watch,read,cli").split(","));
+  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln,watch,read,cli,shadow").split(","));
   if (only.has("core")) {
     await benchAckLatency();
     await benchRestoreAndCompaction();
@@ -227,6 +231,7 @@ try {
   if (only.has("read")) await benchReadPath(path.join(ROOT, "read"), rows);
   if (only.has("watch")) await benchWatch(path.join(ROOT, "watch"), rows, Number(process.env.BENCH_WATCH_TX ?? 5000), Number(process.env.BENCH_WATCH_MB ?? 32));
   if (only.has("cli")) await benchCli(path.join(ROOT, "cli"), rows, Number(process.env.BENCH_CLI_RUNS ?? 20), Number(process.env.BENCH_INGEST_CHANGES ?? 2000));
+  if (only.has("shadow")) await benchShadow(path.join(ROOT, "shadow"), rows, Number(process.env.BENCH_SHADOW_ROUNDS ?? 4000));
   printTable(rows);
 } finally {
   fs.rmSync(ROOT, { recursive: true, force: true });

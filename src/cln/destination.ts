@@ -11,7 +11,7 @@ import { looksLikeDbak } from "./dbak.js";
 import { localPathOf, type BackupLock, type DaemonTarget, type DirectLock } from "./lock.js";
 import { compact, type CompactionStats } from "../ops/compaction.js";
 import { TidemarkError } from "../util/errors.js";
-import { applyChange, type IngestResult } from "../ops/ingest.js";
+import { applyChange, closeShadow, shadowOf, type IngestResult } from "../ops/ingest.js";
 import type { Logger } from "../util/logger.js";
 import { CORE_LIGHTNING_RULES } from "../ops/rewrite.js";
 
@@ -41,15 +41,21 @@ export async function openDestination(lock: BackupLock, log: Logger): Promise<Cl
   return backendDestination(await openBackend(lock.backendUrl, { mode: "write", log }));
 }
 
+/** Changes are checked as a restore with the core-lightning rules replays them. */
+const CLN_SHADOW = { rules: CORE_LIGHTNING_RULES };
+
 function backendDestination(backend: Backend): ClnDestination {
   return {
     description: backend.location,
     restoreCommand: (dest) => `tidemark restore ${backend.location} ${dest} --rules core-lightning`,
     head: async () => backend.head(),
     // lightningd's own migrations read the clock (strftime('%s', 'now')): its SQL is taken as it is.
-    addChange: (change) => applyChange(backend, change, { allowNondeterministic: true }),
-    compact: (signal) => compact(backend, { rules: CORE_LIGHTNING_RULES, signal }),
-    close: () => backend.close(),
+    addChange: (change) => applyChange(backend, change, { allowNondeterministic: true, shadow: CLN_SHADOW }),
+    compact: (signal) => compact(backend, { rules: CORE_LIGHTNING_RULES, signal, shadow: shadowOf(backend, CLN_SHADOW) }),
+    close: () => {
+      closeShadow(backend);
+      return backend.close();
+    },
   };
 }
 

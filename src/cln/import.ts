@@ -11,7 +11,8 @@ import fs from "node:fs";
 import type { Backend } from "../backup/backup.js";
 import { readSnapshot, readStatements, type DbakRecord, type DbakScan } from "./dbak.js";
 import { withContext } from "../util/errors.js";
-import { applyChange } from "../ops/ingest.js";
+import { applyChange, type IngestOptions } from "../ops/ingest.js";
+import { CORE_LIGHTNING_RULES } from "../ops/rewrite.js";
 
 /** What an import did. */
 export interface DbakImportResult {
@@ -35,12 +36,15 @@ export interface DbakImportResult {
 }
 
 /**
+ * lightningd's own migrations read the clock (strftime('%s', 'now')): its history is imported
+ * as it is, and each change is checked as a restore with the core-lightning rules would replay it.
+ */
+const LIGHTNINGD: IngestOptions = { allowNondeterministic: true, shadow: { rules: CORE_LIGHTNING_RULES } };
+
+/**
  * Writes the live records of a scanned `.dbak` file into `backend`, which must be empty and
  * open for writing. `onProgress` receives records done and records in all.
  */
-/** lightningd's own migrations read the clock (strftime('%s', 'now')): its history is imported as it is. */
-const LIGHTNINGD_SQL = { allowNondeterministic: true } as const;
-
 export async function importDbak(scan: DbakScan, backend: Backend, onProgress?: (done: number, total: number) => void): Promise<DbakImportResult> {
   const fd = fs.openSync(scan.file, "r");
   let snapshots = 0;
@@ -52,15 +56,15 @@ export async function importDbak(scan: DbakScan, backend: Backend, onProgress?: 
         if (record.version === scan.records[i - 1]?.version) {
           // scanDbak refuses a kept snapshot that repeats a version: this is a transaction.
           const transaction = readStatements(fd, scan.file, record);
-          await applyChange(backend, { version: record.version, transaction, continuation: true }, LIGHTNINGD_SQL);
+          await applyChange(backend, { version: record.version, transaction, continuation: true }, LIGHTNINGD);
           continuations++;
           statements += transaction.length;
         } else if (record.kind === "snapshot") {
-          await applyChange(backend, { version: record.version, snapshot: readSnapshot(scan.file, record) });
+          await applyChange(backend, { version: record.version, snapshot: readSnapshot(scan.file, record) }, LIGHTNINGD);
           snapshots++;
         } else {
           const transaction = readStatements(fd, scan.file, record);
-          await applyChange(backend, { version: record.version, transaction }, LIGHTNINGD_SQL);
+          await applyChange(backend, { version: record.version, transaction }, LIGHTNINGD);
           statements += transaction.length;
         }
       } catch (err) {

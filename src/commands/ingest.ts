@@ -17,8 +17,10 @@ export function registerIngest(program: Command): void {
     .summary("append changes read as JSON lines from stdin")
     .description(
       "Read changes from stdin, one JSON object per line, and apply the version rules to each, as a host\n" +
-        "would: make the change durable, print its ack line, then read the next line. At the first bad\n" +
-        "line it stops with an error and exits 1; everything acked before stays.\n\n" +
+        "would: check it against the backup's state (its statements must apply: E_REPLAY; a snapshot\n" +
+        "must be a sound SQLite file: E_INPUT), make it durable, print its ack line, then read the next\n" +
+        "line. At the first bad line it stops with an error and exits 1; everything acked before stays.\n" +
+        "The backup's shadow database lives in TIDEMARK_SHADOW_DIR (default ~/.local/state/tidemark/shadows).\n\n" +
         "Line format:\n" +
         '  {"version": N, "transaction": ["SQL", {"sql": "…", "params": [1, "a", null]}]}\n' +
         '  {"version": N, "snapshot_path": "/path/to/db.sqlite"}            a new base snapshot\n' +

@@ -70,6 +70,7 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   E_REWIND: 409,
   E_CONFLICT: 409,
   E_MODE: 409,
+  E_REPLAY: 409,
   E_TOO_LARGE: 413,
   E_RATE_LIMIT: 429,
   E_UNAVAILABLE: 503,

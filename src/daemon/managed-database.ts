@@ -9,7 +9,7 @@ import { compact, type CompactionStats } from "../ops/compaction.js";
 import { compactionDue, nextCompactionAt, type CompactionState } from "../model/compaction-policy.js";
 import type { DatabaseConfig } from "./config.js";
 import { TidemarkError, type ErrorCode } from "../util/errors.js";
-import { applyChange, sameContent, type IngestResult } from "../ops/ingest.js";
+import { applyChange, closeShadow, rewindChange, sameContent, shadowOf, type IngestOptions, type IngestResult } from "../ops/ingest.js";
 import type { Logger } from "../util/logger.js";
 import type { Metrics } from "./metrics.js";
 import { Mutex } from "../util/mutex.js";
@@ -36,6 +36,8 @@ export interface DatabaseDeps {
   readonly tmpDir?: string;
   /** Open backends with group commit (several databases flush at once). */
   readonly groupCommit?: boolean;
+  /** Where the shadow databases live; the default of ops/shadow.ts otherwise. */
+  readonly shadowDir?: string;
 }
 
 /** A recent error, for status. */
@@ -76,6 +78,8 @@ export class ManagedDatabase {
   readonly config: DatabaseConfig;
   readonly #backend: Backend;
   readonly #rules: Rule[];
+  /** How changes are checked against the backup's shadow (ops/shadow.ts) before the ack. */
+  readonly #apply: IngestOptions;
   readonly #deps: DatabaseDeps;
   readonly #log: Logger;
   readonly #queue = new Mutex();
@@ -114,6 +118,7 @@ export class ManagedDatabase {
     this.config = config;
     this.#backend = backend;
     this.#rules = rules;
+    this.#apply = { allowNondeterministic: config.allowNondeterministic, shadow: { rules, ...(deps.shadowDir !== undefined && { dir: deps.shadowDir }) } };
     this.#deps = deps;
     this.#log = deps.log.child({ db: config.name, component: "database" });
     // The label lookups are done once: these are updated on every change.
@@ -239,7 +244,7 @@ export class ManagedDatabase {
     return this.#queue.run(async () => {
       this.#checkOpen();
       try {
-        const result = await applyChange(this.#backend, change, { allowNondeterministic: this.config.allowNondeterministic });
+        const result = await applyChange(this.#backend, change, this.#apply);
         const m = this.#series;
         m.ackLatency.observe((performance.now() - started) / 1000);
         (result.action === "append" ? m.appends : this.#deps.metrics.changes.labels({ db: this.name, action: result.action })).inc();
@@ -266,7 +271,7 @@ export class ManagedDatabase {
     return this.#queue.run(async () => {
       this.#checkOpen();
       try {
-        await this.#backend.rewind();
+        await rewindChange(this.#backend);
         for (const r of this.#replicas) r.notify();
         this.#deps.metrics.headVersion.set({ db: this.name }, this.#backend.head().version);
         return this.#backend.head();
@@ -296,6 +301,7 @@ export class ManagedDatabase {
         rules: this.#rules,
         ...(this.#deps.tmpDir && { tmpDir: this.#deps.tmpDir }),
         signal: this.#abort.signal,
+        shadow: shadowOf(this.#backend, this.#apply.shadow),
       });
       if (stats.skipped) {
         m.compactions.inc({ db: this.name, result: "skipped" });
@@ -467,6 +473,7 @@ export class ManagedDatabase {
       await this.#compaction?.catch(() => {});
       await this.#verification?.catch(() => {});
       await Promise.all(this.#replicas.map((r) => r.close()));
+      closeShadow(this.#backend);
       await this.#backend.close();
       this.#gone = true;
       this.#deps.metrics.removeDatabase(this.name, this.config.replicas);

@@ -31,7 +31,7 @@ const SWEEP_MS = 1_000;
 /** Retry delay after a failure that is not the file's fault (the backend, a shutdown). */
 const RETRY_MS = 1_000;
 /** Codes that mean the file itself is bad: it is rejected rather than retried. */
-const REJECT_CODES = new Set(["E_INPUT", "E_GAP", "E_STALE", "E_NONDETERMINISTIC", "E_TOO_LARGE"]);
+const REJECT_CODES = new Set(["E_INPUT", "E_GAP", "E_STALE", "E_NONDETERMINISTIC", "E_TOO_LARGE", "E_REPLAY"]);
 
 /** What the spool needs from the daemon. */
 export interface SpoolContext {

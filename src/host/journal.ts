@@ -22,7 +22,7 @@ import type { BackendHead, SyncBackend } from "../backup/backup.js";
 import type { ChangeInput, Param, Params, Statement } from "../model/change.js";
 import { checkDeterministic } from "../model/determinism.js";
 import { InputError, TidemarkError } from "../util/errors.js";
-import { applyChange, applyChangeSync } from "../ops/ingest.js";
+import { applyChange, applyChangeSync, rewindChange, rewindChangeSync } from "../ops/ingest.js";
 import { Mutex } from "../util/mutex.js";
 import type { Backend } from "../backup/backup.js";
 import { reconcile } from "../model/version-rules.js";
@@ -53,14 +53,14 @@ export function backendSink(backend: Backend, options: { readonly allowNondeterm
     head: async () => backend.head(),
     addChange: (change) => applyChange(backend, change, ingest),
     addSnapshot: (version, file) => applyChange(backend, { version, snapshot: fs.createReadStream(file) }),
-    rewind: () => backend.rewind(),
+    rewind: () => rewindChange(backend),
   };
   const sync = backend as Partial<SyncBackend>;
   if (typeof sync.addChangeSync === "function" && typeof sync.rewindSync === "function") {
     const b = backend as SyncBackend;
     sink.headSync = () => b.head();
     sink.addChangeSync = (change) => void applyChangeSync(b, change, ingest);
-    sink.rewindSync = () => b.rewindSync();
+    sink.rewindSync = () => rewindChangeSync(b);
   }
   return sink;
 }

@@ -1,7 +1,8 @@
 /**
  * Compaction: folds the log into a fresh base snapshot.
  *
- * It replays the backup into a temp SQLite file up to the last settled version (the change
+ * With the backup's warm shadow (shadow.ts), the new base is a copy of the shadow's settled
+ * state (every change but the last): no replay. Otherwise it replays the backup into a temp SQLite file up to the last settled version (the change
  * before the head when the head can still be rewound, so that one rewind stays possible),
  * takes a snapshot of it with SQLite's backup API (a captured backup: the pages applied to the
  * base, no SQL, and the file itself), and hands that to the backend to install.
@@ -14,6 +15,7 @@ import type { Backend, BackendStatus } from "../backup/backup.js";
 import { replayInto } from "./replay.js";
 import { Rewriter, type Rule } from "./rewrite.js";
 import { checkIntegrity } from "./restore.js";
+import type { Shadow } from "./shadow.js";
 
 /** Options for {@link compact}. */
 export interface CompactOptions {
@@ -25,6 +27,8 @@ export interface CompactOptions {
   readonly onProgress?: (done: number, total: number) => void;
   /** Abandons the compaction; nothing is installed, and it rejects with the signal's reason. */
   readonly signal?: AbortSignal;
+  /** The backup's shadow: its settled state is the new base when it is warm, instead of a replay. */
+  readonly shadow?: Shadow;
 }
 
 /** Record counts and bytes of a backup. */
@@ -78,6 +82,27 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
 
   const dir = fs.mkdtempSync(path.join(options.tmpDir ?? os.tmpdir(), "tidemark-compact-"));
   try {
+    const captured = before.settings?.capture === true;
+    if (options.shadow && !captured) {
+      const shadowPath = path.join(dir, "shadow.db");
+      const taken = await options.shadow.copySettled(backend, shadowPath);
+      if (taken && taken.version > liveFirst) {
+        const copied = performance.now();
+        options.signal?.throwIfAborted();
+        await backend.compact({ version: taken.version, timestamp: taken.timestamp, snapshot: () => fs.createReadStream(shadowPath, { highWaterMark: 1 << 20 }) });
+        const done = performance.now();
+        return {
+          baseVersion: taken.version,
+          before: footprint(before),
+          after: footprint(await backend.status()),
+          rewrites: rewriter.counts(),
+          replayMs: 0,
+          snapshotMs: copied - started,
+          installMs: done - copied,
+          durationMs: done - started,
+        };
+      }
+    }
     const replayPath = path.join(dir, "replay.db");
     const snapshotPath = path.join(dir, "snapshot.db");
     const replayed = await replayInto(backend, replayPath, {
@@ -89,7 +114,6 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
     const replayDone = performance.now();
     // A captured backup's new base is the rebuilt file itself, page for page (the backup API
     // would renumber nothing but would rewrite page 1's header); the pages after it apply to it.
-    const captured = before.settings?.capture === true;
     try {
       checkIntegrity(await replayed.db.integrityCheck(), replayed.version);
       if (!captured) await replayed.db.backup(snapshotPath);

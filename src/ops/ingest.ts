@@ -1,6 +1,10 @@
 /**
- * Takes a change into a backend under the version rules.
+ * Takes a change into a backend under the version rules, after checking it against the
+ * backup's shadow (shadow.ts): statements that cannot apply are refused with E_REPLAY, a
+ * snapshot that is not a sound SQLite file with E_INPUT, before anything is durable.
  */
+import fs from "node:fs";
+import path from "node:path";
 import type { Backend, ChangeToStore, SyncBackend } from "../backup/backup.js";
 import type { CapturedPages, ChangeInput } from "../model/change.js";
 import { statementSql } from "../model/change.js";
@@ -8,6 +12,52 @@ import { sameStatements } from "../model/change-json.js";
 import { checkDeterministic } from "../model/determinism.js";
 import { InputError } from "../util/errors.js";
 import { decide, type Action } from "../model/version-rules.js";
+import { Shadow, type ShadowOptions } from "./shadow.js";
+import { checkSnapshotFile, spoolSnapshot } from "./snapshot-check.js";
+
+const shadows = new WeakMap<Backend, Shadow>();
+/** The shadow in use for each shadow file: a backup reopened in this process takes over its file. */
+const byFile = new Map<string, Shadow>();
+
+/** The shadow of `backend`, made on first use with `options`. */
+export function shadowOf(backend: Backend, options?: ShadowOptions): Shadow {
+  let shadow = shadows.get(backend);
+  if (!shadow) {
+    shadow = new Shadow(backend.location, options);
+    // The same backup opened before (and closed without closeShadow): its shadow lets go of the
+    // file cleanly, and this one resyncs from it.
+    byFile.get(shadow.file)?.close();
+    byFile.set(shadow.file, shadow);
+    shadows.set(backend, shadow);
+  }
+  return shadow;
+}
+
+/** Warms `backend`'s shadow now (a rebuild after a crash is a replay), so that the first change does not wait. */
+export async function prepareShadow(backend: Backend, options?: ShadowOptions): Promise<void> {
+  await shadowOf(backend, options).prepare(backend);
+}
+
+/** Closes `backend`'s shadow cleanly (the next open resyncs instead of rebuilding); call before closing the backend. */
+export function closeShadow(backend: Backend): void {
+  const shadow = shadows.get(backend);
+  if (!shadow) return;
+  shadow.close();
+  shadows.delete(backend);
+  if (byFile.get(shadow.file) === shadow) byFile.delete(shadow.file);
+}
+
+/** Rewinds the backup's last change, and the shadow's. */
+export async function rewindChange(backend: Backend): Promise<void> {
+  await backend.rewind();
+  shadows.get(backend)?.rewound(backend);
+}
+
+/** rewindChange, synchronously. */
+export function rewindChangeSync(backend: SyncBackend): void {
+  backend.rewindSync();
+  shadows.get(backend)?.rewound(backend);
+}
 
 /** What happened to an ingested change. */
 export interface IngestResult {
@@ -34,30 +84,94 @@ export interface IngestOptions {
    * accepted) where they came in.
    */
   readonly allowNondeterministic?: boolean;
+  /**
+   * Check the change against the backup's shadow before storing it (the default). Only copies
+   * of changes a backup already took (copy, replicas) pass false, which also skips the
+   * determinism check. Captured pages are never checked.
+   */
+  readonly validate?: boolean;
+  /** Where the shadow lives and its rewrite rules; used when the backup's shadow is first made. */
+  readonly shadow?: ShadowOptions;
 }
 
 /**
- * Applies the version rules to `change` and stores it; resolves once it is durable. Calls for
- * one backend must not overlap. A redo (the head's version again) is one record that replaces
- * the head; a redo identical to the head is acknowledged without a write.
+ * Applies the version rules to `change`, checks it against the backup's shadow, and stores
+ * it; resolves once it is durable. Calls for one backend must not overlap. A redo (the head's
+ * version again) is one record that replaces the head; a redo identical to the head is
+ * acknowledged without a write.
  */
 export async function applyChange(backend: Backend, change: ChangeInput, options: IngestOptions = {}): Promise<IngestResult> {
   const { action, toStore, clamped } = plan(backend, change, options);
-  if (action === "rewind-then-append" && (await repeatsHead(backend, toStore))) return { version: change.version, action: "unchanged" };
-  await backend.addChange(toStore);
+  const redo = action === "rewind-then-append";
+  if (redo && (await repeatsHead(backend, toStore))) return { version: change.version, action: "unchanged" };
+  if (options.validate === false || toStore.captured) {
+    await backend.addChange(toStore);
+    return result(change.version, action, clamped);
+  }
+  const shadow = shadowOf(backend, options.shadow);
+  if (toStore.snapshot) {
+    await applySnapshot(backend, shadow, toStore);
+    return result(change.version, action, clamped);
+  }
+  await shadow.prepare(backend);
+  const trial = await shadow.begin(backend, toStore, redo);
+  try {
+    await backend.addChange(toStore);
+  } catch (err) {
+    shadow.abort(backend, trial);
+    throw err;
+  }
+  shadow.settle(backend, toStore);
   return result(change.version, action, clamped);
 }
 
-/** applyChange for a transaction-only change, synchronously, on a backend that can. */
+/**
+ * applyChange for a transaction-only change, synchronously, on a backend that can. The change
+ * is checked when the shadow is warm (or resyncs from its clean marker); after a crash it is
+ * stored unchecked until an asynchronous call (or prepareShadow) has rebuilt the shadow.
+ */
 export function applyChangeSync(backend: SyncBackend, change: ChangeInput, options: IngestOptions = {}): IngestResult {
   if (change.snapshot) throw new InputError("a snapshot cannot be stored synchronously; use applyChange");
   const { action, toStore, clamped } = plan(backend, change, options);
-  backend.addChangeSync(toStore);
+  const redo = action === "rewind-then-append";
+  const shadow = options.validate === false || toStore.captured ? null : shadowOf(backend, options.shadow);
+  const trial = shadow?.prepareSync(backend) ? shadow.beginSync(backend, toStore, redo) : null;
+  try {
+    backend.addChangeSync(toStore);
+  } catch (err) {
+    if (trial) shadow!.abort(backend, trial);
+    throw err;
+  }
+  if (trial) shadow!.settle(backend, toStore);
+  else shadow?.forget(); // stored unchecked: the next prepare() rebuilds the state
   return result(change.version, action, clamped);
 }
 
 function result(version: number, action: Action, clamped: number | undefined): IngestResult {
   return { version, action, ...(clamped !== undefined && { timestampClampedTo: clamped }) };
+}
+
+/**
+ * A change carrying a snapshot: spooled to a private temp file, checked, its transaction applied
+ * to a copy, stored from the file (replacing the last change in the same record for a redo),
+ * and then the checked file becomes the shadow's state.
+ */
+async function applySnapshot(backend: Backend, shadow: Shadow, toStore: ChangeToStore): Promise<void> {
+  const spooled = await spoolSnapshot(toStore.snapshot!, path.join(path.dirname(shadow.file), "tmp"));
+  let state = spooled;
+  try {
+    checkSnapshotFile(spooled, toStore.version);
+    if (toStore.transaction?.length) {
+      state = `${spooled}.state`;
+      await fs.promises.copyFile(spooled, state, fs.constants.COPYFILE_FICLONE);
+      shadow.applyToFile(state, toStore);
+    }
+    await backend.addChange({ ...toStore, snapshot: fs.createReadStream(spooled, { highWaterMark: 1 << 20 }) });
+    shadow.replaceWith(backend, state, toStore);
+  } finally {
+    fs.rmSync(spooled, { force: true });
+    if (state !== spooled) fs.rmSync(state, { force: true });
+  }
 }
 
 /** Validates a change and decides what the version rules make of it. */
@@ -73,7 +187,7 @@ function plan(backend: Backend, change: ChangeInput, options: IngestOptions): { 
   if (change.timestamp !== undefined && !(Number.isSafeInteger(change.timestamp) && change.timestamp >= 0)) {
     throw new InputError(`change ${change.version}: timestamp must be an integer of milliseconds >= 0, got ${String(change.timestamp)}`);
   }
-  if (!options.allowNondeterministic && change.transaction) {
+  if (!options.allowNondeterministic && options.validate !== false && change.transaction) {
     for (const st of change.transaction) checkDeterministic(statementSql(st));
   }
   const continuation = change.continuation === true;

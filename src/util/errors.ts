@@ -23,6 +23,7 @@ export const ERROR_CODES = {
   E_LOCKED: "another process holds the backup's writer lock",
   E_RANGE: "the requested version is not held by the backup",
   E_RESTORE: "replaying the backup into SQLite failed",
+  E_REPLAY: "a change's statements cannot apply to the backup's state, so it was refused before anything was stored",
   E_BACKEND: "the storage backend failed an operation",
   E_CLOSED: "the backend was used after close(), or written through a read-only one",
   E_NOT_FOUND: "no database with that name is configured",

@@ -1,0 +1,460 @@
+/**
+ * The shadow: a warm SQLite database per write-ahead backup holding the backup's state, where
+ * every incoming change is applied before it is acknowledged (DESIGN.md, "An ack means
+ * restorable"). A change whose statements fail there is refused with E_REPLAY before anything
+ * is durable.
+ *
+ * The state after every record but the last is committed; the last record stays applied in an
+ * open transaction, so that a rewind is a ROLLBACK and each change is applied once. A crash
+ * leaves no `.clean` marker (it is written at close and removed at open), so the next open
+ * rebuilds the shadow by a replay; a clean one resyncs by comparing the marker with the head.
+ * Open connections are capped (least recently used closed first), each with a small cache.
+ *
+ * Where it lives: `TIDEMARK_SHADOW_DIR`, else `$STATE_DIRECTORY/shadows` (systemd), else
+ * `$XDG_STATE_HOME/tidemark/shadows` (`~/.local/state/...`): one file per backup location,
+ * named by a hash of it; directories 0700, files 0600.
+ */
+import crypto from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import Database from "better-sqlite3";
+import type { Backend, BackendHead, ChangeToStore } from "../backup/backup.js";
+import type { Statement } from "../model/change.js";
+import { TidemarkError } from "../util/errors.js";
+import { removeDatabaseFiles } from "../util/durable-fs.js";
+import { replayInto } from "./replay.js";
+import { Rewriter, type Rule } from "./rewrite.js";
+
+/** Shadow connections open at once in a process; the least recently used is closed first. */
+export const MAX_OPEN_SHADOWS = 32;
+/** Page cache per shadow connection, in KiB. */
+const CACHE_KIB = 2048;
+
+/** How a shadow is set up. */
+export interface ShadowOptions {
+  /** The directory of shadow files; {@link defaultShadowDir} by default. */
+  readonly dir?: string;
+  /** Rewrite rules applied to each statement, as restore applies them. */
+  readonly rules?: readonly Rule[];
+}
+
+/** The per-user (or per-service) directory of shadow databases. */
+export function defaultShadowDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.TIDEMARK_SHADOW_DIR) return env.TIDEMARK_SHADOW_DIR;
+  if (env.STATE_DIRECTORY) return path.join(env.STATE_DIRECTORY.split(":")[0]!, "shadows");
+  return path.join(env.XDG_STATE_HOME || path.join(os.homedir(), ".local", "state"), "tidemark", "shadows");
+}
+
+interface Marker {
+  readonly version: number;
+  readonly prevVersion: number | null;
+  readonly timestamp?: number;
+  readonly mode: number;
+}
+
+/** A change applied in the shadow and not yet durable in the backup. */
+export interface Trial {
+  readonly head: BackendHead;
+  /** The durable last change the trial's rewind rolled back, to put back if the trial fails. */
+  readonly undone: ChangeToStore | null;
+  /** Set when the rewind was done by a rebuild to the version before the last. */
+  readonly rebuilt: boolean;
+}
+
+const openShadows = new Map<Shadow, true>();
+let exitHooked = false;
+
+/** A backup's shadow database. Calls must not overlap, as applyChange calls must not. */
+export class Shadow {
+  /** The shadow's SQLite file. */
+  readonly file: string;
+  readonly #marker: string;
+  readonly #rewriter: Rewriter;
+  #db: Database.Database | null = null;
+  /** The head the state matches (the last change included); null when unknown. */
+  #synced: BackendHead | null = null;
+  /** The last durable change, applied in the open transaction; null when all is committed. */
+  #last: ChangeToStore | null = null;
+  /** Timestamps of the newest change in the state, and of the newest committed one. */
+  #lastTs: number | undefined;
+  #committedTs: number | undefined;
+  /** The base's journal mode byte (header offset 18): 1 rollback, 2 WAL. */
+  #mode = 1;
+  #trial: Trial | null = null;
+  #copying = 0;
+
+  constructor(location: string, options: ShadowOptions = {}) {
+    const dir = options.dir ?? defaultShadowDir();
+    const key = crypto.createHash("sha256").update(location).digest("hex").slice(0, 32);
+    this.file = path.join(dir, `${key}.db`);
+    this.#marker = `${this.file}.clean`;
+    this.#rewriter = new Rewriter(options.rules ?? []);
+  }
+
+  /** Brings the state to `backend`'s head: resynced from a clean marker, else rebuilt by a replay. */
+  async prepare(backend: Backend): Promise<void> {
+    const head = backend.head();
+    if (this.#db && this.#synced && sameHead(this.#synced, head)) return this.#touch();
+    if (!this.#db && this.#synced && sameHead(this.#synced, head) && fs.existsSync(this.#marker)) {
+      this.#open();
+      return;
+    }
+    const marker = readMarker(this.#marker);
+    if (!this.#db && marker && fs.existsSync(this.file)) {
+      const status = await backend.status();
+      if (status.version === marker.version && status.headTimestamp === marker.timestamp) {
+        this.#mode = marker.mode;
+        this.#lastTs = this.#committedTs = marker.timestamp;
+        this.#open();
+        this.#synced = backend.head();
+        return;
+      }
+    }
+    await this.#rebuild(backend, head.version);
+    this.#synced = backend.head();
+  }
+
+  /**
+   * prepare() without I/O beyond the shadow's own files, for synchronous callers: true when the
+   * state matches the head (warm, resynced from a clean marker, or an empty backup).
+   */
+  prepareSync(backend: Backend): boolean {
+    const head = backend.head();
+    if (this.#synced && sameHead(this.#synced, head)) {
+      if (!this.#db) {
+        if (!fs.existsSync(this.#marker)) return false;
+        this.#open();
+      }
+      return true;
+    }
+    if (this.#db) return false;
+    const marker = readMarker(this.#marker);
+    if (marker && marker.version === head.version && marker.prevVersion === head.prevVersion && fs.existsSync(this.file)) {
+      this.#mode = marker.mode;
+      this.#lastTs = this.#committedTs = marker.timestamp;
+      this.#open();
+      this.#synced = head;
+      return true;
+    }
+    if (head.version !== 0) return false;
+    removeDatabaseFiles(this.file);
+    this.#mode = 1;
+    this.#lastTs = this.#committedTs = undefined;
+    this.#open();
+    this.#synced = head;
+    return true;
+  }
+
+  /** Forgets the state: the next prepare() resyncs or rebuilds it. */
+  forget(): void {
+    this.#synced = null;
+  }
+
+  /** The backup's last change was rewound (by the caller, just now): undo it here too. */
+  rewound(backend: Backend): void {
+    const db = this.#db;
+    if (db && this.#last && this.#synced && db.inTransaction) {
+      db.exec("ROLLBACK");
+      this.#last = null;
+      this.#lastTs = this.#committedTs;
+      this.#synced = backend.head();
+    } else {
+      this.#synced = null;
+    }
+  }
+
+  /**
+   * Applies `change` on the state before it is stored; throws E_REPLAY (the state as before)
+   * when a statement fails. With `rewind`, the last change is undone first. The caller then
+   * stores the change and calls settle() or abort().
+   */
+  async begin(backend: Backend, change: ChangeToStore, rewind: boolean): Promise<Trial> {
+    let rebuilt = false;
+    if (rewind && !this.#last) {
+      await this.#rebuild(backend, backend.head().prevVersion ?? 0);
+      rebuilt = true;
+    }
+    return this.#begin(backend, change, rewind && !rebuilt, rebuilt);
+  }
+
+  /** begin() for synchronous callers; null when the rewind it needs takes a rebuild (a replay). */
+  beginSync(backend: Backend, change: ChangeToStore, rewind: boolean): Trial | null {
+    if (rewind && !this.#last) return null;
+    return this.#begin(backend, change, rewind, false);
+  }
+
+  #begin(backend: Backend, change: ChangeToStore, rollbackLast: boolean, rebuilt: boolean): Trial {
+    const head = backend.head();
+    let undone: ChangeToStore | null = null;
+    const db = this.#connection();
+    if (rollbackLast && this.#last) {
+      db.exec("ROLLBACK");
+      undone = this.#last;
+      this.#last = null;
+      this.#lastTs = this.#committedTs;
+    }
+    this.#commitLast();
+    db.exec("BEGIN");
+    try {
+      this.#run(db, change);
+    } catch (err) {
+      db.exec("ROLLBACK");
+      if (undone) this.#reapply(undone);
+      else if (rebuilt) this.#synced = null;
+      throw err;
+    }
+    this.#trial = { head, undone, rebuilt };
+    return this.#trial;
+  }
+
+  /** The trial's change is durable: it becomes the undoable last change. */
+  settle(backend: Backend, change: ChangeToStore): void {
+    this.#trial = null;
+    this.#last = change;
+    this.#lastTs = change.timestamp;
+    this.#synced = backend.head();
+  }
+
+  /** Storing the trial's change failed: its statements are rolled back, the state follows the head. */
+  abort(backend: Backend, trial: Trial): void {
+    this.#trial = null;
+    const db = this.#db;
+    if (db?.inTransaction) db.exec("ROLLBACK");
+    const now = backend.head();
+    if (sameHead(now, trial.head)) {
+      if (trial.undone) this.#reapply(trial.undone);
+      this.#synced = trial.rebuilt ? null : now;
+    } else {
+      // The rewind was stored but not the change: the state is the rewound one.
+      this.#synced = now.version === trial.head.prevVersion && now.prevVersion === null ? now : null;
+    }
+  }
+
+  /**
+   * Takes `file` (a checked snapshot, with `change`'s transaction already applied) as the new
+   * state once `change` is durable. The file is moved.
+   */
+  replaceWith(backend: Backend, file: string, change: ChangeToStore): void {
+    this.#closeConnection(false);
+    removeDatabaseFiles(this.file);
+    fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
+    fs.renameSync(file, this.file);
+    this.#mode = readModeByte(this.file);
+    this.#lastTs = this.#committedTs = change.timestamp;
+    this.#open();
+    this.#synced = backend.head();
+  }
+
+  /** Applies `change`'s statements to the database in `file` and commits; throws E_REPLAY. */
+  applyToFile(file: string, change: ChangeToStore): void {
+    const db = new Database(file, { fileMustExist: true });
+    try {
+      db.exec("BEGIN");
+      this.#run(db, change);
+      db.exec("COMMIT");
+    } finally {
+      db.close();
+    }
+  }
+
+  /**
+   * Copies the settled state (every change but the last, which must be a whole version: not a
+   * continuation) into `dest` without stalling ingest, as a rollback-journal file when the base
+   * was one. Returns its version and timestamp, or null when the shadow cannot give it now.
+   */
+  async copySettled(backend: Backend, dest: string): Promise<{ version: number; timestamp: number } | null> {
+    const head = backend.head();
+    const db = this.#db;
+    if (!db || !this.#last || this.#trial || !this.#synced || !sameHead(this.#synced, head)) return null;
+    if (head.prevVersion === null || head.prevVersion === head.version || this.#committedTs === undefined) return null;
+    const version = head.prevVersion;
+    const timestamp = this.#committedTs;
+    // Only committed frames are copied into the main file; with checkpoints off until the copy
+    // is done, the main file then holds exactly the settled state while ingest goes on in the WAL.
+    const reader = new Database(this.file, { fileMustExist: true });
+    try {
+      const [row] = reader.pragma("wal_checkpoint(PASSIVE)") as { busy: number; log: number; checkpointed: number }[];
+      if (!row || row.busy !== 0 || row.log !== row.checkpointed) return null;
+    } finally {
+      reader.close();
+    }
+    db.pragma("wal_autocheckpoint = 0");
+    this.#copying++;
+    try {
+      await fs.promises.copyFile(this.file, dest);
+    } finally {
+      this.#copying--;
+      this.#db?.pragma("wal_autocheckpoint = 1000");
+    }
+    // Closed meanwhile (closing checkpoints into the main file): the copy may be torn.
+    if (this.#db !== db) return null;
+    if (this.#mode !== 2) {
+      const fd = fs.openSync(dest, "r+");
+      try {
+        fs.writeSync(fd, Buffer.from([1, 1]), 0, 2, 18);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    return { version, timestamp };
+  }
+
+  /** Commits what is durable, writes the clean marker and closes the connection. */
+  close(): void {
+    this.#closeConnection(true);
+  }
+
+  #run(db: Database.Database, change: ChangeToStore): void {
+    const list = change.transaction ?? [];
+    for (let i = 0; i < list.length; i++) {
+      const st = this.#rewriter.empty ? list[i]! : this.#rewriter.rewrite(list[i]!);
+      try {
+        if (typeof st === "string") db.exec(st);
+        else if (st.params === undefined) db.exec(st.sql);
+        else db.prepare(st.sql).run(st.params as never);
+      } catch (err) {
+        throw new TidemarkError("E_REPLAY", `change ${change.version}, statement ${i} cannot apply to the backup's state: ${oneLine((err as Error).message)}: ${excerpt(st)}`, {
+          hint: "nothing was stored; the host must not commit this transaction: fix the statement (or add a rewrite rule) and send the version again",
+          cause: err,
+        });
+      }
+    }
+  }
+
+  #reapply(change: ChangeToStore): void {
+    const db = this.#connection();
+    db.exec("BEGIN");
+    this.#run(db, change);
+    this.#last = change;
+    this.#lastTs = change.timestamp;
+  }
+
+  #commitLast(): void {
+    if (!this.#last) return;
+    const db = this.#connection();
+    if (db.inTransaction) db.exec("COMMIT");
+    this.#last = null;
+    this.#committedTs = this.#lastTs;
+  }
+
+  #connection(): Database.Database {
+    if (!this.#db) throw new TidemarkError("E_INTERNAL", "the shadow database is not open");
+    this.#touch();
+    return this.#db;
+  }
+
+  #open(): void {
+    for (const victim of openShadows.keys()) {
+      if (openShadows.size < MAX_OPEN_SHADOWS) break;
+      if (victim !== this && !victim.#trial && victim.#copying === 0) victim.#closeConnection(true);
+    }
+    fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
+    const db = new Database(this.file);
+    fs.chmodSync(this.file, 0o600);
+    // A crash from now on leaves no marker: the next open rebuilds.
+    fs.rmSync(this.#marker, { force: true });
+    db.pragma("journal_mode = WAL");
+    db.pragma("synchronous = NORMAL");
+    db.pragma(`cache_size = -${CACHE_KIB}`);
+    this.#db = db;
+    this.#touch();
+    if (!exitHooked) {
+      exitHooked = true;
+      process.once("exit", () => {
+        for (const s of [...openShadows.keys()]) s.#closeConnection(true);
+      });
+    }
+  }
+
+  #touch(): void {
+    openShadows.delete(this);
+    openShadows.set(this, true);
+  }
+
+  /** Closes the connection; with `clean`, commits the durable last change and writes the marker. */
+  #closeConnection(clean: boolean): void {
+    const db = this.#db;
+    if (!db) return;
+    openShadows.delete(this);
+    this.#db = null;
+    const inTrial = this.#trial !== null;
+    try {
+      if (db.inTransaction) db.exec(inTrial ? "ROLLBACK" : "COMMIT");
+      this.#last = null;
+      this.#committedTs = this.#lastTs;
+      db.close();
+    } catch {
+      this.#synced = null;
+      return;
+    }
+    if (!clean || inTrial || !this.#synced) {
+      this.#synced = null;
+      return;
+    }
+    const marker: Marker = { version: this.#synced.version, prevVersion: this.#synced.prevVersion, mode: this.#mode, ...(this.#lastTs !== undefined && { timestamp: this.#lastTs }) };
+    fs.writeFileSync(this.#marker, JSON.stringify(marker), { mode: 0o600 });
+  }
+
+  async #rebuild(backend: Backend, to: number): Promise<void> {
+    this.#closeConnection(false);
+    this.#last = null;
+    removeDatabaseFiles(this.file);
+    fs.rmSync(this.#marker, { force: true });
+    fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
+    if (to === 0) {
+      this.#mode = 1;
+      this.#lastTs = this.#committedTs = undefined;
+      this.#open();
+      return;
+    }
+    const tmp = `${this.file}.rebuild`;
+    removeDatabaseFiles(tmp);
+    try {
+      const replayed = await replayInto(backend, tmp, { to, rewriter: this.#rewriter });
+      await replayed.db.close();
+      this.#lastTs = this.#committedTs = replayed.timestamp;
+      fs.renameSync(tmp, this.file);
+    } catch (err) {
+      removeDatabaseFiles(tmp);
+      throw new TidemarkError("E_REPLAY", `the backup ${backend.location} cannot be replayed to version ${to} to check changes against it: ${(err as Error).message}`, {
+        hint: "the backup holds a change that does not restore (acknowledged before tidemark checked changes): send a fresh snapshot as a new base (tidemark init), or restore an earlier --version",
+        cause: err,
+      });
+    }
+    this.#mode = readModeByte(this.file);
+    this.#open();
+  }
+}
+
+function sameHead(a: BackendHead, b: BackendHead): boolean {
+  return a.version === b.version && a.prevVersion === b.prevVersion;
+}
+
+function readMarker(file: string): Marker | null {
+  try {
+    const m = JSON.parse(fs.readFileSync(file, "utf8")) as Marker;
+    return Number.isSafeInteger(m.version) ? m : null;
+  } catch {
+    return null;
+  }
+}
+
+function readModeByte(file: string): number {
+  const buf = Buffer.alloc(1);
+  const fd = fs.openSync(file, "r");
+  try {
+    return fs.readSync(fd, buf, 0, 1, 18) === 1 ? buf[0]! : 1;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s+/g, " ").trim();
+}
+
+function excerpt(st: Statement): string {
+  const flat = oneLine(typeof st === "string" ? st : st.sql);
+  return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
+}

@@ -1,0 +1,76 @@
+/**
+ * Checks that a snapshot is a sound SQLite file before it is acknowledged: its header against
+ * its size, then `PRAGMA quick_check`. A stream is spooled to a private temp file first.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { pipeline } from "node:stream/promises";
+import { Readable } from "node:stream";
+import Database from "better-sqlite3";
+import type { SnapshotSource } from "../model/change.js";
+import { InputError } from "../util/errors.js";
+
+const MAGIC = Buffer.from("SQLite format 3\0", "latin1");
+/** SQLite's database header: https://www.sqlite.org/fileformat.html#the_database_header */
+const HEADER_BYTES = 100;
+
+/** Writes `source` to a new file in `dir` (mode 0600) and returns its path. */
+export async function spoolSnapshot(source: SnapshotSource, dir: string): Promise<string> {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const file = path.join(dir, `snapshot-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.db`);
+  try {
+    await pipeline(Readable.from(source), fs.createWriteStream(file, { mode: 0o600, flags: "wx" }));
+  } catch (err) {
+    fs.rmSync(file, { force: true });
+    throw err;
+  }
+  return file;
+}
+
+/**
+ * Throws E_INPUT, naming what is wrong, unless `file` is a whole SQLite database: the magic
+ * string, a valid page size, a size of whole pages that matches the header's page count (when
+ * the header's count is valid), and a clean `PRAGMA quick_check`.
+ */
+export function checkSnapshotFile(file: string, version: number): void {
+  const what = `snapshot of version ${version}`;
+  const size = fs.statSync(file).size;
+  const header = Buffer.alloc(HEADER_BYTES);
+  const fd = fs.openSync(file, "r");
+  try {
+    fs.readSync(fd, header, 0, HEADER_BYTES, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const hint = "send a complete SQLite file: take it with the backup API (sqlite3 .backup, or better-sqlite3 db.backup()), not a copy of a file being written";
+  if (size < HEADER_BYTES || !header.subarray(0, MAGIC.length).equals(MAGIC)) {
+    throw new InputError(`${what}: not a SQLite database (${size < HEADER_BYTES ? `${size} bytes, shorter than the 100-byte header` : "no \"SQLite format 3\" header"})`, { hint });
+  }
+  const raw = header.readUInt16BE(16);
+  const pageSize = raw === 1 ? 65536 : raw;
+  if (pageSize < 512 || pageSize > 65536 || (pageSize & (pageSize - 1)) !== 0) {
+    throw new InputError(`${what}: the header's page size ${raw} is not a power of two from 512 to 65536`, { hint });
+  }
+  if (size % pageSize !== 0) {
+    throw new InputError(`${what}: the file has ${size} bytes, not a whole number of ${pageSize}-byte pages`, { hint });
+  }
+  const pages = header.readUInt32BE(28);
+  // The in-header size is valid only when "version-valid-for" matches the change counter.
+  if (pages > 0 && header.readUInt32BE(92) === header.readUInt32BE(24) && pages * pageSize !== size) {
+    throw new InputError(`${what}: header says ${pages} pages of ${pageSize} bytes = ${pages * pageSize}, file has ${size}`, { hint });
+  }
+  let rows: string[];
+  try {
+    const db = new Database(file, { fileMustExist: true });
+    try {
+      rows = (db.pragma("quick_check") as { quick_check: string }[]).map((r) => r.quick_check);
+    } finally {
+      db.close();
+    }
+  } catch (err) {
+    throw new InputError(`${what}: not a readable SQLite database: ${(err as Error).message}`, { hint, cause: err });
+  }
+  if (rows.length !== 1 || rows[0] !== "ok") {
+    throw new InputError(`${what} fails quick_check: ${rows.slice(0, 3).join("; ")}${rows.length > 3 ? ` (and ${rows.length - 3} more)` : ""}`, { hint });
+  }
+}
