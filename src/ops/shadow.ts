@@ -21,7 +21,7 @@ import path from "node:path";
 import Database from "better-sqlite3";
 import type { Backend, BackendHead, ChangeToStore } from "../backup/backup.js";
 import type { Statement } from "../model/change.js";
-import { TidemarkError } from "../util/errors.js";
+import { BackendError, TidemarkError } from "../util/errors.js";
 import { removeDatabaseFiles } from "../util/durable-fs.js";
 import { replayInto } from "./replay.js";
 import { Rewriter, type Rule } from "./rewrite.js";
@@ -314,6 +314,11 @@ export class Shadow {
         else if (st.params === undefined) db.exec(st.sql);
         else db.prepare(st.sql).run(st.params as never);
       } catch (err) {
+        if (isEnvironmentFailure(err)) {
+          // The shadow's own file failed (a full disk, say), not the statement: the next change rebuilds it.
+          this.#synced = null;
+          throw shadowFailure(this.file, "apply a change to", err);
+        }
         throw new TidemarkError("E_REPLAY", `change ${change.version}, statement ${i} cannot apply to the backup's state: ${oneLine((err as Error).message)}: ${excerpt(st)}`, {
           hint: "nothing was stored; the host must not commit this transaction: fix the statement (or add a rewrite rule) and send the version again",
           cause: err,
@@ -393,7 +398,12 @@ export class Shadow {
       return;
     }
     const marker: Marker = { version: this.#synced.version, prevVersion: this.#synced.prevVersion, mode: this.#mode, ...(this.#lastTs !== undefined && { timestamp: this.#lastTs }) };
-    fs.writeFileSync(this.#marker, JSON.stringify(marker), { mode: 0o600 });
+    try {
+      fs.writeFileSync(this.#marker, JSON.stringify(marker), { mode: 0o600 });
+    } catch {
+      // No marker (a full disk, say): the next open rebuilds, as after a crash.
+      fs.rmSync(this.#marker, { force: true });
+    }
   }
 
   async #rebuild(backend: Backend, to: number): Promise<void> {
@@ -417,6 +427,7 @@ export class Shadow {
       fs.renameSync(tmp, this.file);
     } catch (err) {
       removeDatabaseFiles(tmp);
+      if (isEnvironmentFailure(err)) throw shadowFailure(tmp, "rebuild", err);
       throw new TidemarkError("E_REPLAY", `the backup ${backend.location} cannot be replayed to version ${to} to check changes against it: ${(err as Error).message}`, {
         hint: "the backup holds a change that does not restore (acknowledged before tidemark checked changes): send a fresh snapshot as a new base (tidemark init), or restore an earlier --version",
         cause: err,
@@ -425,6 +436,30 @@ export class Shadow {
     this.#mode = readModeByte(this.file);
     this.#open();
   }
+}
+
+/**
+ * SQLite result codes (and errnos) that say the shadow's own storage failed, not the change:
+ * a full disk, an I/O error, a file that cannot be opened or written.
+ */
+const ENVIRONMENT_CODE = /^(SQLITE_(FULL|IOERR|CANTOPEN|NOMEM|READONLY|BUSY|LOCKED|CORRUPT|NOTADB|PERM|PROTOCOL)|ENOSPC|EDQUOT|EIO|EROFS|EACCES|EPERM)/;
+const ENVIRONMENT_MESSAGE = /database or disk is full|disk I\/O error|unable to open database file|attempt to write a readonly database|ENOSPC|EDQUOT/;
+
+/** Whether `err` (or what caused it: the replay worker wraps its errors) is a failure of the shadow's storage. */
+function isEnvironmentFailure(err: unknown): boolean {
+  for (let e = err as { code?: unknown; message?: unknown; cause?: unknown } | undefined; e; e = e.cause as typeof e) {
+    if (typeof e.code === "string" && ENVIRONMENT_CODE.test(e.code)) return true;
+    if (typeof e.message === "string" && ENVIRONMENT_MESSAGE.test(e.message)) return true;
+  }
+  return false;
+}
+
+/** The error for a shadow whose storage failed: nothing was stored, and the change itself may be fine. */
+function shadowFailure(file: string, what: string, err: unknown): BackendError {
+  return new BackendError("shadow", what, file, oneLine((err as Error).message), {
+    cause: err,
+    hint: `free disk space in ${path.dirname(file)} (or point TIDEMARK_SHADOW_DIR elsewhere); nothing was stored, retry the change`,
+  });
 }
 
 function sameHead(a: BackendHead, b: BackendHead): boolean {

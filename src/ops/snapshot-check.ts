@@ -8,11 +8,14 @@ import { pipeline } from "node:stream/promises";
 import { Readable } from "node:stream";
 import Database from "better-sqlite3";
 import type { SnapshotSource } from "../model/change.js";
-import { InputError } from "../util/errors.js";
+import { InputError, asBackendError } from "../util/errors.js";
 
 const MAGIC = Buffer.from("SQLite format 3\0", "latin1");
 /** SQLite's database header: https://www.sqlite.org/fileformat.html#the_database_header */
 const HEADER_BYTES = 100;
+
+/** Errors writing the spooled copy that are the local disk's, not the snapshot's. */
+const SPOOL_ERRNOS = new Set(["ENOSPC", "EDQUOT", "EIO", "EROFS"]);
 
 /** Writes `source` to a new file in `dir` (mode 0600) and returns its path. */
 export async function spoolSnapshot(source: SnapshotSource, dir: string): Promise<string> {
@@ -22,6 +25,8 @@ export async function spoolSnapshot(source: SnapshotSource, dir: string): Promis
     await pipeline(Readable.from(source), fs.createWriteStream(file, { mode: 0o600, flags: "wx" }));
   } catch (err) {
     fs.rmSync(file, { force: true });
+    // The spool's own disk (not the sender) failed: say where, and that nothing was stored.
+    if (SPOOL_ERRNOS.has((err as NodeJS.ErrnoException).code ?? "")) throw asBackendError("shadow", "spool a snapshot to", file, err);
     throw err;
   }
   return file;

@@ -1,4 +1,3 @@
-import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
@@ -14,27 +13,14 @@ import { ManagedDatabase } from "../../src/daemon/managed-database.js";
 import { Metrics } from "../../src/daemon/metrics.js";
 import { silentLogger } from "../../src/util/logger.js";
 import { waitFor } from "../helpers/daemon.js";
+import { mountSmallDisk } from "../helpers/small-disk.js";
 import { tmpDir } from "../helpers/tmp.js";
 
 /**
- * A real full disk: a 1 MiB tmpfs (the test runs as root). Where mounting is not allowed (some
- * CI containers), a stand-in is used instead and said so: the `enospc:` backend below is the
- * real file backend whose snapshot writes fail with ENOSPC half-way while `standIn.full` is set.
+ * Where mounting is not allowed, a stand-in is used instead and said so: the `enospc:` backend
+ * below is the real file backend whose snapshot writes fail with ENOSPC half-way while
+ * `standIn.full` is set.
  */
-function mountSmallDisk(dir: string): boolean {
-  // TIDEMARK_TEST_NO_MOUNT=1 runs the stand-in where mounting would work.
-  if (process.env.TIDEMARK_TEST_NO_MOUNT === "1") return false;
-  try {
-    execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", dir], { stdio: "ignore" });
-  } catch {
-    return false;
-  }
-  onTestFinished(() => {
-    execFileSync("umount", ["-l", dir]);
-  });
-  return true;
-}
-
 const standIn = { full: false };
 registerBackend("enospc", async (url, options) => {
   const storage = await createFileStorage(pathToFileURL(url.pathname), options);

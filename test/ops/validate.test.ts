@@ -3,12 +3,14 @@ import path from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { openBackend } from "../../src/backup/registry.js";
+import type { TidemarkError } from "../../src/util/errors.js";
 import { Journal, backendSink } from "../../src/host/journal.js";
 import { applyChange, closeShadow } from "../../src/ops/ingest.js";
 import { MAX_OPEN_SHADOWS } from "../../src/ops/shadow.js";
 import { restore } from "../../src/ops/restore.js";
 import { runCli } from "../helpers/cli.js";
 import { expectSameDb } from "../helpers/sqlite.js";
+import { mountSmallDisk } from "../helpers/small-disk.js";
 import { tmpDir } from "../helpers/tmp.js";
 import { FakeLightningd } from "../fixtures/cln/fake-lightningd.js";
 
@@ -155,5 +157,46 @@ describe("a change is checked against the backup's state before it is stored", (
         await b.close();
       }
     }
+  });
+
+  it("a full disk under the shadow is a storage error naming the directory, not a bad statement; nothing is stored, and the change is taken once there is room", async (ctx) => {
+    const dir = tmpDir();
+    const shadows = path.join(dir, "shadows");
+    fs.mkdirSync(shadows);
+    if (!mountSmallDisk(shadows)) {
+      // A full disk cannot be produced without mount; there is no honest stand-in for SQLite's own writes.
+      console.warn("mount is not allowed here: the full-disk shadow test cannot run");
+      ctx.skip();
+    }
+    const opts = { shadow: { dir: shadows } };
+    const location = path.join(dir, "backup");
+    const b = await openBackend(location, { mode: "create" });
+    try {
+      await applyChange(b, { version: 1, transaction: ["CREATE TABLE t (x)"] }, opts);
+      closeShadow(b);
+      // Fill the disk, and drop the shadow: the next change must rebuild it there.
+      for (const f of fs.readdirSync(shadows)) fs.rmSync(path.join(shadows, f), { recursive: true, force: true });
+      const filler = path.join(shadows, "filler");
+      fs.writeFileSync(filler, Buffer.alloc(1 << 20));
+      const logBefore = (await b.status()).bytes;
+      const err = await applyChange(b, { version: 2, transaction: ["INSERT INTO t VALUES (2)"] }, opts).catch((e: unknown) => e);
+      expect((err as TidemarkError).code).toBe("E_BACKEND");
+      expect((err as TidemarkError).message).toMatch(/^\[shadow\] /);
+      expect((err as TidemarkError).hint).toMatch(new RegExp(`free disk space in ${shadows}`));
+      expect(b.head().version).toBe(1);
+      expect((await b.status()).bytes).toBe(logBefore);
+      fs.rmSync(filler);
+      expect((await applyChange(b, { version: 2, transaction: ["INSERT INTO t VALUES (2)"] }, opts)).action).toBe("append");
+    } finally {
+      closeShadow(b);
+      await b.close();
+    }
+    const r = await openBackend(location, { mode: "read" });
+    try {
+      await restore(r, path.join(dir, "out.db"));
+    } finally {
+      await r.close();
+    }
+    expect(rows(path.join(dir, "out.db"))).toEqual([2]);
   });
 });
