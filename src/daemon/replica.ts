@@ -22,7 +22,7 @@ import type { Backend, BackendOptions, BackendStatus, ChangeToStore } from "../b
 import type { Statement } from "../model/change.js";
 import { openOrCreateBackend } from "../backup/registry.js";
 import { TidemarkError } from "../util/errors.js";
-import { applyChange } from "../ops/ingest.js";
+import { applyCopy } from "../ops/ingest.js";
 import type { Logger } from "../util/logger.js";
 
 /** How often a replica with nothing to do checks again. */
@@ -211,19 +211,7 @@ export class ReplicaFeeder {
           continue;
         }
         await flush();
-        // The primary validated the change (or was told to accept it): a copy is never checked again.
-        await applyChange(
-          replica,
-          {
-            version: change.version,
-            timestamp: change.timestamp,
-            ...(change.snapshot && { snapshot: change.snapshot.open() }),
-            ...(change.transaction && { transaction: change.transaction }),
-            ...(change.continuation && { continuation: true }),
-            ...(change.captured && { captured: change.captured }),
-          },
-          { validate: false },
-        );
+        await applyCopy(replica, change);
         this.#version = replica.head().version;
         this.#timestamp = change.timestamp;
       }

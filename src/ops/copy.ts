@@ -9,7 +9,7 @@ import type { Backend, BackendStatus } from "../backup/backup.js";
 import type { StoredChange } from "../model/change.js";
 import { sameStatements } from "../model/change-json.js";
 import { TidemarkError } from "../util/errors.js";
-import { applyChange } from "./ingest.js";
+import { applyChange, applyCopy } from "./ingest.js";
 import { refuseDamagedHead } from "./point-in-time.js";
 
 /** Options for {@link copyBackup}. */
@@ -98,19 +98,7 @@ async function copyInto(src: Backend, dst: Backend, from: BackendStatus, started
       const head = dst.head().version;
       // Held already, from the previous generation's copy of the same change.
       if (change.version < head || (change.version === head && (await sameAsHead(dst, change)))) continue;
-      // The source holds the change already: a copy takes it as it is.
-      await applyChange(
-        dst,
-        {
-          version: change.version,
-          timestamp: change.timestamp,
-          ...(change.snapshot && { snapshot: change.snapshot.open() }),
-          ...(change.transaction && { transaction: change.transaction }),
-          ...(change.continuation && { continuation: true }),
-          ...(change.captured && { captured: change.captured }),
-        },
-        { validate: false },
-      );
+      await applyCopy(dst, change);
       changes++;
       if (change.snapshot) snapshots++;
       done = Math.max(done, change.version - from.firstVersion + 1);

@@ -6,7 +6,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import type { Backend, ChangeToStore, SyncBackend } from "../backup/backup.js";
-import type { CapturedPages, ChangeInput } from "../model/change.js";
+import type { CapturedPages, ChangeInput, StoredChange } from "../model/change.js";
 import { statementSql } from "../model/change.js";
 import { sameStatements } from "../model/change-json.js";
 import { checkDeterministic } from "../model/determinism.js";
@@ -123,6 +123,25 @@ export async function applyChange(backend: Backend, change: ChangeInput, options
   }
   shadow.settle(backend, toStore);
   return result(change.version, action, clamped);
+}
+
+/**
+ * Stores a change another backup holds already (a copy, a replica): under the version rules,
+ * as it is, since it was checked (or accepted) where it came in; its snapshot is read anew.
+ */
+export function applyCopy(backend: Backend, change: StoredChange): Promise<IngestResult> {
+  return applyChange(
+    backend,
+    {
+      version: change.version,
+      timestamp: change.timestamp,
+      ...(change.snapshot && { snapshot: change.snapshot.open() }),
+      ...(change.transaction && { transaction: change.transaction }),
+      ...(change.continuation && { continuation: true }),
+      ...(change.captured && { captured: change.captured }),
+    },
+    { validate: false },
+  );
 }
 
 /**

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli, spawnCli } from "../helpers/cli.js";
 import { runCrashScenario } from "../helpers/crash.js";
 import { S3_RESTARTABLE, startS3, type S3Server } from "../helpers/s3.js";
-import { expectSameDb } from "../helpers/sqlite.js";
+import { expectSameDb, rows as rowsOf } from "../helpers/sqlite.js";
 import { tmpDir } from "../helpers/tmp.js";
 
 let s3: S3Server;
@@ -23,14 +23,7 @@ afterAll(async () => {
 const lines = (...changes: object[]) => changes.map((c) => JSON.stringify(c)).join("\n") + "\n";
 const insert = (v: number) => ({ version: v, transaction: [{ sql: "INSERT INTO t VALUES (?, ?)", params: [{ $bigint: String(v) }, `row ${v}`] }] });
 
-function rows(file: string): unknown[] {
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare("SELECT b FROM t ORDER BY a").pluck().all();
-  } finally {
-    db.close();
-  }
-}
+const rows = (file: string): unknown[] => rowsOf(file, "SELECT b FROM t ORDER BY a");
 
 describe("S3 backend: crashes", () => {
   it("kills during ingest, rewind, compact and restore lose nothing acked and replay nothing rewound", async () => {

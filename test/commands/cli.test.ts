@@ -5,6 +5,7 @@ import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { CLI, runCli } from "../helpers/cli.js";
 import { tmpDir } from "../helpers/tmp.js";
+import { rows as rowsOf } from "../helpers/sqlite.js";
 
 const COMMANDS = ["init", "ingest", "status", "restore", "compact", "rewind", "verify"];
 
@@ -26,14 +27,6 @@ async function backupWith(n: number): Promise<{ dir: string; backup: string }> {
   return { dir, backup };
 }
 
-function rowsOf(file: string): unknown[] {
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare("SELECT x FROM t ORDER BY rowid").pluck().all();
-  } finally {
-    db.close();
-  }
-}
 
 describe("cli: help and usage", () => {
   it("every command has help with a usage line", async () => {

@@ -9,6 +9,7 @@ import { describe, expect, it } from "vitest";
 import { runCli } from "../helpers/cli.js";
 import { request, startDaemon } from "../helpers/daemon.js";
 import { tmpDir } from "../helpers/tmp.js";
+import { rows as rowsOf } from "../helpers/sqlite.js";
 
 const lines = (...changes: object[]) => changes.map((c) => JSON.stringify(c)).join("\n") + "\n";
 
@@ -22,14 +23,6 @@ async function backupWith(dir: string, n: number): Promise<string> {
   return backup;
 }
 
-function rowsOf(file: string): unknown[] {
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare("SELECT x FROM t ORDER BY rowid").pluck().all();
-  } finally {
-    db.close();
-  }
-}
 
 describe("restore --if-db-not-exists and --if-replica-exists", () => {
   it("--if-db-not-exists exits 0 and touches nothing when the database exists, without reading the backup", async () => {

@@ -7,17 +7,10 @@ import { request, startDaemon, waitFor, type DaemonProcess } from "../helpers/da
 import { runCli } from "../helpers/cli.js";
 import { tmpDir } from "../helpers/tmp.js";
 import os from "node:os";
+import { rows } from "../helpers/sqlite.js";
 
 const change = (version: number, sql: string) => JSON.stringify({ version, transaction: [sql] });
 
-function rows(file: string, sql = "SELECT x FROM t ORDER BY rowid"): unknown[] {
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare(sql).pluck().all();
-  } finally {
-    db.close();
-  }
-}
 
 describe("daemon HTTP API on the Unix socket", () => {
   let d: DaemonProcess;

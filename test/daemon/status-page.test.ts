@@ -7,23 +7,15 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import Database from "better-sqlite3";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { request, startDaemon, type DaemonProcess } from "../helpers/daemon.js";
 import os from "node:os";
+import { rows } from "../helpers/sqlite.js";
 
 const CHROMIUM = "/usr/bin/chromium";
 const KEY = "status-page-test-key-0123456789";
 
-function rows(file: string): unknown[] {
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare("SELECT x FROM t ORDER BY rowid").pluck().all();
-  } finally {
-    db.close();
-  }
-}
 
 async function post(d: DaemonProcess, db: string, version: number, sql: string): Promise<void> {
   const r = await request(d.socket, "POST", `/v1/dbs/${db}/changes`, JSON.stringify({ version, transaction: [sql] }));

@@ -3,19 +3,11 @@ import path from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { request, startDaemon, waitFor, type DaemonProcess } from "../helpers/daemon.js";
-import { expectSameDb } from "../helpers/sqlite.js";
+import { expectSameDb, rows } from "../helpers/sqlite.js";
 import { tmpDir } from "../helpers/tmp.js";
 
 const change = (version: number, ...sql: string[]) => JSON.stringify({ version, transaction: sql });
 
-function rows(file: string, sql = "SELECT x FROM t ORDER BY rowid"): unknown[] {
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare(sql).pluck().all();
-  } finally {
-    db.close();
-  }
-}
 
 /** Every file under `dir`, with its size: what a refused change must leave alone. */
 function files(dir: string): Record<string, number> {

@@ -15,6 +15,7 @@ import { encodeDocument } from "../../src/backup/documents.js";
 import { restore } from "../../src/ops/restore.js";
 import { runCli } from "../helpers/cli.js";
 import { tmpDir } from "../helpers/tmp.js";
+import { rows as rowsOf } from "../helpers/sqlite.js";
 
 const SECRET_ROW = "the launch codes are 0000";
 
@@ -37,14 +38,7 @@ async function fill(location: string, options: Omit<BackendOptions, "mode">, fro
   return b;
 }
 
-function rows(file: string): unknown[] {
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare("SELECT x FROM t").pluck().all();
-  } finally {
-    db.close();
-  }
-}
+const rows = (file: string): unknown[] => rowsOf(file, "SELECT x FROM t");
 
 function allBytes(dir: string): Buffer {
   return Buffer.concat(fs.readdirSync(dir).map((n) => fs.readFileSync(path.join(dir, n))));

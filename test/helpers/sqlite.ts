@@ -53,3 +53,13 @@ export function expectSameDb(actual: string, expected: string): void {
     expect(a.tables[name], `rows of ${name}`).toEqual(b.tables[name]);
   }
 }
+
+/** The first column of `sql`'s rows in the database at `file`, opened read-only. */
+export function rows(file: string, sql = "SELECT x FROM t ORDER BY rowid"): unknown[] {
+  const db = new Database(file, { readonly: true });
+  try {
+    return db.prepare(sql).pluck().all();
+  } finally {
+    db.close();
+  }
+}

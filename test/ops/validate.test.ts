@@ -9,19 +9,11 @@ import { applyChange, closeShadow } from "../../src/ops/ingest.js";
 import { MAX_OPEN_SHADOWS } from "../../src/ops/shadow.js";
 import { restore } from "../../src/ops/restore.js";
 import { runCli } from "../helpers/cli.js";
-import { expectSameDb } from "../helpers/sqlite.js";
+import { expectSameDb, rows } from "../helpers/sqlite.js";
 import { mountSmallDisk } from "../helpers/small-disk.js";
 import { tmpDir } from "../helpers/tmp.js";
 import { FakeLightningd } from "../fixtures/cln/fake-lightningd.js";
 
-function rows(file: string, sql = "SELECT x FROM t ORDER BY rowid"): unknown[] {
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare(sql).pluck().all();
-  } finally {
-    db.close();
-  }
-}
 
 const line = (version: number, ...sql: string[]) => `${JSON.stringify({ version, transaction: sql })}\n`;
 
