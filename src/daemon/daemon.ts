@@ -63,6 +63,7 @@ export class Daemon {
     const d = new Daemon(config, log);
     try {
       if (config.tmpDir) fs.mkdirSync(config.tmpDir, { recursive: true, mode: 0o700 });
+      if (config.shadowDir) fs.mkdirSync(config.shadowDir, { recursive: true, mode: 0o700 });
       // Before any database opens: a second daemon must say the socket is taken, not fail on
       // every backup's writer lock first.
       await checkSocket(config.socket);
@@ -168,6 +169,7 @@ export class Daemon {
         metrics: this.#metrics,
         groupCommit: c.groupCommit === "on" || (c.groupCommit === "auto" && c.databases.length > 1),
         ...(c.tmpDir && { tmpDir: c.tmpDir }),
+        ...(c.shadowDir && { shadowDir: c.shadowDir }),
       });
       this.#dbs.set(config.name, db);
       this.#failed.delete(config.name);
