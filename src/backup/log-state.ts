@@ -69,6 +69,11 @@ export class LogState {
     return this.#prevTimestamp;
   }
 
+  /** Sets the change-before-the-head's timestamp once read from its record (at open). */
+  set prevTimestamp(timestamp: number | undefined) {
+    this.#prevTimestamp = timestamp;
+  }
+
   /** Version of the newest live base snapshot; 0 when the log starts from an empty database. */
   get baseVersion(): number {
     return this.snapshots.at(-1)?.version ?? 0;

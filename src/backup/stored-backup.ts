@@ -166,6 +166,10 @@ export class StoredBackup implements Backend {
   async #checkHead(): Promise<void> {
     const s = this.#live.state;
     if (s.headEntry) s.headTimestamp = (await readRecord(this.#storage, this.#live.id, s.headEntry, this.#codec.keyring)).timestamp;
+    // A redo of the head follows the change before it: its timestamp clamps the redo's.
+    if (s.prevVersion !== null && s.prevEntry && s.prevTimestamp === undefined) {
+      s.prevTimestamp = (await readRecord(this.#storage, this.#live.id, s.prevEntry, this.#codec.keyring)).timestamp;
+    }
     const damage = await checkBase(this.#storage, this.#live);
     if (damage) throw damage;
   }

@@ -98,6 +98,8 @@ const configSchema = z.strictObject({
   maxChangeBytes: size.default("16MiB"),
   groupCommit: z.enum(["auto", "on", "off"]).default("auto"),
   tmpDir: z.string().min(1).optional(),
+  /** Where the databases' shadows live (ops/shadow.ts); its default otherwise. */
+  shadowDir: z.string().min(1).optional(),
   /** Backup downloads and verify-now, per client: a burst, then one per `every`. */
   rateLimit: z
     .strictObject({ burst: z.number().int().min(0).default(5), every: duration.default("1m") })
@@ -164,6 +166,8 @@ export interface Config {
   /** Overlap the flushes of several databases: "auto" does when more than one is configured. */
   readonly groupCommit: "auto" | "on" | "off";
   readonly tmpDir?: string;
+  /** Absolute path of the shadow databases' directory; ops/shadow.ts's default when absent. */
+  readonly shadowDir?: string;
   /** The token bucket each client gets for downloads and verify-now (burst 0: no limit). */
   readonly rateLimit: RateLimit;
   readonly log: { readonly level: string; readonly format: "json" | "text" };
@@ -272,6 +276,7 @@ export function buildConfig(raw: unknown, baseDir: string, source: string, env: 
     maxChangeBytes: parseSize(c.maxChangeBytes),
     groupCommit: c.groupCommit,
     ...(c.tmpDir !== undefined && { tmpDir: resolvePath(c.tmpDir) }),
+    ...(c.shadowDir !== undefined && { shadowDir: resolvePath(c.shadowDir) }),
     rateLimit: { burst: c.rateLimit.burst, everyMs: durationMs(c.rateLimit.every) },
     log: { level: c.log.level, format: c.log.format },
     databases: c.databases.map((db) => ({

@@ -6,6 +6,7 @@ import fs from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import os from "node:os";
+import path from "node:path";
 import type { Config, DatabaseConfig } from "./config.js";
 import { ManagedDatabase } from "./managed-database.js";
 import { ConfigError, TidemarkError } from "../util/errors.js";
@@ -13,6 +14,8 @@ import { createApiHandler, type ApiContext } from "./http-api.js";
 import type { Logger } from "../util/logger.js";
 import { Metrics } from "./metrics.js";
 import { Spool } from "./spool.js";
+import { defaultShadowDir } from "../ops/shadow.js";
+import { sweepStaleSpools } from "../ops/snapshot-check.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { SOCKET_MODE, applyAccess, type AccessGroup } from "./access-group.js";
 
@@ -63,6 +66,10 @@ export class Daemon {
     const d = new Daemon(config, log);
     try {
       if (config.tmpDir) fs.mkdirSync(config.tmpDir, { recursive: true, mode: 0o700 });
+      if (config.shadowDir) fs.mkdirSync(config.shadowDir, { recursive: true, mode: 0o700 });
+      // Snapshot uploads a crash cut short (their process is gone) are removed before any database opens.
+      const stale = sweepStaleSpools(path.join(config.shadowDir ?? defaultShadowDir(), "tmp"));
+      if (stale.length > 0) log.info({ files: stale }, `removed ${stale.length} snapshot temp file(s) left by a process that is gone`);
       // Before any database opens: a second daemon must say the socket is taken, not fail on
       // every backup's writer lock first.
       await checkSocket(config.socket);
@@ -168,6 +175,7 @@ export class Daemon {
         metrics: this.#metrics,
         groupCommit: c.groupCommit === "on" || (c.groupCommit === "auto" && c.databases.length > 1),
         ...(c.tmpDir && { tmpDir: c.tmpDir }),
+        ...(c.shadowDir && { shadowDir: c.shadowDir }),
       });
       this.#dbs.set(config.name, db);
       this.#failed.delete(config.name);

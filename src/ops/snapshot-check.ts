@@ -9,6 +9,7 @@ import { Readable } from "node:stream";
 import Database from "better-sqlite3";
 import type { SnapshotSource } from "../model/change.js";
 import { InputError, asBackendError } from "../util/errors.js";
+import { isProcessAlive } from "../util/pid.js";
 
 const MAGIC = Buffer.from("SQLite format 3\0", "latin1");
 /** SQLite's database header: https://www.sqlite.org/fileformat.html#the_database_header */
@@ -17,9 +18,42 @@ const HEADER_BYTES = 100;
 /** Errors writing the spooled copy that are the local disk's, not the snapshot's. */
 const SPOOL_ERRNOS = new Set(["ENOSPC", "EDQUOT", "EIO", "EROFS"]);
 
+/** Names of the temp files spoolSnapshot (and ingest's `.state` copies) make: the pid that made them. */
+const SPOOL_NAME_RE = /^snapshot-([0-9]+)-[0-9]+-[0-9a-z]+\.db(?:\.state)?$/;
+/** Directories swept of stale temp files by this process. */
+const swept = new Set<string>();
+
+/**
+ * Removes the temp files in `dir` that a process which is no longer running left behind (a
+ * crash mid-snapshot): those named by spoolSnapshot whose pid is gone. Files of a live process,
+ * and files of other names, are left alone. Returns the paths removed; a missing `dir` is none.
+ */
+export function sweepStaleSpools(dir: string): string[] {
+  swept.add(dir);
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw err;
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const pid = SPOOL_NAME_RE.exec(name)?.[1];
+    if (pid === undefined || isProcessAlive(Number(pid))) continue;
+    const file = path.join(dir, name);
+    if (!fs.lstatSync(file, { throwIfNoEntry: false })?.isFile()) continue;
+    fs.rmSync(file, { force: true });
+    removed.push(file);
+  }
+  return removed;
+}
+
+
 /** Writes `source` to a new file in `dir` (mode 0600) and returns its path. */
 export async function spoolSnapshot(source: SnapshotSource, dir: string): Promise<string> {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (!swept.has(dir)) sweepStaleSpools(dir);
   const file = path.join(dir, `snapshot-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.db`);
   try {
     await pipeline(Readable.from(source), fs.createWriteStream(file, { mode: 0o600, flags: "wx" }));

@@ -110,6 +110,27 @@ describe("cln init", () => {
     expect(r.stderr).toMatch(/has no vars table: it is not a Core Lightning database/);
     expect(fs.existsSync(path.join(dir, "backup.lock"))).toBe(false);
   });
+
+  it("refuses a node database with random bytes after its header, and one cut short: no backup, no backup.lock", async () => {
+    for (const bad of ["junk", "cut"] as const) {
+      const { root, dir } = lightningDir();
+      const file = nodeDb(dir, 7);
+      if (bad === "junk") {
+        fs.writeFileSync(file, Buffer.concat([Buffer.from("SQLite format 3\0", "latin1"), Buffer.from(Array.from({ length: 8176 }, (_, i) => (i * 7919 + 13) % 256))]));
+      } else {
+        const db = new Database(file);
+        db.exec("CREATE TABLE big (b); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO big SELECT printf('%0100d', i) FROM n");
+        db.close();
+        fs.truncateSync(file, 4096 * 2);
+      }
+      const backup = path.join(root, "backup");
+      const r = await runCli(["cln", "init", backup, "--lightning-dir", dir]);
+      expect(r.code, `${bad}: ${r.stderr}`).toBe(1);
+      expect(r.stderr).toMatch(/^Error: .*lightningd\.sqlite3: not a readable SQLite database: /m);
+      expect(fs.existsSync(path.join(dir, "backup.lock"))).toBe(false);
+      expect(fs.existsSync(backup)).toBe(false);
+    }
+  });
 });
 
 describe("cln commands: help and usage", () => {

@@ -66,4 +66,21 @@ describe("tidemark ingest: the version rules' doors", () => {
     expect(s.headTimestamp).toBe(t);
     expect(s.generations[0].firstTimestamp).toBeLessThanOrEqual(t);
   });
+  it("clamps a redo right after a restart against the change before the head, read at open, and says so", async () => {
+    const b = await backup();
+    const t = Date.parse("2031-05-05T00:00:00Z");
+    const first = await runCli(["ingest", b], {
+      input:
+        line({ version: 2, timestamp: t, transaction: ["INSERT INTO t VALUES (2)"] }) +
+        line({ version: 3, timestamp: t + 1000, transaction: ["INSERT INTO t VALUES (3)"] }),
+    });
+    expect(first.code, first.stderr).toBe(0);
+    // A new process (the restart): the redo of 3 is earlier than version 2's timestamp.
+    const redo = await runCli(["ingest", b], { input: line({ version: 3, timestamp: t - 5000, transaction: ["INSERT INTO t VALUES (-3)"] }) });
+    expect(redo.code, redo.stderr).toBe(0);
+    expect(JSON.parse(redo.stdout)).toEqual({ version: 3, action: "rewind-then-append", timestampClampedTo: t });
+    const s = await head(b);
+    expect(s.version).toBe(3);
+    expect(s.headTimestamp).toBe(t);
+  });
 });

@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { buildConfig, defaultConfig, loadConfigFile } from "../../src/daemon/config.js";
 import { ConfigError } from "../../src/util/errors.js";
 import { tmpDir } from "../helpers/tmp.js";
+import { request, startDaemon } from "../helpers/daemon.js";
 
 function configError(fn: () => unknown): ConfigError {
   try {
@@ -16,6 +17,26 @@ function configError(fn: () => unknown): ConfigError {
 }
 
 describe("config", () => {
+  it("shadowDir is optional, resolved against the config file; the daemon creates it 0700 and keeps its shadows there", async () => {
+    expect(buildConfig({ databases: [{ name: "a", backend: "a" }] }, "/srv", "test").shadowDir).toBeUndefined();
+    expect(buildConfig({ shadowDir: "state/shadows", databases: [{ name: "a", backend: "a" }] }, "/srv", "test").shadowDir).toBe("/srv/state/shadows");
+    expect(configError(() => buildConfig({ shadowDir: "", databases: [{ name: "a", backend: "a" }] }, "/srv", "test")).message).toMatch(/shadowDir/);
+
+    const dir = tmpDir();
+    const elsewhere = path.join(dir, "env-shadows");
+    const d = await startDaemon(dir, { shadowDir: "state/shadows", databases: [{ name: "default", backend: "data" }] }, { TIDEMARK_SHADOW_DIR: elsewhere });
+    try {
+      const shadows = path.join(dir, "state/shadows");
+      expect(fs.statSync(shadows).mode & 0o777).toBe(0o700);
+      const r = await request(d.socket, "POST", "/v1/dbs/default/changes", JSON.stringify({ version: 1, transaction: ["CREATE TABLE t (x)"] }));
+      expect(r.status, r.body.toString()).toBe(200);
+      expect(fs.readdirSync(shadows).filter((n) => n.endsWith(".db"))).toHaveLength(1);
+      expect(fs.existsSync(elsewhere)).toBe(false);
+    } finally {
+      expect(await d.stop()).toBe(0);
+    }
+  });
+
   it("the embedded default serves one database from ./tidemark-data/default on ./tidemark.sock", () => {
     const c = defaultConfig("/srv/app");
     expect(c.socket).toBe("/srv/app/tidemark.sock");
