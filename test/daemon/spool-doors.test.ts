@@ -2,30 +2,12 @@ import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
-import { request, startDaemon, waitFor } from "../helpers/daemon.js";
-import { tmpDir } from "../helpers/tmp.js";
+import { request, spoolReasons, startDaemon, waitFor } from "../helpers/daemon.js";
+import { fileSizes, tmpDir } from "../helpers/tmp.js";
 
 const change = (version: number, ...sql: string[]) => JSON.stringify({ version, transaction: sql });
 
-/** The reasons written in rejected/, oldest first. */
-function reasons(spool: string): string[] {
-  const dir = path.join(spool, "rejected");
-  return fs
-    .readdirSync(dir)
-    .filter((n) => n.endsWith(".reason"))
-    .sort((a, b) => Number(a.split(".")[2]) - Number(b.split(".")[2]))
-    .map((n) => fs.readFileSync(path.join(dir, n), "utf8"));
-}
 
-/** Every file under `dir`, with its size: what a refused change must leave alone. */
-function files(dir: string): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const name of fs.readdirSync(dir, { recursive: true }) as string[]) {
-    const p = path.join(dir, name);
-    if (fs.statSync(p).isFile() && !name.endsWith("LOCK")) out[name] = fs.statSync(p).size;
-  }
-  return out;
-}
 
 const config = { spool: "spool", databases: [{ name: "default", backend: "data" }] };
 
@@ -38,14 +20,14 @@ describe("the spool door: snapshots are checked, an identical retry is taken as 
     const data = path.join(dir, "data");
     try {
       expect((await request(d.socket, "POST", "/v1/dbs/default/changes", change(1, "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)"))).status).toBe(200);
-      const before = files(data);
+      const before = fileSizes(data);
       const { errors: _none, ...statusBefore } = (await request(d.socket, "GET", "/v1/dbs/default")).json();
 
       const junk = path.join(dir, "junk.db");
       fs.writeFileSync(junk, Buffer.concat([Buffer.from("SQLite format 3\0", "latin1"), Buffer.from(Array.from({ length: 8176 }, (_, i) => (i * 7919 + 13) % 256))]));
       fs.writeFileSync(path.join(spool, "default", "5.json"), JSON.stringify({ version: 5, snapshot_path: junk }));
-      await waitFor(() => reasons(spool).length === 1, 10_000, d.logs);
-      expect(reasons(spool)[0]).toMatch(/^E_INPUT: snapshot of version 5: /);
+      await waitFor(() => spoolReasons(spool).length === 1, 10_000, d.logs);
+      expect(spoolReasons(spool)[0]).toMatch(/^E_INPUT: snapshot of version 5: /);
 
       const src = path.join(dir, "src.db");
       const db = new Database(src);
@@ -55,10 +37,10 @@ describe("the spool door: snapshots are checked, an identical retry is taken as 
       const cut = path.join(dir, "cut.db");
       fs.writeFileSync(cut, fs.readFileSync(src).subarray(0, 4096));
       fs.writeFileSync(path.join(spool, "default", "5.json"), JSON.stringify({ version: 5, snapshot_path: cut }));
-      await waitFor(() => reasons(spool).length === 2, 10_000, d.logs);
-      expect(reasons(spool)[1]).toMatch(new RegExp(`^E_INPUT: snapshot of version 5: header says ${size / 4096} pages of 4096 bytes = ${size}, file has 4096\\nTry: `));
+      await waitFor(() => spoolReasons(spool).length === 2, 10_000, d.logs);
+      expect(spoolReasons(spool)[1]).toMatch(new RegExp(`^E_INPUT: snapshot of version 5: header says ${size / 4096} pages of 4096 bytes = ${size}, file has 4096\\nTry: `));
 
-      expect(files(data)).toEqual(before);
+      expect(fileSizes(data)).toEqual(before);
       // Only the list of recent errors changes: the refusals are listed there.
       const { errors, ...statusAfter } = (await request(d.socket, "GET", "/v1/dbs/default")).json();
       expect(statusAfter).toEqual(statusBefore);
@@ -69,7 +51,7 @@ describe("the spool door: snapshots are checked, an identical retry is taken as 
       // The whole file is taken from the spool as a new base.
       fs.writeFileSync(path.join(spool, "default", "5.json"), JSON.stringify({ version: 5, snapshot_path: src }));
       await waitFor(() => !fs.existsSync(path.join(spool, "default", "5.json")), 10_000, d.logs);
-      expect(reasons(spool)).toHaveLength(2);
+      expect(spoolReasons(spool)).toHaveLength(2);
       expect((await request(d.socket, "GET", "/v1/dbs/default")).json().version).toBe(5);
     } finally {
       await d.stop();
@@ -87,13 +69,13 @@ describe("the spool door: snapshots are checked, an identical retry is taken as 
       await waitFor(() => !fs.existsSync(next(1)), 10_000, d.logs);
       fs.writeFileSync(next(2), change(2, "INSERT INTO t VALUES (2)"));
       await waitFor(() => !fs.existsSync(next(2)), 10_000, d.logs);
-      const before = files(data);
+      const before = fileSizes(data);
 
       // The host's retry of the file it wrote (it did not see it disappear in time).
       fs.writeFileSync(next(2), change(2, "INSERT INTO t VALUES (2)"));
       await waitFor(() => !fs.existsSync(next(2)), 10_000, d.logs);
       expect(fs.readdirSync(path.join(spool, "rejected"))).toEqual([]);
-      expect(files(data)).toEqual(before);
+      expect(fileSizes(data)).toEqual(before);
 
       // Different content for the head is a redo, one record that replaces it.
       fs.writeFileSync(next(2), change(2, "INSERT INTO t VALUES (-2)"));

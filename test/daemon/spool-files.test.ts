@@ -3,20 +3,11 @@ import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
-import { request, startDaemon, waitFor, type DaemonProcess } from "../helpers/daemon.js";
+import { request, spoolReasons, startDaemon, type DaemonProcess, waitFor } from "../helpers/daemon.js";
 import { tmpDir } from "../helpers/tmp.js";
 
 const change = (version: number, sql: string) => JSON.stringify({ version, transaction: [sql] });
 
-/** The reasons written in rejected/, oldest first. */
-function reasons(spool: string): string[] {
-  const dir = path.join(spool, "rejected");
-  return fs
-    .readdirSync(dir)
-    .filter((n) => n.endsWith(".reason"))
-    .sort((a, b) => Number(a.split(".")[2]) - Number(b.split(".")[2]))
-    .map((n) => fs.readFileSync(path.join(dir, n), "utf8"));
-}
 
 /** A request that fails after `ms` instead of waiting for a daemon that is stuck. */
 function within<T>(ms: number, p: Promise<T>): Promise<T> {
@@ -49,8 +40,8 @@ describe("the spool takes regular files only", () => {
       expect((await within(5_000, request(d.socket, "GET", "/healthz"))).status).toBe(200);
       const other = await within(5_000, request(d.socket, "POST", "/v1/dbs/other/changes", change(1, "CREATE TABLE t (x)")));
       expect(other.status).toBe(200);
-      await waitFor(() => reasons(spool).length === 1, 10_000, d.logs);
-      expect(reasons(spool)[0]).toMatch(/^E_INPUT: spool file \S+\/default\/1\.json is a FIFO, not a regular file; it was not read\nTry: /);
+      await waitFor(() => spoolReasons(spool).length === 1, 10_000, d.logs);
+      expect(spoolReasons(spool)[0]).toMatch(/^E_INPUT: spool file \S+\/default\/1\.json is a FIFO, not a regular file; it was not read\nTry: /);
       expect(fs.existsSync(path.join(spool, "default", "1.json"))).toBe(false);
       const moved = fs.readdirSync(path.join(spool, "rejected")).find((n) => n.endsWith(".json"))!;
       expect(fs.lstatSync(path.join(spool, "rejected", moved)).isFIFO()).toBe(true);
@@ -71,22 +62,22 @@ describe("the spool takes regular files only", () => {
     const next = path.join(spool, "default", "1.json");
     try {
       fs.symlinkSync("/dev/zero", next);
-      await waitFor(() => reasons(spool).length === 1, 10_000, d.logs);
-      expect(reasons(spool)[0]).toMatch(/^E_INPUT: spool file \S+ is a symbolic link, not a regular file; it was not read/);
+      await waitFor(() => spoolReasons(spool).length === 1, 10_000, d.logs);
+      expect(spoolReasons(spool)[0]).toMatch(/^E_INPUT: spool file \S+ is a symbolic link, not a regular file; it was not read/);
 
       // A link to a good change elsewhere is refused too: the spool never reads through a link.
       const elsewhere = path.join(dir, "elsewhere.json");
       fs.writeFileSync(elsewhere, change(1, "CREATE TABLE t (x)"));
       fs.symlinkSync(elsewhere, next);
-      await waitFor(() => reasons(spool).length === 2, 10_000, d.logs);
-      expect(reasons(spool)[1]).toMatch(/is a symbolic link, not a regular file/);
+      await waitFor(() => spoolReasons(spool).length === 2, 10_000, d.logs);
+      expect(spoolReasons(spool)[1]).toMatch(/is a symbolic link, not a regular file/);
       // The link was moved aside; its target is untouched.
       expect(fs.readFileSync(elsewhere, "utf8")).toBe(change(1, "CREATE TABLE t (x)"));
       expect((await request(d.socket, "GET", "/v1/dbs/default")).json().version).toBe(0);
 
       fs.mkdirSync(next);
-      await waitFor(() => reasons(spool).length === 3, 10_000, d.logs);
-      expect(reasons(spool)[2]).toMatch(/is a directory, not a regular file/);
+      await waitFor(() => spoolReasons(spool).length === 3, 10_000, d.logs);
+      expect(spoolReasons(spool)[2]).toMatch(/is a directory, not a regular file/);
       expect(fs.existsSync(next)).toBe(false);
 
       fs.writeFileSync(next, change(1, "CREATE TABLE t (x)"));
@@ -114,17 +105,17 @@ describe("the spool takes regular files only", () => {
       fs.writeFileSync(next, JSON.stringify({ version: 1, snapshot_path: fifo }));
       await new Promise((r) => setTimeout(r, 1_500));
       expect((await within(5_000, request(d.socket, "GET", "/healthz"))).status).toBe(200);
-      await waitFor(() => reasons(spool).length === 1, 10_000, d.logs);
-      expect(reasons(spool)[0]).toMatch(/^E_INPUT: snapshot_path \S+base\.fifo is a FIFO, not a regular file/);
+      await waitFor(() => spoolReasons(spool).length === 1, 10_000, d.logs);
+      expect(spoolReasons(spool)[0]).toMatch(/^E_INPUT: snapshot_path \S+base\.fifo is a FIFO, not a regular file/);
 
       fs.writeFileSync(next, JSON.stringify({ version: 1, snapshot_path: link }));
-      await waitFor(() => reasons(spool).length === 2, 10_000, d.logs);
-      expect(reasons(spool)[1]).toMatch(/^E_INPUT: snapshot_path \S+base-link\.db is a symbolic link, not a regular file/);
+      await waitFor(() => spoolReasons(spool).length === 2, 10_000, d.logs);
+      expect(spoolReasons(spool)[1]).toMatch(/^E_INPUT: snapshot_path \S+base-link\.db is a symbolic link, not a regular file/);
       expect((await request(d.socket, "GET", "/v1/dbs/default")).json().version).toBe(0);
 
       fs.writeFileSync(next, JSON.stringify({ version: 1, snapshot_path: sqlite }));
       await waitFor(() => !fs.existsSync(next), 10_000, d.logs);
-      expect(reasons(spool)).toHaveLength(2);
+      expect(spoolReasons(spool)).toHaveLength(2);
       const restored = path.join(dir, "restored.db");
       const r = await request(d.socket, "GET", "/v1/dbs/default/backup");
       expect(r.status).toBe(200);

@@ -4,20 +4,11 @@ import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { request, startDaemon, waitFor, type DaemonProcess } from "../helpers/daemon.js";
 import { expectSameDb, rows } from "../helpers/sqlite.js";
-import { tmpDir } from "../helpers/tmp.js";
+import { fileSizes, tmpDir } from "../helpers/tmp.js";
 
 const change = (version: number, ...sql: string[]) => JSON.stringify({ version, transaction: sql });
 
 
-/** Every file under `dir`, with its size: what a refused change must leave alone. */
-function files(dir: string): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const name of fs.readdirSync(dir, { recursive: true }) as string[]) {
-    const p = path.join(dir, name);
-    if (fs.statSync(p).isFile() && !name.endsWith("LOCK")) out[name] = fs.statSync(p).size;
-  }
-  return out;
-}
 
 async function download(d: DaemonProcess, out: string): Promise<string> {
   const r = await request(d.socket, "GET", "/v1/dbs/default/backup");
@@ -40,7 +31,7 @@ describe("daemon: a change is checked against the shadow before the ack", () => 
     try {
       expect((await post(d, 1, "CREATE TABLE t (x)")).status).toBe(200);
       expect((await post(d, 2, "INSERT INTO t VALUES (2)")).status).toBe(200);
-      const before = files(data);
+      const before = fileSizes(data);
       const bad = await post(d, 3, "INSERT INTO t VALUES (3)", "INSERT INTO nosuchtable VALUES (1)");
       expect(bad.status).toBe(409);
       expect(bad.body.code).toBe("E_REPLAY");
@@ -49,14 +40,14 @@ describe("daemon: a change is checked against the shadow before the ack", () => 
       expect(notSql.status).toBe(409);
       expect(notSql.body).toMatchObject({ code: "E_REPLAY", head: 2 });
       expect(notSql.body.error).toMatch(/statement 0 .*syntax error/);
-      expect(files(data)).toEqual(before);
+      expect(fileSizes(data)).toEqual(before);
 
       const spool = path.join(dir, "tidemark-spool");
       fs.writeFileSync(path.join(spool, "default", "3.json"), change(3, "UPDATE nosuchtable SET x = 1"));
       await waitFor(() => fs.readdirSync(path.join(spool, "rejected")).some((n) => n.endsWith(".reason")), 10_000, d.logs);
       const reason = fs.readdirSync(path.join(spool, "rejected")).find((n) => n.endsWith(".reason"))!;
       expect(fs.readFileSync(path.join(spool, "rejected", reason), "utf8")).toMatch(/^E_REPLAY: change 3, statement 0 cannot apply .*no such table: nosuchtable/);
-      expect(files(data)).toEqual(before);
+      expect(fileSizes(data)).toEqual(before);
 
       // The backup still restores, row by row, to the last good version; a good change follows.
       expect(rows(await download(d, path.join(dir, "at2.db")))).toEqual([2]);
@@ -121,7 +112,7 @@ describe("daemon: a change is checked against the shadow before the ack", () => 
     const data = path.join(dir, "tidemark-data/default");
     try {
       expect((await post(d, 1, "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)")).status).toBe(200);
-      const before = files(data);
+      const before = fileSizes(data);
       const junk = Buffer.concat([Buffer.from("SQLite format 3\0", "latin1"), Buffer.from(Array.from({ length: 8176 }, (_, i) => (i * 7919 + 13) % 256))]);
       const r = await request(d.socket, "POST", "/v1/dbs/default/snapshot?version=9", junk);
       expect(r.status).toBe(400);
@@ -136,7 +127,7 @@ describe("daemon: a change is checked against the shadow before the ack", () => 
       const cut = await request(d.socket, "POST", "/v1/dbs/default/snapshot?version=9", whole.subarray(0, 4096));
       expect(cut.status).toBe(400);
       expect(cut.json().error).toMatch(new RegExp(`^snapshot of version 9: header says ${whole.length / 4096} pages of 4096 bytes = ${whole.length}, file has 4096$`));
-      expect(files(data)).toEqual(before);
+      expect(fileSizes(data)).toEqual(before);
       expect(fs.readdirSync(path.join(dir, "shadows", "tmp"))).toEqual([]);
       // A whole one is taken, and becomes the state changes are checked against.
       expect((await request(d.socket, "POST", "/v1/dbs/default/snapshot?version=9", whole)).status).toBe(200);

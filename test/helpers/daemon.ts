@@ -99,3 +99,13 @@ export function request(
     req.end(body);
   });
 }
+
+/** The reasons the spool in `spool` wrote in rejected/, oldest first. */
+export function spoolReasons(spool: string): string[] {
+  const dir = path.join(spool, "rejected");
+  return fs
+    .readdirSync(dir)
+    .filter((n) => n.endsWith(".reason"))
+    .sort((a, b) => Number(a.split(".")[2]) - Number(b.split(".")[2]))
+    .map((n) => fs.readFileSync(path.join(dir, n), "utf8"));
+}

@@ -12,3 +12,13 @@ export function tmpDir(prefix = "tidemark-test-"): string {
   onTestFinished(() => fs.rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
+
+/** Every file under `dir` (the writer lock aside), with its size: what a refused change must leave alone. */
+export function fileSizes(dir: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const name of fs.readdirSync(dir, { recursive: true }) as string[]) {
+    const p = path.join(dir, name);
+    if (fs.statSync(p).isFile() && !name.endsWith("LOCK")) out[name] = fs.statSync(p).size;
+  }
+  return out;
+}

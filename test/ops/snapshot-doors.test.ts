@@ -6,7 +6,7 @@ import { openBackend } from "../../src/backup/registry.js";
 import { backendSink } from "../../src/host/journal.js";
 import { closeShadow } from "../../src/ops/ingest.js";
 import { runCli } from "../helpers/cli.js";
-import { tmpDir } from "../helpers/tmp.js";
+import { fileSizes, tmpDir } from "../helpers/tmp.js";
 import { buildDbak, type DbakRecordSpec } from "../fixtures/cln/dbak-writer.js";
 
 /** A valid 16-byte header and then `length` bytes that are not a database. */
@@ -22,15 +22,6 @@ function database(file: string): number {
   return fs.statSync(file).size;
 }
 
-/** Every file under `dir`, with its size. */
-function files(dir: string): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const name of fs.readdirSync(dir, { recursive: true }) as string[]) {
-    const p = path.join(dir, name);
-    if (fs.statSync(p).isFile() && !name.endsWith("LOCK")) out[name] = fs.statSync(p).size;
-  }
-  return out;
-}
 
 describe("a bad snapshot is refused through the Journal's sink and cln import", () => {
   it("backendSink.addSnapshot (how a Journal seeds an empty backup) refuses random bytes after a header and a file cut short; nothing is stored", async () => {
@@ -42,7 +33,7 @@ describe("a bad snapshot is refused through the Journal's sink and cln import", 
     const backend = await openBackend(location, { mode: "create" });
     try {
       const sink = backendSink(backend);
-      const before = files(location);
+      const before = fileSizes(location);
       fs.writeFileSync(path.join(dir, "junk.db"), junk(8176));
       await expect(sink.addSnapshot(1, path.join(dir, "junk.db"))).rejects.toMatchObject({ code: "E_INPUT", message: expect.stringMatching(/^snapshot of version 1: /) });
       const size = database(path.join(dir, "src.db"));
@@ -52,7 +43,7 @@ describe("a bad snapshot is refused through the Journal's sink and cln import", 
         message: `snapshot of version 1: header says ${size / 4096} pages of 4096 bytes = ${size}, file has 4096`,
       });
       expect(backend.head().version).toBe(0);
-      expect(files(location)).toEqual(before);
+      expect(fileSizes(location)).toEqual(before);
       expect(fs.readdirSync(path.join(shadows, "tmp"))).toEqual([]);
       // The whole file seeds the backup.
       await sink.addSnapshot(1, path.join(dir, "src.db"));
