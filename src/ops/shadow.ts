@@ -4,8 +4,11 @@
  * restorable"). A change whose statements fail there is refused with E_REPLAY before anything
  * is durable.
  *
- * The state after every record but the last is committed; the last record stays applied in an
- * open transaction, so that a rewind is a ROLLBACK and each change is applied once. A crash
+ * The state after every record but the last is settled; the last record stays applied in a
+ * savepoint of an open transaction, so that a rewind is a ROLLBACK TO it and each change is
+ * applied once. Settled changes are committed every COMMIT_EVERY changes (and at a clean close,
+ * and before a compaction copies the file), not one by one: a commit writes the WAL, and a crash
+ * rebuilds the shadow anyway. A crash
  * leaves no `.clean` marker (it is written at close and removed at open), so the next open
  * rebuilds the shadow by a replay; a clean one resyncs by comparing the marker with the head.
  * Open connections are capped (least recently used closed first), each with a small cache.
@@ -28,6 +31,10 @@ import { Rewriter, type Rule } from "./rewrite.js";
 
 /** Shadow connections open at once in a process; the least recently used is closed first. */
 export const MAX_OPEN_SHADOWS = 32;
+/** Settled changes held in the open transaction before it is committed. */
+const COMMIT_EVERY = 256;
+/** The savepoint holding the last change, the one a rewind undoes. */
+const UNDO_LAST = "ROLLBACK TO tidemark_last; RELEASE tidemark_last";
 /** Page cache per shadow connection, in KiB. */
 const CACHE_KIB = 2048;
 
@@ -83,6 +90,8 @@ export class Shadow {
   #mode = 1;
   #trial: Trial | null = null;
   #copying = 0;
+  /** Settled changes in the open transaction, not yet committed. */
+  #pending = 0;
 
   constructor(location: string, options: ShadowOptions = {}) {
     const dir = options.dir ?? defaultShadowDir();
@@ -155,7 +164,7 @@ export class Shadow {
   rewound(backend: Backend): void {
     const db = this.#db;
     if (db && this.#last && this.#synced && db.inTransaction) {
-      db.exec("ROLLBACK");
+      db.exec(UNDO_LAST);
       this.#last = null;
       this.#lastTs = this.#committedTs;
       this.#synced = backend.head();
@@ -189,18 +198,20 @@ export class Shadow {
     let undone: ChangeToStore | null = null;
     const db = this.#connection();
     if (rollbackLast && this.#last) {
-      db.exec("ROLLBACK");
+      db.exec(UNDO_LAST);
       undone = this.#last;
       this.#last = null;
       this.#lastTs = this.#committedTs;
     }
-    this.#commitLast();
-    db.exec("BEGIN");
+    this.#settleLast(db);
+    this.#savepoint(db);
     try {
       this.#run(db, change);
     } catch (err) {
-      db.exec("ROLLBACK");
-      if (undone) this.#reapply(undone);
+      if (!this.#undoTrial(db)) {
+        // SQLite rolled the whole transaction back (a full disk, say): settled changes went with it.
+        this.#synced = null;
+      } else if (undone) this.#reapply(undone);
       else if (rebuilt) this.#synced = null;
       throw err;
     }
@@ -220,9 +231,11 @@ export class Shadow {
   abort(backend: Backend, trial: Trial): void {
     this.#trial = null;
     const db = this.#db;
-    if (db?.inTransaction) db.exec("ROLLBACK");
+    const kept = db ? this.#undoTrial(db) : false;
     const now = backend.head();
-    if (sameHead(now, trial.head)) {
+    if (!kept) {
+      this.#synced = null;
+    } else if (sameHead(now, trial.head)) {
       if (trial.undone) this.#reapply(trial.undone);
       this.#synced = trial.rebuilt ? null : now;
     } else {
@@ -270,6 +283,7 @@ export class Shadow {
     if (head.prevVersion === null || head.prevVersion === head.version || this.#committedTs === undefined) return null;
     const version = head.prevVersion;
     const timestamp = this.#committedTs;
+    this.#commitSettled(db);
     // Only committed frames are copied into the main file; with checkpoints off until the copy
     // is done, the main file then holds exactly the settled state while ingest goes on in the WAL.
     const reader = new Database(this.file, { fileMustExist: true });
@@ -329,18 +343,48 @@ export class Shadow {
 
   #reapply(change: ChangeToStore): void {
     const db = this.#connection();
-    db.exec("BEGIN");
+    this.#savepoint(db);
     this.#run(db, change);
     this.#last = change;
     this.#lastTs = change.timestamp;
   }
 
-  #commitLast(): void {
+  /** Opens the savepoint a change is applied in, inside the open transaction (begun if need be). */
+  #savepoint(db: Database.Database): void {
+    if (!db.inTransaction) db.exec("BEGIN");
+    db.exec("SAVEPOINT tidemark_last");
+  }
+
+  /** Undoes the change in the savepoint; false when SQLite already rolled the whole transaction back. */
+  #undoTrial(db: Database.Database): boolean {
+    if (!db.inTransaction) return false;
+    db.exec(UNDO_LAST);
+    return true;
+  }
+
+  /** The last change is settled (another follows it): it joins the open transaction, committed every COMMIT_EVERY. */
+  #settleLast(db: Database.Database): void {
     if (!this.#last) return;
-    const db = this.#connection();
-    if (db.inTransaction) db.exec("COMMIT");
+    if (db.inTransaction) db.exec("RELEASE tidemark_last");
     this.#last = null;
     this.#committedTs = this.#lastTs;
+    if (++this.#pending >= COMMIT_EVERY && db.inTransaction) {
+      db.exec("COMMIT");
+      this.#pending = 0;
+    }
+  }
+
+  /** Commits every settled change, keeping the last one undoable (it is applied again in a new savepoint). */
+  #commitSettled(db: Database.Database): void {
+    const last = this.#last;
+    if (!db.inTransaction) return;
+    if (last) db.exec(UNDO_LAST);
+    db.exec("COMMIT");
+    this.#pending = 0;
+    if (last) {
+      this.#savepoint(db);
+      this.#run(db, last);
+    }
   }
 
   #connection(): Database.Database {
@@ -385,7 +429,9 @@ export class Shadow {
     this.#db = null;
     const inTrial = this.#trial !== null;
     try {
-      if (db.inTransaction) db.exec(inTrial ? "ROLLBACK" : "COMMIT");
+      if (inTrial) this.#undoTrial(db);
+      if (db.inTransaction) db.exec("COMMIT");
+      this.#pending = 0;
       this.#last = null;
       this.#committedTs = this.#lastTs;
       db.close();
