@@ -138,7 +138,9 @@ describe("readiness through systemd-notify", () => {
     try {
       await waitFor(() => fs.existsSync(notifySocket), 10_000);
       const d = await startDaemon(dir, { databases: [{ name: "a", backend: "data/a" }] }, { NOTIFY_SOCKET: notifySocket });
-      await waitFor(() => messages.some((m) => m.includes("READY=1")), 10_000, () => d.logs() + messages.join("\n---\n"));
+      // systemd-notify sends READY=1, then its barrier (BARRIER=1 with a descriptor the manager
+      // closes): both arrive, the barrier last.
+      await waitFor(() => messages.some((m) => m.includes("READY=1")) && messages.includes("BARRIER=1"), 10_000, () => d.logs() + messages.join("\n---\n"));
       const ready = messages.find((m) => m.includes("READY=1"))!.split("\n");
       expect(ready).toContain(`MAINPID=${d.child.pid}`);
       expect(ready).toContain("STATUS=serving 1 database(s)");
