@@ -121,7 +121,7 @@ async function benchRestoreChanges(dir: string, rows: Row[], changes: number): P
 }
 
 /** A database of random blobs of about `mb` MiB. */
-function bigDatabase(file: string, mb: number): void {
+export function bigDatabase(file: string, mb: number): void {
   const db = new Database(file);
   db.pragma("journal_mode = OFF");
   db.exec("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)");
