@@ -47,6 +47,21 @@ export function registerDaemon(program: Command): void {
         return;
       }
       const log = daemonLogger(config.log.level, { format: config.log.format });
+      // The handlers go in before anything starts: a SIGTERM while the databases open (or just
+      // after "ready", while the config watcher loads) would otherwise kill the process unclean.
+      const stopRequested = new Promise<void>((resolve) => {
+        let signals = 0;
+        const stop = (signal: string) => {
+          if (++signals > 1) {
+            log.warn({ signal }, "second signal: exiting at once");
+            process.exit(1);
+          }
+          log.info({ signal }, "stopping");
+          resolve();
+        };
+        process.on("SIGTERM", () => stop("SIGTERM"));
+        process.on("SIGINT", () => stop("SIGINT"));
+      });
       const daemon = await Daemon.start(config, log);
       const status = () => {
         const failed = daemon.failures.size;
@@ -78,19 +93,7 @@ export function registerDaemon(program: Command): void {
         debounce = setTimeout(() => reload("config file changed"), RELOAD_DEBOUNCE_MS);
       });
 
-      await new Promise<void>((resolve) => {
-        let signals = 0;
-        const stop = (signal: string) => {
-          if (++signals > 1) {
-            log.warn({ signal }, "second signal: exiting at once");
-            process.exit(1);
-          }
-          log.info({ signal }, "stopping");
-          resolve();
-        };
-        process.on("SIGTERM", () => stop("SIGTERM"));
-        process.on("SIGINT", () => stop("SIGINT"));
-      });
+      await stopRequested;
       if (debounce) clearTimeout(debounce);
       await watcher?.close();
       await notifySystemd({ STOPPING: "1", STATUS: "draining" }, log);

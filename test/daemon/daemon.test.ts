@@ -4,7 +4,7 @@ import path from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { request, startDaemon, waitFor, type DaemonProcess } from "../helpers/daemon.js";
-import { runCli } from "../helpers/cli.js";
+import { runCli, spawnCli } from "../helpers/cli.js";
 import { tmpDir } from "../helpers/tmp.js";
 import os from "node:os";
 import { rows } from "../helpers/sqlite.js";
@@ -397,6 +397,32 @@ describe("daemon drain", () => {
     const restored = rows(out) as number[];
     expect(restored.slice(0, acked.length)).toEqual(acked);
     expect(restored.length - acked.length).toBeLessThanOrEqual(1);
+  });
+});
+
+describe("daemon start", () => {
+  it("a SIGTERM while it starts, or just after it is ready, stops it cleanly: exit 0, the socket removed", async () => {
+    const dir = tmpDir();
+    const backup = path.join(dir, "backup");
+    expect((await runCli(["init", backup])).code).toBe(0);
+    expect((await runCli(["ingest", backup], { input: `${change(1, "CREATE TABLE t (x)")}\n` })).code).toBe(0);
+    fs.writeFileSync(path.join(dir, "c.json"), JSON.stringify({ databases: [{ name: "app", backend: "backup", restoreIfMissing: "app.db" }] }));
+    // Mid-start: the restore is logged before the socket listens. Just after "ready": the config
+    // watcher still loads (the window a test's quick stop once hit).
+    for (const when of ["restored the missing database file before serving", '"msg":"ready"']) {
+      fs.rmSync(path.join(dir, "app.db"), { force: true });
+      const child = spawnCli(["daemon", "--config", "c.json"], { cwd: dir });
+      let out = "";
+      child.stdout!.on("data", (d) => (out += d));
+      child.stderr!.on("data", (d) => (out += d));
+      const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+      await waitFor(() => out.includes(when), 15_000, () => out);
+      child.kill("SIGTERM");
+      expect(await exited, `${when}:\n${out}`).toBe(0);
+      expect(out).toMatch(/"msg":"stopping"/);
+      expect(fs.existsSync(path.join(dir, "tidemark.sock"))).toBe(false);
+      expect(rows(path.join(dir, "app.db"))).toEqual([]);
+    }
   });
 });
 
