@@ -313,7 +313,7 @@ export class StoredBackup implements Backend {
 
   lastTimestamps(): { readonly head?: number; readonly prev?: number } {
     const s = this.#live.state;
-    return { ...(s.headTimestamp !== undefined && { head: s.headTimestamp }), ...(s.prevTimestamp !== undefined && { prev: s.prevTimestamp }) };
+    return { head: s.headTimestamp, prev: s.prevTimestamp };
   }
 
   rewind(): Promise<void> {
@@ -386,7 +386,13 @@ export class StoredBackup implements Backend {
   #applied(g: Generation, rec: Buffer, version: number, timestamp: number | undefined, snapshot: string | undefined, type: RecordType): void {
     const continuation = (rec[6]! & FLAG_CONTINUATION) !== 0;
     const replacesLast = type === RecordType.Change && (rec[6]! & FLAG_REPLACES_LAST) !== 0;
-    g.state.apply({ type, version, position: g.end, length: rec.length, ...(timestamp !== undefined && { timestamp }), ...(snapshot && { snapshot }), ...(continuation && { continuation: true }), ...(replacesLast && { replacesLast: true }) });
+    // Built field by field, not by conditional spreads: this runs on every ack.
+    const entry: { -readonly [K in keyof LogEntry]: LogEntry[K] } = { type, version, position: g.end, length: rec.length };
+    if (timestamp !== undefined) entry.timestamp = timestamp;
+    if (snapshot) entry.snapshot = snapshot;
+    if (continuation) entry.continuation = true;
+    if (replacesLast) entry.replacesLast = true;
+    g.state.apply(entry);
     g.end += rec.length;
   }
 

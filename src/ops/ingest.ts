@@ -113,8 +113,9 @@ export async function applyChange(backend: Backend, change: ChangeInput, options
     await applySnapshot(backend, shadow, toStore);
     return result(change.version, action, clamped);
   }
-  await shadow.prepare(backend);
-  const trial = await shadow.begin(backend, toStore, redo);
+  // Without a promise when the shadow is warm and the change needs no replay: the common ack.
+  if (!shadow.isWarm(backend)) await shadow.prepare(backend);
+  const trial = shadow.beginSync(backend, toStore, redo) ?? (await shadow.begin(backend, toStore, redo));
   try {
     await backend.addChange(toStore);
   } catch (err) {
@@ -167,7 +168,7 @@ export function applyChangeSync(backend: SyncBackend, change: ChangeInput, optio
 }
 
 function result(version: number, action: Action, clamped: number | undefined): IngestResult {
-  return { version, action, ...(clamped !== undefined && { timestampClampedTo: clamped }) };
+  return clamped === undefined ? { version, action } : { version, action, timestampClampedTo: clamped };
 }
 
 /**
@@ -217,19 +218,14 @@ function plan(backend: Backend, change: ChangeInput, options: IngestOptions): { 
   const after = action === "rewind-then-append" ? times.prev : times.head;
   const given = change.timestamp ?? Date.now();
   const clamped = after !== undefined && given < after ? after : undefined;
-  return {
-    action,
-    ...(clamped !== undefined && { clamped }),
-    toStore: {
-      version: change.version,
-      timestamp: clamped ?? given,
-      ...(change.snapshot && { snapshot: change.snapshot }),
-      ...(change.transaction && { transaction: change.transaction }),
-      ...(continuation && { continuation: true }),
-      ...(action === "rewind-then-append" && { replacesLast: true }),
-      ...(change.captured && { captured: change.captured }),
-    },
-  };
+  // Built field by field, not by conditional spreads: this runs on every ack.
+  const toStore: { -readonly [K in keyof ChangeToStore]: ChangeToStore[K] } = { version: change.version, timestamp: clamped ?? given };
+  if (change.snapshot) toStore.snapshot = change.snapshot;
+  if (change.transaction) toStore.transaction = change.transaction;
+  if (continuation) toStore.continuation = true;
+  if (action === "rewind-then-append") toStore.replacesLast = true;
+  if (change.captured) toStore.captured = change.captured;
+  return clamped === undefined ? { action, toStore } : { action, toStore, clamped };
 }
 
 /**

@@ -70,6 +70,8 @@ export interface Trial {
 }
 
 const openShadows = new Map<Shadow, true>();
+/** The shadow last touched: the last key of openShadows, which a touch then leaves as it is. */
+let mostRecent: Shadow | null = null;
 let exitHooked = false;
 
 /** A backup's shadow database. Calls must not overlap, as applyChange calls must not. */
@@ -99,6 +101,11 @@ export class Shadow {
     this.file = path.join(dir, `${key}.db`);
     this.#marker = `${this.file}.clean`;
     this.#rewriter = new Rewriter(options.rules ?? []);
+  }
+
+  /** Whether the state is open and at `backend`'s head: prepare() would do nothing. */
+  isWarm(backend: Backend): boolean {
+    return this.#db !== null && this.#synced !== null && sameHead(this.#synced, backend.head());
   }
 
   /** Brings the state to `backend`'s head: resynced from a clean marker, else rebuilt by a replay. */
@@ -203,8 +210,7 @@ export class Shadow {
       this.#last = null;
       this.#lastTs = this.#committedTs;
     }
-    this.#settleLast(db);
-    this.#savepoint(db);
+    this.#settleAndOpen(db);
     try {
       this.#run(db, change);
     } catch (err) {
@@ -362,16 +368,27 @@ export class Shadow {
     return true;
   }
 
-  /** The last change is settled (another follows it): it joins the open transaction, committed every COMMIT_EVERY. */
-  #settleLast(db: Database.Database): void {
-    if (!this.#last) return;
-    if (db.inTransaction) db.exec("RELEASE tidemark_last");
-    this.#last = null;
-    this.#committedTs = this.#lastTs;
-    if (++this.#pending >= COMMIT_EVERY && db.inTransaction) {
-      db.exec("COMMIT");
-      this.#pending = 0;
+  /**
+   * Settles the last change, if any (another follows it: it joins the open transaction,
+   * committed every COMMIT_EVERY), and opens the savepoint the next change is applied in. One
+   * exec in the common case: this runs on every ack.
+   */
+  #settleAndOpen(db: Database.Database): void {
+    const inTransaction = db.inTransaction;
+    if (this.#last) {
+      this.#last = null;
+      this.#committedTs = this.#lastTs;
+      if (inTransaction) {
+        if (++this.#pending < COMMIT_EVERY) {
+          db.exec("RELEASE tidemark_last; SAVEPOINT tidemark_last");
+        } else {
+          db.exec("RELEASE tidemark_last; COMMIT; BEGIN; SAVEPOINT tidemark_last");
+          this.#pending = 0;
+        }
+        return;
+      }
     }
+    db.exec(inTransaction ? "SAVEPOINT tidemark_last" : "BEGIN; SAVEPOINT tidemark_last");
   }
 
   /** Commits every settled change, keeping the last one undoable (it is applied again in a new savepoint). */
@@ -417,8 +434,10 @@ export class Shadow {
   }
 
   #touch(): void {
+    if (mostRecent === this) return;
     openShadows.delete(this);
     openShadows.set(this, true);
+    mostRecent = this;
   }
 
   /** Closes the connection; with `clean`, commits the durable last change and writes the marker. */
@@ -426,6 +445,7 @@ export class Shadow {
     const db = this.#db;
     if (!db) return;
     openShadows.delete(this);
+    if (mostRecent === this) mostRecent = null;
     this.#db = null;
     const inTrial = this.#trial !== null;
     try {

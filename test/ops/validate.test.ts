@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { openBackend } from "../../src/backup/registry.js";
 import type { TidemarkError } from "../../src/util/errors.js";
 import { Journal, backendSink } from "../../src/host/journal.js";
-import { applyChange, closeShadow } from "../../src/ops/ingest.js";
+import { applyChange, closeShadow, shadowOf } from "../../src/ops/ingest.js";
 import { MAX_OPEN_SHADOWS } from "../../src/ops/shadow.js";
 import { restore } from "../../src/ops/restore.js";
 import { runCli } from "../helpers/cli.js";
@@ -118,6 +118,33 @@ describe("a change is checked against the backup's state before it is stored", (
       expect(rows(out, "SELECT id FROM payments ORDER BY id")).toEqual([1, 2, 3]);
     } finally {
       node.close();
+    }
+  });
+
+  it("stays exact across its periodic commits: redos and refusals on either side of every 256th change; after a clean close its file equals the restore", async () => {
+    const dir = tmpDir();
+    const opts = { shadow: { dir: path.join(dir, "shadows") } };
+    const b = await openBackend(path.join(dir, "b"), { mode: "create" });
+    try {
+      await applyChange(b, { version: 1, transaction: ["CREATE TABLE t (x UNIQUE)"] }, opts);
+      for (let v = 2; v <= 600; v++) {
+        await applyChange(b, { version: v, transaction: [`INSERT INTO t VALUES (${v})`] }, opts);
+        if ([255, 256, 257, 258, 511, 512, 513].includes(v)) {
+          // A redo undoes v in the shadow (its value is free again), and a refused change undoes nothing else.
+          await applyChange(b, { version: v, transaction: [`INSERT INTO t VALUES (${v})`, `INSERT INTO t VALUES (${-v})`] }, opts);
+          await expect(applyChange(b, { version: v + 1, transaction: [`INSERT INTO t VALUES (${v - 200})`] }, opts)).rejects.toMatchObject({ code: "E_REPLAY" });
+        }
+      }
+      const out = path.join(dir, "out.db");
+      await restore(b, out);
+      const expected = rows(out);
+      expect(expected.length).toBe(599 + 7);
+      const file = shadowOf(b).file;
+      closeShadow(b);
+      expect(rows(file)).toEqual(expected);
+    } finally {
+      closeShadow(b);
+      await b.close();
     }
   });
 
