@@ -43,7 +43,9 @@ export async function startDaemon(dir: string, config: object, timeoutMs = 10_00
   const file = path.join(dir, "tidemark.json");
   fs.writeFileSync(file, JSON.stringify({ log: { level: "warn" }, ...config }));
   const t0 = performance.now();
-  const child: ChildProcess = spawn(process.execPath, [CLI, "daemon", "--config", file], { cwd: dir, stdio: ["ignore", "pipe", "inherit"] });
+  // BENCH_DAEMON_NODE_ARGS: node flags for the daemon child, say "--cpu-prof --cpu-prof-dir=/tmp/p".
+  const nodeArgs = (process.env.BENCH_DAEMON_NODE_ARGS ?? "").split(" ").filter((a) => a !== "");
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, CLI, "daemon", "--config", file], { cwd: dir, stdio: ["ignore", "pipe", "inherit"] });
   const socket = path.join(dir, "tidemark.sock");
   while (!(await answers(socket))) {
     if (performance.now() - t0 > timeoutMs) throw new Error(`the daemon in ${dir} was not ready after ${timeoutMs} ms`);
@@ -341,7 +343,8 @@ async function manyDatabases(root: string, rows: Row[], count: number): Promise<
 /**
  * Runs every daemon benchmark into `rows`. BENCH_DAEMON_ROWS picks some (socket, sixteen,
  * group, stall, many; default all); BENCH_DAEMON_COMPACT_CHANGES, BENCH_DAEMON_DBS and
- * BENCH_DAEMON_SECONDS size them.
+ * BENCH_DAEMON_SECONDS size them; BENCH_DAEMON_NODE_ARGS passes node flags to the daemon
+ * children (a profile: "--cpu-prof --cpu-prof-dir=DIR").
  */
 export async function benchDaemon(root: string, rows: Row[], changes: number): Promise<void> {
   const only = new Set((process.env.BENCH_DAEMON_ROWS ?? "socket,sixteen,group,stall,many").split(","));
