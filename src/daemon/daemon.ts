@@ -11,6 +11,7 @@ import type { Config, DatabaseConfig } from "./config.js";
 import { ManagedDatabase } from "./managed-database.js";
 import { ConfigError, TidemarkError } from "../util/errors.js";
 import { createApiHandler, type ApiContext } from "./http-api.js";
+import { IngestChannels } from "./ingest-channel.js";
 import type { Logger } from "../util/logger.js";
 import { Metrics } from "./metrics.js";
 import { Spool } from "./spool.js";
@@ -48,6 +49,8 @@ export class Daemon {
   readonly #failed = new Map<string, FailedDatabase>();
   readonly #servers: http.Server[] = [];
   #metricsServer: http.Server | null = null;
+  /** The socket's ingest channels (ingest-channel.ts). */
+  #channels: IngestChannels | null = null;
   #config: Config;
   #spool: Spool | null = null;
   #limiter: TokenBuckets;
@@ -77,7 +80,10 @@ export class Daemon {
       d.#inConfigOrder();
       await d.#restoreMissing();
       const handler = createApiHandler(d.#api());
-      d.#servers.push(await listenOnSocket(config.socket, handler, config.group));
+      const socket = await listenOnSocket(config.socket, handler, config.group);
+      d.#channels = new IngestChannels(d.#api());
+      socket.on("upgrade", d.#channels.upgrade);
+      d.#servers.push(socket);
       if (config.tcp) {
         const tcp = http.createServer(createApiHandler(d.#api(), config.tcp.apiKey));
         await listen(tcp, () => tcp.listen(config.tcp!.port, config.tcp!.host));
@@ -304,7 +310,10 @@ export class Daemon {
     this.#stopping ??= (async () => {
       this.#draining = true;
       this.#log.info({}, "draining");
+      // An upgraded connection is the server's no more: its changes are answered, then it ends.
+      const channels = this.#channels?.close();
       await Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      await channels;
       await new Promise<void>((resolve) => (this.#metricsServer ? this.#metricsServer.close(() => resolve()) : resolve()));
       await this.#spool?.close();
       await this.#reloading.catch(() => {});

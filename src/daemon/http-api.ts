@@ -29,6 +29,7 @@ import { pipeline } from "node:stream/promises";
 import { changeFromWire, parseWireChange } from "../model/change-json.js";
 import { DB_NAME_RE } from "./config.js";
 import type { ManagedDatabase } from "./managed-database.js";
+import type { IngestResult } from "../ops/ingest.js";
 import { InputError, TidemarkError, type ErrorCode } from "../util/errors.js";
 import type { Logger } from "../util/logger.js";
 import type { Metrics } from "./metrics.js";
@@ -124,18 +125,30 @@ async function handle(ctx: ApiContext, auth: ApiAuth | undefined, logins: TokenB
     await route(ctx, db, parts[3], url, req, res);
   } catch (err) {
     if (isClientAbort(err)) throw err; // not the database's failure: no metric, no status entry
-    // A refusal by the version rules tells the host where the backup stands.
-    if (err instanceof TidemarkError && STATUS_BY_CODE[err.code] === 409) Object.assign(err, { head: db.head().version });
-    db.recordFailure(err);
-    if (err instanceof TidemarkError) {
-      const status = statusOf(err);
-      ctx.log[status < 500 ? "warn" : "error"](
-        { db: db.name, method: req.method, path: url.pathname, status, code: err.code, error: err.message },
-        status < 500 ? "request refused" : "request failed",
-      );
-    }
+    noteFailure(ctx, db, err, { method: req.method, path: url.pathname });
     throw err;
   }
+}
+
+/** Counts and logs a request's failure about `db`; a version-rule refusal gets the head it met. */
+function noteFailure(ctx: ApiContext, db: ManagedDatabase, err: unknown, where: Record<string, unknown>): void {
+  // A refusal by the version rules tells the host where the backup stands.
+  if (err instanceof TidemarkError && STATUS_BY_CODE[err.code] === 409) Object.assign(err, { head: db.head().version });
+  db.recordFailure(err);
+  if (err instanceof TidemarkError) {
+    const status = statusOf(err);
+    ctx.log[status < 500 ? "warn" : "error"]({ db: db.name, ...where, status, code: err.code, error: err.message }, status < 500 ? "request refused" : "request failed");
+  }
+}
+
+/**
+ * What a request that failed with `err` is answered (status and JSON body), counted and logged
+ * as the HTTP handler does; for the ingest channel (ingest-channel.ts).
+ */
+export function failureReply(ctx: ApiContext, db: ManagedDatabase | undefined, err: unknown, path: string): { status: number; body: Record<string, unknown> } {
+  if (db) noteFailure(ctx, db, err, { path });
+  else if (!(err instanceof TidemarkError)) ctx.log.error({ err }, "request failed unexpectedly");
+  return errorReply(err);
 }
 
 async function route(ctx: ApiContext, db: ManagedDatabase, action: string | undefined, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -178,11 +191,15 @@ async function route(ctx: ApiContext, db: ManagedDatabase, action: string | unde
 
 async function postChange(ctx: ApiContext, db: ManagedDatabase, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const body = await readBody(req, ctx.maxChangeBytes());
+  sendJson(res, 200, await ingestJson(db, body));
+}
+
+/** Checks and stores one JSON change (the body of POST …/changes, or an ingest channel's frame); resolves once durable. */
+export async function ingestJson(db: ManagedDatabase, body: Buffer): Promise<IngestResult> {
   const wire = parseWireChange(body.toString("utf8"), {
     jsonHint: 'send one JSON change, like {"version":1,"transaction":["CREATE TABLE t(x)"]}',
   });
-  const result = await db.ingest(changeFromWire(wire), body.length);
-  sendJson(res, 200, result);
+  return db.ingest(changeFromWire(wire), body.length);
 }
 
 async function postSnapshot(db: ManagedDatabase, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -356,18 +373,12 @@ function sendError(ctx: ApiContext, req: IncomingMessage, res: ServerResponse, e
     res.destroy();
     return;
   }
-  const known = err instanceof TidemarkError;
-  if (!known) ctx.log.error({ err }, "request failed unexpectedly");
-  const status = known ? statusOf(err) : 500;
+  if (!(err instanceof TidemarkError)) ctx.log.error({ err }, "request failed unexpectedly");
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  const body: Record<string, unknown> = known
-    ? { error: err.message, code: err.code, ...(err.hint && { hint: err.hint }) }
-    : { error: "internal error; see the daemon log", code: "E_INTERNAL" };
-  const head = (err as { head?: unknown }).head;
-  if (typeof head === "number") body.head = head;
+  const { status, body } = errorReply(err);
   const allowHeader = (err as { allow?: string }).allow;
   if (allowHeader) res.setHeader("allow", allowHeader);
   if (status === 413) res.setHeader("connection", "close");
@@ -375,4 +386,15 @@ function sendError(ctx: ApiContext, req: IncomingMessage, res: ServerResponse, e
   if (retryAfter !== undefined) res.setHeader("retry-after", String(retryAfter));
   if (isNavigation(req)) return sendErrorPage(res, status, String(body.error), body.hint as string | undefined);
   sendJson(res, status, body);
+}
+
+/** The status and JSON body an error is answered with. */
+function errorReply(err: unknown): { status: number; body: Record<string, unknown> } {
+  const known = err instanceof TidemarkError;
+  const body: Record<string, unknown> = known
+    ? { error: err.message, code: err.code, ...(err.hint && { hint: err.hint }) }
+    : { error: "internal error; see the daemon log", code: "E_INTERNAL" };
+  const head = (err as { head?: unknown }).head;
+  if (typeof head === "number") body.head = head;
+  return { status: known ? statusOf(err) : 500, body };
 }

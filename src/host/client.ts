@@ -17,6 +17,7 @@ import type { CompactionStats } from "../ops/compaction.js";
 import type { DatabaseStatus } from "../daemon/managed-database.js";
 import { GapError, StaleError, TidemarkError, type ErrorCode, ERROR_CODES } from "../util/errors.js";
 import type { IngestResult } from "../ops/ingest.js";
+import { IngestLink, LinkDown, LinkUnsupported } from "./ingest-link.js";
 
 /** Where the daemon is, and how hard to try. */
 export type ConnectOptions = ({ readonly socket: string } | { readonly url: string; readonly apiKey: string }) & {
@@ -26,6 +27,12 @@ export type ConnectOptions = ({ readonly socket: string } | { readonly url: stri
   readonly attempts?: number;
   /** First retry delay in ms (default 100); it doubles each time, up to 5 s. */
   readonly retryDelayMs?: number;
+  /**
+   * On a socket, send changes over the daemon's ingest channel (length-prefixed frames on one
+   * upgraded connection, docs/daemon.md) instead of one HTTP POST each: the default. A daemon
+   * without the channel is then talked to over HTTP.
+   */
+  readonly channel?: boolean;
 };
 
 /** A snapshot to upload: a file path, or a function that opens the bytes (called once per attempt). */
@@ -59,9 +66,11 @@ export function connect(options: ConnectOptions): DaemonClient {
   let http: Client;
   let where: string;
   const headers: Record<string, string> = {};
+  let link: IngestLink | null = null;
   if ("socket" in options) {
     http = new Client("http://localhost", { socketPath: options.socket });
     where = options.socket;
+    if (options.channel !== false) link = new IngestLink(options.socket, db);
   } else {
     const u = new URL(options.url);
     if (u.protocol !== "http:") throw new TidemarkError("E_USAGE", `daemon URL must be http://, got ${u.protocol}`);
@@ -117,6 +126,25 @@ export function connect(options: ConnectOptions): DaemonClient {
     }
   }
 
+  /** A change over the ingest channel, retried as `request` retries; HTTP if the daemon has no channel. */
+  async function viaLink<T>(link: IngestLink, json: Buffer): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      let error: TidemarkError;
+      try {
+        const reply = await link.send(json);
+        if (reply.status >= 200 && reply.status < 300) return reply.body as T;
+        error = fromResponse(reply.status, reply.body);
+        if (reply.status < 500) throw error;
+      } catch (err) {
+        if (err instanceof LinkUnsupported) return request("POST", `${base}/changes`, () => json);
+        if (!(err instanceof LinkDown)) throw err;
+        error = new TidemarkError("E_UNAVAILABLE", `cannot reach the tidemark daemon at ${where}: ${err.code}`, { hint: "is the daemon running? (tidemark daemon)", cause: err });
+      }
+      if (attempt >= attempts) throw error;
+      await sleep(backoffDelay(attempt, { baseMs: baseDelay, maxMs: 5000, jitter: 0.5 }));
+    }
+  }
+
   return {
     db,
     addChange(change) {
@@ -129,7 +157,7 @@ export function connect(options: ConnectOptions): DaemonClient {
           ...(change.continuation && { continuation: true }),
         }),
       );
-      return request("POST", `${base}/changes`, () => json);
+      return link && !link.unsupported ? viaLink(link, json) : request("POST", `${base}/changes`, () => json);
     },
     addSnapshot(version, source) {
       const open = typeof source === "string" ? () => fs.createReadStream(source, { highWaterMark: 1 << 20 }) : source;
@@ -146,7 +174,10 @@ export function connect(options: ConnectOptions): DaemonClient {
       const s = await request<DatabaseStatus>("GET", base);
       return { version: s.version, prevVersion: s.prevVersion };
     },
-    close: () => void http.close().catch(() => {}),
+    close: () => {
+      link?.close();
+      void http.close().catch(() => {});
+    },
   };
 }
 

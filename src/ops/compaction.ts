@@ -84,23 +84,29 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
   try {
     const captured = before.settings?.capture === true;
     if (options.shadow && !captured) {
-      const shadowPath = path.join(dir, "shadow.db");
-      const taken = await options.shadow.copySettled(backend, shadowPath);
-      if (taken && taken.version > liveFirst) {
-        const copied = performance.now();
-        options.signal?.throwIfAborted();
-        await backend.compact({ version: taken.version, timestamp: taken.timestamp, snapshot: () => fs.createReadStream(shadowPath, { highWaterMark: 1 << 20 }) });
-        const done = performance.now();
-        return {
-          baseVersion: taken.version,
-          before: footprint(before),
-          after: footprint(await backend.status()),
-          rewrites: rewriter.counts(),
-          replayMs: 0,
-          snapshotMs: copied - started,
-          installMs: done - copied,
-          durationMs: done - started,
-        };
+      // The shadow's file itself is the new base's source: no copy of it is written first.
+      const taken = options.shadow.settled(backend);
+      if (taken) {
+        try {
+          if (taken.version > liveFirst) {
+            const copied = performance.now();
+            options.signal?.throwIfAborted();
+            await backend.compact({ version: taken.version, timestamp: taken.timestamp, snapshot: taken.open });
+            const done = performance.now();
+            return {
+              baseVersion: taken.version,
+              before: footprint(before),
+              after: footprint(await backend.status()),
+              rewrites: rewriter.counts(),
+              replayMs: 0,
+              snapshotMs: copied - started,
+              installMs: done - copied,
+              durationMs: done - started,
+            };
+          }
+        } finally {
+          taken.release();
+        }
       }
     }
     const replayPath = path.join(dir, "replay.db");

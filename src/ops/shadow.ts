@@ -278,11 +278,14 @@ export class Shadow {
   }
 
   /**
-   * Copies the settled state (every change but the last, which must be a whole version: not a
-   * continuation) into `dest` without stalling ingest, as a rollback-journal file when the base
-   * was one. Returns its version and timestamp, or null when the shadow cannot give it now.
+   * The settled state (every change but the last, which must be a whole version: not a
+   * continuation), read straight from the shadow's main file without stalling ingest (which
+   * goes on in the WAL: checkpoints are off until `release`), as a rollback-journal file when
+   * the base was one. `open` streams it (once per attempt of the caller); a stream whose shadow
+   * was closed or rebuilt meanwhile fails at its end, so that a torn file is never taken. Null
+   * when the shadow cannot give it now.
    */
-  async copySettled(backend: Backend, dest: string): Promise<{ version: number; timestamp: number } | null> {
+  settled(backend: Backend): { version: number; timestamp: number; open(): AsyncIterable<Buffer>; release(): void } | null {
     const head = backend.head();
     const db = this.#db;
     if (!db || !this.#last || this.#trial || !this.#synced || !sameHead(this.#synced, head)) return null;
@@ -290,8 +293,8 @@ export class Shadow {
     const version = head.prevVersion;
     const timestamp = this.#committedTs;
     this.#commitSettled(db);
-    // Only committed frames are copied into the main file; with checkpoints off until the copy
-    // is done, the main file then holds exactly the settled state while ingest goes on in the WAL.
+    // Only committed frames are copied into the main file; with checkpoints off until the
+    // release, the main file then holds exactly the settled state while ingest goes on in the WAL.
     const reader = new Database(this.file, { fileMustExist: true });
     try {
       const [row] = reader.pragma("wal_checkpoint(PASSIVE)") as { busy: number; log: number; checkpointed: number }[];
@@ -301,23 +304,32 @@ export class Shadow {
     }
     db.pragma("wal_autocheckpoint = 0");
     this.#copying++;
-    try {
-      await fs.promises.copyFile(this.file, dest);
-    } finally {
-      this.#copying--;
-      this.#db?.pragma("wal_autocheckpoint = 1000");
-    }
-    // Closed meanwhile (closing checkpoints into the main file): the copy may be torn.
-    if (this.#db !== db) return null;
-    if (this.#mode !== 2) {
-      const fd = fs.openSync(dest, "r+");
-      try {
-        fs.writeSync(fd, Buffer.from([1, 1]), 0, 2, 18);
-      } finally {
-        fs.closeSync(fd);
+    let released = false;
+    const file = this.file;
+    const mode = this.#mode;
+    const still = () => !released && this.#db === db;
+    async function* open(): AsyncGenerator<Buffer> {
+      let first = true;
+      for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+        if (!still()) break;
+        // The journal-mode bytes of the header (offsets 18 and 19): 1 for a rollback journal.
+        if (first && mode !== 2 && chunk.length >= 20) chunk.fill(1, 18, 20);
+        first = false;
+        yield chunk;
       }
+      if (!still()) throw new TidemarkError("E_UNAVAILABLE", `the shadow ${file} was closed while the compaction read it; nothing was installed`, { hint: "the next compaction takes it again" });
     }
-    return { version, timestamp };
+    return {
+      version,
+      timestamp,
+      open,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.#copying--;
+        if (this.#db === db) db.pragma("wal_autocheckpoint = 1000");
+      },
+    };
   }
 
   /** Commits what is durable, writes the clean marker and closes the connection. */
