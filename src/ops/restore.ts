@@ -70,6 +70,8 @@ export async function restore(backend: Backend, dest: string, options: RestoreOp
     const replayed = await replayInto(backend, tmp, {
       ...(version !== undefined && { to: version }),
       rewriter,
+      // A short restore runs SQLite on this thread: no worker to start.
+      inline: true,
       onProgress: (done, total) => {
         if (!replaying) options.onPhase?.("replaying");
         replaying = true;
