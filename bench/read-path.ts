@@ -107,7 +107,8 @@ async function benchRestoreChanges(dir: string, rows: Row[], changes: number): P
     const backend = await openBackend(location, { mode: "read" });
     openMs = performance.now() - t0;
     try {
-      await restore(backend, path.join(dir, "restored.db"));
+      // As `tidemark restore` runs it.
+      await restore(backend, path.join(dir, "restored.db"), { inline: true });
     } finally {
       await backend.close();
     }
