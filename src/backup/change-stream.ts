@@ -15,6 +15,14 @@ import type { ReaderCount } from "./reader-count.js";
 import type { Storage } from "./storage.js";
 
 const DONE: IteratorReturnResult<undefined> = Object.freeze({ done: true, value: undefined });
+/** What ChangeStream's steps return at the end of the stream. */
+const END = Symbol("end");
+
+/** A change iterator that can also give changes without a promise while they are at hand. */
+export interface SyncChanges extends AsyncIterator<StoredChange> {
+  /** The next change when it needs no read, else undefined: then `next()` gives what comes. */
+  takeSync(): StoredChange | undefined;
+}
 
 /**
  * The live changes of a log up to a version, continuations of that version included. A change
@@ -24,7 +32,7 @@ const DONE: IteratorReturnResult<undefined> = Object.freeze({ done: true, value:
  * A hand-written iterator rather than an async generator: it answers from the reader's window
  * without a promise hop per record.
  */
-export class ChangeStream implements AsyncIterator<StoredChange> {
+export class ChangeStream implements SyncChanges {
   readonly #reader: RecordReader;
   readonly #storage: Storage;
   readonly #to: number;
@@ -33,6 +41,10 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
   readonly #release: () => void;
   #held: StoredChange | null = null;
   #finished = false;
+  /** A read that takeSync() started; next() awaits it. */
+  #waiting: Promise<ReadStep | null> | null = null;
+  /** An error that takeSync() met; next() raises it. */
+  #error: unknown = undefined;
 
   constructor(reader: RecordReader, storage: Storage, to: number, keyring: Keyring, readers: ReaderCount) {
     this.#reader = reader;
@@ -44,28 +56,60 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
   }
 
   next(): Promise<IteratorResult<StoredChange>> {
+    if (this.#error !== undefined) return this.#fail(this.#error);
     if (this.#finished) return this.#end();
     try {
       for (;;) {
-        const step = this.#reader.next();
+        const step = this.#waiting ?? this.#reader.next();
+        this.#waiting = null;
         if (step instanceof Promise) {
-          return step.then((s) => this.#feed(s) ?? this.next(), (err: unknown) => this.#fail(err));
+          return step.then((s) => {
+            const out = this.#feed(s);
+            return out === undefined ? this.next() : this.#result(out);
+          }, (err: unknown) => this.#fail(err));
         }
         const out = this.#feed(step);
-        if (out) return out;
+        if (out !== undefined) return this.#result(out);
       }
     } catch (err) {
       return this.#fail(err);
     }
   }
 
-  /** Takes one reader step; returns a result once there is one to give. */
-  #feed(step: ReadStep | null): Promise<IteratorResult<StoredChange>> | undefined {
+  /**
+   * The next change when it can be had without waiting for a read, else undefined: then
+   * `next()` gives it (or the end, or the error). Saves a consumer a promise per change.
+   */
+  takeSync(): StoredChange | undefined {
+    if (this.#finished || this.#waiting || this.#error !== undefined) return undefined;
+    try {
+      for (;;) {
+        const step = this.#reader.next();
+        if (step instanceof Promise) {
+          this.#waiting = step;
+          return undefined;
+        }
+        const out = this.#feed(step);
+        if (out === END) return undefined;
+        if (out !== undefined) return out;
+      }
+    } catch (err) {
+      this.#error = err;
+      return undefined;
+    }
+  }
+
+  #result(out: StoredChange | typeof END): Promise<IteratorResult<StoredChange>> {
+    return out === END ? this.#end() : Promise.resolve({ done: false, value: out });
+  }
+
+  /** Takes one reader step; returns a change once there is one to give, or END. */
+  #feed(step: ReadStep | null): StoredChange | typeof END | undefined {
     if (step === null) {
       this.#finished = true;
       const last = this.#held;
       this.#held = null;
-      return last && last.version <= this.#to ? Promise.resolve({ done: false, value: last }) : this.#end();
+      return last && last.version <= this.#to ? last : END;
     }
     // The log was read whole at open: anything but an intact record now is damage.
     if (step.kind !== "record") throw stepError(step);
@@ -84,9 +128,9 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
     if (ready.version > this.#to) {
       this.#finished = true;
       this.#held = null;
-      return this.#end();
+      return END;
     }
-    return Promise.resolve({ done: false, value: ready });
+    return ready;
   }
 
   #change(rec: DecodedRecord): StoredChange {
@@ -100,6 +144,9 @@ export class ChangeStream implements AsyncIterator<StoredChange> {
 
   async return(): Promise<IteratorResult<StoredChange>> {
     this.#finished = true;
+    // A read takeSync() started and nobody will await: its failure no longer matters.
+    this.#waiting?.catch(() => {});
+    this.#waiting = null;
     return this.#end();
   }
 

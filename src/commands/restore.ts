@@ -67,6 +67,8 @@ export function registerRestore(program: Command): void {
             ...(opts.time !== undefined && { time: opts.time }),
             rules,
             force: opts.force ?? false,
+            // A process of its own: a short restore needs no worker thread.
+            inline: true,
             onProgress: progress.update,
             onPhase: progress.phase,
             signal,

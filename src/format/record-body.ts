@@ -210,9 +210,11 @@ export class BodyReader {
   readonly #version: number;
   readonly #location: string;
 
-  constructor(payload: Buffer, offset: number, version: number, location: string) {
+  /** Reads `payload[start..end)`: a record's body in place, without a subarray of its own. */
+  constructor(payload: Buffer, offset: number, version: number, location: string, start = 0, end = payload.length) {
     this.#buf = payload;
-    this.#end = payload.length;
+    this.#pos = start;
+    this.#end = end;
     this.#offset = offset;
     this.#version = version;
     this.#location = location;

@@ -269,13 +269,15 @@ export function recordSnapshotRef(buf: Buffer, offset: number, header: RecordHea
  * and the version; a missing or wrong key raises E_KEY naming the key id.
  */
 export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, location: string, keyring: Keyring = EMPTY_KEYRING, shownOffset = offset): DecodedRecord {
-  const fail = (what: string): never => {
-    throw new CorruptError(location, what, { offset: shownOffset, version: header.version });
-  };
   const ref = recordSnapshotRef(buf, offset, header, location);
   const refBytes = ref === undefined ? 0 : 2 + Buffer.byteLength(ref);
   const start = offset + RECORD_HEADER_SIZE + refBytes;
   const end = offset + RECORD_HEADER_SIZE + header.bodyLength;
+  // A plain body is read in place (one object less per record, which counts in a long replay).
+  if (header.keyId === 0 && header.compression === 0) return decodeBody(new BodyReader(buf, shownOffset, header.version, location, start, end), header, ref);
+  const fail = (what: string): never => {
+    throw new CorruptError(location, what, { offset: shownOffset, version: header.version });
+  };
   let payload = buf.subarray(start, end);
   if (header.keyId !== 0) {
     const what = `${location}, offset ${shownOffset}, version ${header.version}`;
@@ -285,7 +287,11 @@ export function decodeRecord(buf: Buffer, offset: number, header: RecordHeader, 
     payload = decrypt(payload.subarray(IV_BYTES), key, payload.subarray(0, IV_BYTES), aad, header.keyId, keyring, `record at ${what}`);
   }
   if (header.compression !== 0) payload = decompress(payload, header.compression, fail);
-  const r = new BodyReader(payload, shownOffset, header.version, location);
+  return decodeBody(new BodyReader(payload, shownOffset, header.version, location), header, ref);
+}
+
+/** Decodes an opened change or rewind body. */
+function decodeBody(r: BodyReader, header: RecordHeader, ref: string | undefined): DecodedRecord {
   const timestamp = r.u64();
   const record: { -readonly [K in keyof DecodedRecord]: DecodedRecord[K] } = { type: header.type, version: header.version, timestamp };
   if (header.type === RecordType.Change) {

@@ -10,13 +10,21 @@
 import fsp from "node:fs/promises";
 import { Worker } from "node:worker_threads";
 import type { Backend } from "../backup/backup.js";
+import type { SyncChanges } from "../backup/change-stream.js";
 import type { Statement, StoredSnapshot } from "../model/change.js";
 import { TidemarkError } from "../util/errors.js";
 import type { Rewriter } from "./rewrite.js";
 import { PageFile } from "./page-file.js";
+import type { ReplaySqlite } from "./replay-sqlite.js";
 
-/** Statements sent to the worker per message. */
+/** Statements sent to the worker per message (or run at once on the calling thread). */
 const BATCH_STATEMENTS = 2048;
+/**
+ * Replays of at most this many changes run SQLite on the calling thread when the caller allows
+ * it: starting a worker (a new isolate that loads better-sqlite3) costs 70-100 ms, more than
+ * decoding and running that many changes one after the other.
+ */
+export const INLINE_CHANGES = 20_000;
 /** Messages the worker may have queued before the reader waits. */
 const MAX_IN_FLIGHT = 3;
 /** Changes between turns given to the event loop (and progress reports). */
@@ -32,6 +40,12 @@ export interface ReplayOptions {
   readonly onProgress?: (done: number, total: number) => void;
   /** Stops the replay early; it then rejects with the signal's reason. */
   readonly signal?: AbortSignal;
+  /**
+   * Whether a short replay (up to {@link INLINE_CHANGES} changes) may run SQLite on the calling
+   * thread, which it then blocks for a batch of statements at a time. Off by default: a daemon
+   * must keep acknowledging changes.
+   */
+  readonly inline?: boolean;
 }
 
 /** A replayed database, still open in its worker. */
@@ -71,7 +85,8 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
     });
   }
   const rewriter = options.rewriter && !options.rewriter.empty ? options.rewriter : undefined;
-  const worker = new SqliteWorker();
+  // Without the inline choice the worker starts at once, while the first records are read.
+  let worker: SqliteClient | undefined = options.inline ? undefined : new SqliteWorker();
   let opened = false;
   let first = 0;
   let version = 0;
@@ -79,11 +94,23 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
   let changes = 0;
   let statements = 0;
   let pages: PageFile | undefined;
+  const stream = backend.streamChanges({ to })[Symbol.asyncIterator]();
+  // The stored backends' stream hands over changes already read without a promise each.
+  const takeSync = "takeSync" in stream ? (stream as SyncChanges).takeSync.bind(stream) : undefined;
+  let streaming = true;
   try {
-    for await (const change of backend.streamChanges({ to })) {
+    for (;;) {
+      let change = takeSync?.();
+      if (change === undefined) {
+        const r = await stream.next();
+        if (r.done) break;
+        change = r.value;
+      }
       if (first === 0) first = change.version;
+      // Chosen at the first change (the base), which says how many are to come.
+      const sqlite = (worker ??= to - first < INLINE_CHANGES ? await InlineSqlite.create() : new SqliteWorker());
       if (change.snapshot) {
-        if (opened) await worker.call({ op: "close" });
+        if (opened) await sqlite.call({ op: "close" });
         opened = false;
         pages?.close();
         pages = undefined;
@@ -95,13 +122,13 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
         pages ??= new PageFile(dbPath);
         pages.apply(change.captured, change.version);
       } else if (!opened) {
-        worker.send({ op: "open", file: dbPath });
+        sqlite.send({ op: "open", file: dbPath });
         opened = true;
       }
       const list = change.transaction;
       if (list) {
         for (let i = 0; i < list.length; i++) {
-          const wait = worker.statement(rewriter ? rewriter.rewrite(list[i]!) : list[i]!, change.version, i);
+          const wait = sqlite.statement(rewriter ? rewriter.rewrite(list[i]!) : list[i]!, change.version, i);
           if (wait) await wait;
         }
         statements += list.length;
@@ -117,14 +144,15 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
       }
       if (options.onProgress && (changes % YIELD_EVERY === 0 || version === to)) options.onProgress(version - first + 1, to - first + 1);
     }
+    streaming = false;
     if (pages) {
       pages.close();
       pages = undefined;
       // Opened as it is: a captured backup's file is left byte for byte as its pages made it.
-      worker.send({ op: "open", file: dbPath, asIs: true });
+      worker?.send({ op: "open", file: dbPath, asIs: true });
       opened = true;
     }
-    if (version !== to || !opened) {
+    if (version !== to || !opened || !worker) {
       throw new TidemarkError("E_RESTORE", `replay of ${backend.location} stopped at version ${version}, before ${to}`, {
         hint: "the backup changed while it was read (a compaction or rewind); run the command again",
       });
@@ -133,8 +161,10 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
     await worker.call({ op: "finish" });
     return { db: worker, version, timestamp, changes, statements };
   } catch (err) {
+    // As a for-await loop left early would: the stream lets its reader go.
+    if (streaming) await stream.return?.().catch(() => {});
     pages?.close();
-    await worker.close();
+    await worker?.close();
     throw err;
   }
 }
@@ -170,13 +200,115 @@ interface Pending {
   batch?: Batch;
 }
 
+/** What the replay asks of the SQLite side, in a worker or on the calling thread. */
+interface SqliteClient extends ReplayedDb {
+  /** Sends a message; the promise settles with its answer (a failure also fails the next call). */
+  send(msg: Record<string, unknown>): Promise<unknown>;
+  /** Queues one statement; returns a promise only when the caller must wait before the next. */
+  statement(st: Statement, version: number, index: number): Promise<void> | undefined;
+  /** Runs what is queued, waits for everything sent, then sends `msg` and waits for it. */
+  call(msg: Record<string, unknown>): Promise<unknown>;
+  /** Runs what is queued and waits for every answer. */
+  flush(): Promise<void>;
+}
+
+const newBatch = (): Batch => ({ statements: [], versions: [], indexes: [] });
+
+/**
+ * SQLite on the calling thread (replay-sqlite.js run in process), for short replays: the same
+ * statements in the same batches as the worker runs them, and the same errors.
+ */
+class InlineSqlite implements SqliteClient {
+  readonly #sqlite: ReplaySqlite;
+  #batch: Batch = newBatch();
+  #failure: Error | null = null;
+
+  private constructor(sqlite: ReplaySqlite) {
+    this.#sqlite = sqlite;
+  }
+
+  /** Loads replay-sqlite.js (and better-sqlite3) on the calling thread. */
+  static async create(): Promise<InlineSqlite> {
+    const { ReplaySqlite } = await import("./replay-sqlite.js");
+    return new InlineSqlite(new ReplaySqlite());
+  }
+
+  send(msg: Record<string, unknown>, batch?: Batch): Promise<unknown> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    try {
+      const result = this.#sqlite.handle(msg as { op: string });
+      return result instanceof Promise ? result.catch((err: unknown) => Promise.reject(this.#fail(err, batch))) : Promise.resolve(result);
+    } catch (err) {
+      const failed = Promise.reject(this.#fail(err, batch));
+      // As with the worker, the failure surfaces where the answer is awaited, or in the next call.
+      failed.catch(() => {});
+      return failed;
+    }
+  }
+
+  #fail(err: unknown, batch: Batch | undefined): Error {
+    const e = err as { message?: unknown; at?: number } | undefined;
+    this.#failure ??= errorOf({ message: String(e?.message ?? err), ...(e?.at !== undefined && { at: e.at }) }, batch);
+    return this.#failure;
+  }
+
+  statement(st: Statement, version: number, index: number): Promise<void> | undefined {
+    const b = this.#batch;
+    b.statements.push(st);
+    b.versions.push(version);
+    b.indexes.push(index);
+    if (b.statements.length < BATCH_STATEMENTS) return undefined;
+    return this.#runBatch();
+  }
+
+  /** Runs the queued statements now; a promise only when they failed. */
+  #runBatch(): Promise<void> | undefined {
+    const b = this.#batch;
+    if (this.#failure) return Promise.reject(this.#failure);
+    if (b.statements.length === 0) return undefined;
+    this.#batch = newBatch();
+    try {
+      this.#sqlite.run(b.statements);
+      return undefined;
+    } catch (err) {
+      return Promise.reject(this.#fail(err, b));
+    }
+  }
+
+  async call(msg: Record<string, unknown>): Promise<unknown> {
+    await this.flush();
+    return this.send(msg);
+  }
+
+  async flush(): Promise<void> {
+    await this.#runBatch();
+  }
+
+  async integrityCheck(): Promise<string[]> {
+    const rows = (await this.call({ op: "integrity" })) as { integrity_check: string }[];
+    return rows.map((r) => r.integrity_check);
+  }
+
+  async backup(dest: string): Promise<void> {
+    await this.call({ op: "backup", dest });
+  }
+
+  async close(): Promise<void> {
+    this.#batch = newBatch();
+    // As the worker's close: a failure to close must not hide the error that led here.
+    try {
+      this.#sqlite.close();
+    } catch {}
+  }
+}
+
 /** The client side of replay-worker.js. */
-class SqliteWorker implements ReplayedDb {
+class SqliteWorker implements SqliteClient {
   readonly #worker = new Worker(new URL("./replay-worker.js", import.meta.url));
   readonly #pending = new Map<number, Pending>();
   readonly #inFlight: Promise<unknown>[] = [];
   #nextId = 0;
-  #batch: Batch = { statements: [], versions: [], indexes: [] };
+  #batch: Batch = newBatch();
   #failure: Error | null = null;
   #closed = false;
 
@@ -233,7 +365,7 @@ class SqliteWorker implements ReplayedDb {
   #sendBatch(): void {
     const b = this.#batch;
     if (b.statements.length === 0) return;
-    this.#batch = { statements: [], versions: [], indexes: [] };
+    this.#batch = newBatch();
     this.send({ op: "run", statements: b.statements }, b);
   }
 
@@ -267,7 +399,7 @@ class SqliteWorker implements ReplayedDb {
     if (this.#closed) return;
     try {
       if (!this.#failure) {
-        this.#batch = { statements: [], versions: [], indexes: [] };
+        this.#batch = newBatch();
         await this.drain().catch(() => {});
         await this.send({ op: "close" }).catch(() => {});
       }

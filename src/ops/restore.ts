@@ -31,6 +31,12 @@ export interface RestoreOptions {
   readonly onPhase?: (phase: RestorePhase) => void;
   /** Stops the restore: nothing appears at `dest`, the temp files go, and it rejects with the reason. */
   readonly signal?: AbortSignal;
+  /**
+   * Lets a short restore (up to 20,000 changes) run SQLite on this thread instead of starting a
+   * worker, which costs more than such a restore. It then blocks this thread for a batch of
+   * statements at a time: the CLI allows it, a daemon (which must keep acknowledging) does not.
+   */
+  readonly inline?: boolean;
 }
 
 /** The phases of a restore, in order. */
@@ -70,6 +76,7 @@ export async function restore(backend: Backend, dest: string, options: RestoreOp
     const replayed = await replayInto(backend, tmp, {
       ...(version !== undefined && { to: version }),
       rewriter,
+      ...(options.inline && { inline: true }),
       onProgress: (done, total) => {
         if (!replaying) options.onPhase?.("replaying");
         replaying = true;
