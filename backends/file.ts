@@ -63,6 +63,11 @@ function logName(id: number): string {
   return `log-${String(id).padStart(10, "0")}.tml`;
 }
 
+/** A generation's log index: beside its log, never fsynced (the core checks it against the log). */
+function indexName(id: number): string {
+  return `log-${String(id).padStart(10, "0")}.tmi`;
+}
+
 /** The file backend; see the module comment. */
 export class FileStorage implements Storage {
   readonly kind = DRIVER_NAME;
@@ -310,7 +315,30 @@ export class FileStorage implements Storage {
 
   async deleteGeneration(id: number): Promise<void> {
     if (this.#live?.id === id) this.#closeLive();
+    // The index first: a log may be left without one, never an index without its log.
+    await fsp.rm(this.#path(indexName(id)), { force: true });
     await fsp.rm(this.#path(logName(id)), { force: true });
+  }
+
+  async readIndex(id: number): Promise<Buffer | undefined> {
+    try {
+      return await fsp.readFile(this.#path(indexName(id)));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw asBackendError(DRIVER_NAME, "read", this.#path(indexName(id)), err);
+    }
+  }
+
+  /** Written to a temp file and renamed into place, without fsync: a lost or torn index is only ignored. */
+  async writeIndex(id: number, bytes: Buffer): Promise<void> {
+    const file = this.#path(indexName(id));
+    try {
+      await fsp.writeFile(file + TMP_SUFFIX, bytes, { mode: PRIVATE_FILE_MODE });
+      await fsp.rename(file + TMP_SUFFIX, file);
+    } catch (err) {
+      await fsp.rm(file + TMP_SUFFIX, { force: true }).catch(() => {});
+      throw asBackendError(DRIVER_NAME, "write", file, err);
+    }
   }
 
   async putBlob(name: string, source: AsyncIterable<Uint8Array>): Promise<number> {

@@ -18,13 +18,16 @@
  *   cli              see bench/cli.ts: start-up (--version, status) vs node -e 0, and
  *                    `tidemark ingest` per change vs a raw append+fdatasync writer, wall and CPU
  *   shadow           see bench/shadow.ts: the validated ack (shadow check) vs raw append+fdatasync
+ *   open             see bench/open.ts: a backup's open with its log index vs the full scan
  *
  * Environment: BENCH_DIR (default: a temp dir), BENCH_CHANGES (default 100000),
  * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 10000),
  * BENCH_PROTECTION_CHANGES (default 50000), BENCH_CLN_WRITES (default 2000),
  * BENCH_WATCH_TX (default 5000), BENCH_WATCH_MB (default 32),
  * BENCH_CLI_RUNS (default 20), BENCH_INGEST_CHANGES (default 2000), BENCH_SHADOW_ROUNDS (default 4000),
- * BENCH_ONLY (core,daemon,s3,protection,cln,watch,read,cli,shadow; default all); read: see bench/read-path.ts, cli: bench/cli.ts.
+ * BENCH_OPEN_CHANGES (default BENCH_CHANGES), BENCH_OPEN_ROUNDS (default 5),
+ * BENCH_ONLY (core,daemon,s3,protection,cln,watch,read,cli,shadow,open; default all); read: see bench/read-path.ts, cli: bench/cli.ts,
+ * open: bench/open.ts (opening a backup with and without its log index).
  */
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -41,6 +44,7 @@ import { writeAll } from "../src/util/durable-fs.js";
 import { benchCli } from "./cli.js";
 import { benchCln } from "./cln.js";
 import { benchDaemon } from "./daemon.js";
+import { benchOpen } from "./open.js";
 import { benchProtection } from "./protection.js";
 import { benchReadPath, bigDatabase, measured, replayLimit } from "./read-path.js";
 import { benchS3 } from "./s3.js";
@@ -207,7 +211,7 @@ async function benchRestoreRss(): Promise<void> {
 
 try {
   process.stderr.write(`bench: ${os.cpus().length} cores, node ${process.version}, dir ${ROOT}\n`);
-  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln,watch,read,cli,shadow").split(","));
+  const only = new Set((process.env.BENCH_ONLY ?? "core,daemon,s3,protection,cln,watch,read,cli,shadow,open").split(","));
   if (only.has("core")) {
     await benchAckLatency();
     await benchRestoreAndCompaction();
@@ -223,6 +227,7 @@ try {
   if (only.has("watch")) await benchWatch(path.join(ROOT, "watch"), rows, Number(process.env.BENCH_WATCH_TX ?? 5000), Number(process.env.BENCH_WATCH_MB ?? 32));
   if (only.has("cli")) await benchCli(path.join(ROOT, "cli"), rows, Number(process.env.BENCH_CLI_RUNS ?? 20), Number(process.env.BENCH_INGEST_CHANGES ?? 2000));
   if (only.has("shadow")) await benchShadow(path.join(ROOT, "shadow"), rows, Number(process.env.BENCH_SHADOW_ROUNDS ?? 4000));
+  if (only.has("open")) await benchOpen(path.join(ROOT, "open"), rows, Number(process.env.BENCH_OPEN_CHANGES ?? CHANGES));
   printTable(rows);
 } finally {
   fs.rmSync(ROOT, { recursive: true, force: true });

@@ -31,6 +31,8 @@ export interface Generation {
   readonly damage?: Damage;
   /** A torn tail after `end`, until the writer drops it. */
   torn?: TornTail;
+  /** The CRC-32 of the log's first `end` bytes, where known (from its index): what the next index starts from. */
+  crc?: { readonly end: number; readonly value: number };
 }
 
 /** The state machine's view of an intact record; no key is needed for it. */
@@ -53,14 +55,16 @@ export function stepError(step: Exclude<ReadStep, { kind: "record" }>, detail = 
 /**
  * Reads a generation's log from the start and rebuilds its state. A torn tail ends it. Damage
  * throws, unless `salvage`: then the generation ends before the damaged record, and `damage`
- * says where it is.
+ * says where it is. With `from` (the state of the log's first `from.end` bytes, from its
+ * index), only the records after those are read.
  */
-export async function scanGeneration(storage: Storage, id: number, size: number, salvage: boolean): Promise<Generation> {
+export async function scanGeneration(storage: Storage, id: number, size: number, salvage: boolean, from?: { readonly state: LogState; readonly end: number }): Promise<Generation> {
   const where = `${storage.location} (generation ${id})`;
-  const state = new LogState(where);
-  const reader = new RecordReader(storage.readLog(id, 0, size), 0);
+  const state = from?.state ?? new LogState(where);
+  const start = from?.end ?? 0;
+  const reader = new RecordReader(storage.readLog(id, start, size), start);
   /** Where the record being read starts. */
-  let at = 0;
+  let at = start;
   try {
     for (;;) {
       at = reader.end;

@@ -155,7 +155,20 @@ export interface Storage {
    */
   stageGeneration?(id: number, bytes: Buffer): Promise<StagedGeneration>;
 
-  /** Deletes an older generation's log. Deleting one that is gone is not an error. */
+  /**
+   * Optional: the bytes of generation `id`'s log index (docs/format.md, "Log index"), or
+   * undefined when it has none. The core checks them against the log before it uses them.
+   */
+  readIndex?(id: number): Promise<Buffer | undefined>;
+
+  /**
+   * Optional, with `readIndex`: replaces generation `id`'s index. Need not be durable nor
+   * atomic (a torn or lost index is ignored), but must never change the log.
+   * `deleteGeneration` deletes it too.
+   */
+  writeIndex?(id: number, bytes: Buffer): Promise<void>;
+
+  /** Deletes an older generation's log (and its index). Deleting one that is gone is not an error. */
   deleteGeneration(id: number): Promise<void>;
 
   /** Stores a blob from a stream, durably, under a new name. Resolves to its size in bytes. */

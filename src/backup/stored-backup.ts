@@ -17,7 +17,8 @@ import { Mutex } from "../util/mutex.js";
 import type { Backend, BackendHead, BackendOptions, BackendStatus, ChangeRange, ChangeToStore, CompactionBase, Damage } from "./backup.js";
 import { ChangeStream, generationFor } from "./change-stream.js";
 import { readIdentity, readManifest, writeIdentity, writeManifest, type Identity } from "./documents.js";
-import { checkBase, commitNextGeneration, damageOf, readRecord, scanGeneration, stageNextGeneration, stateOf, timestampOf, type Generation, type NextGeneration } from "./generation.js";
+import { checkBase, commitNextGeneration, damageOf, readRecord, stageNextGeneration, stateOf, timestampOf, type Generation, type NextGeneration } from "./generation.js";
+import { openGeneration, saveIndex } from "./log-index.js";
 import type { LogEntry, LogState } from "./log-state.js";
 import { RecordReader } from "./log-reader.js";
 import { ReaderCount } from "./reader-count.js";
@@ -59,6 +60,8 @@ export class StoredBackup implements Backend {
   /** Read-only opens: damage in the live base snapshot, once `status({ checkBase })` checked it. */
   #baseDamage: Damage | null | undefined;
   #closed = false;
+  /** Set once a writer's open succeeded: only then does its close write the log index. */
+  #opened = false;
   /** Set after a write fails in a way that leaves the stored state unknown. */
   #broken: Error | null = null;
   #compacting = false;
@@ -112,10 +115,10 @@ export class StoredBackup implements Backend {
     this.#nextId = live.id + 1;
     // Readers read a damaged live log up to the damage; a writer refuses it. Damage in an older
     // generation limits only restores into it, for readers and writers alike.
-    this.#live = await scanGeneration(storage, live.id, live.size, !this.#writable);
+    this.#live = await openGeneration(storage, live.id, live.size, !this.#writable, this.#log);
     this.#retained = [];
     for (const g of listing.slice(0, -1)) {
-      if (kept.has(g.id)) this.#retained.push(await scanGeneration(storage, g.id, g.size, true));
+      if (kept.has(g.id)) this.#retained.push(await openGeneration(storage, g.id, g.size, true, this.#log));
     }
     for (const g of this.#retained) {
       if (g.damage) this.#log.warn({ ...g.damage }, "an older generation is damaged: reading it up to the damage only");
@@ -133,6 +136,7 @@ export class StoredBackup implements Backend {
     for (const g of listing.slice(0, -1)) if (!kept.has(g.id)) this.#garbage.add(g.id);
     await this.#checkHead();
     await this.#collectGarbage();
+    this.#opened = true;
   }
 
   async #create(): Promise<void> {
@@ -452,7 +456,11 @@ export class StoredBackup implements Backend {
     } finally {
       if (this.#live === old) await next.staged?.discard().catch(() => {});
     }
-    await this.#mutex.run(() => this.#prune());
+    await this.#mutex.run(async () => {
+      await this.#prune();
+      // Both logs are summarised while they are fresh, so that the next open reads no record twice.
+      for (const g of [this.#live, old]) if (!this.#garbage.has(g.id)) await saveIndex(this.#storage, g, this.#log);
+    });
   }
 
   /** Throws unless `g` is still the live generation (a reset replaces it). */
@@ -551,6 +559,7 @@ export class StoredBackup implements Backend {
     if (this.#closed) return;
     this.#closed = true;
     await this.#mutex.run(async () => {
+      if (this.#opened && !this.#broken) await saveIndex(this.#storage, this.#live, this.#log);
       await this.#lock?.release().catch((err: unknown) => this.#log.warn({ err }, "could not release the writer lock"));
       this.#lock = null;
       await this.#storage.close();

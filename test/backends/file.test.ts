@@ -376,7 +376,8 @@ describe("file backend: lock and layout", () => {
     fs.writeFileSync(path.join(dir, "snap-00000000000000000003-00c0ffee.tms"), "orphan");
     fs.writeFileSync(path.join(dir, "log-0000000002.tml.tmp"), "partial");
     const b: Backend = await openBackend(dir, { mode: "write" });
-    expect(fs.readdirSync(dir).sort()).toEqual(["LOCK", "log-0000000001.tml", "tidemark.json"]);
+    // log-…1.tmi: the log index the seeding writer's close left (docs/format.md, "Log index").
+    expect(fs.readdirSync(dir).sort()).toEqual(["LOCK", "log-0000000001.tmi", "log-0000000001.tml", "tidemark.json"]);
     expect(b.head().version).toBe(4);
     await b.close();
   });
@@ -388,11 +389,13 @@ describe("file backend: lock and layout", () => {
     await b.compact({ version: 5, timestamp: 5, snapshot: async function* () { yield Buffer.from("five again"); } });
     await b.close();
     const names = fs.readdirSync(dir).sort();
-    expect(names).toHaveLength(4);
+    expect(names).toHaveLength(5);
     expect(names[0]).toBe("generations.json");
     expect(JSON.parse(fs.readFileSync(path.join(dir, "generations.json"), "utf8"))).toMatchObject({ retained: [] });
-    expect(names[1]).toBe("log-0000000003.tml");
-    expect(names[2]).toMatch(/^snap-00000000000000000005-[0-9a-f]{8}\.tms$/);
-    expect(names[3]).toBe("tidemark.json");
+    // The superseded generations' indexes went with their logs.
+    expect(names[1]).toBe("log-0000000003.tmi");
+    expect(names[2]).toBe("log-0000000003.tml");
+    expect(names[3]).toMatch(/^snap-00000000000000000005-[0-9a-f]{8}\.tms$/);
+    expect(names[4]).toBe("tidemark.json");
   });
 });

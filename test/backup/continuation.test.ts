@@ -111,7 +111,7 @@ describe("backup core: continuations", () => {
     await put(1, ["CREATE TABLE t (v INTEGER, tag TEXT)"]);
     await put(1, ["PRAGMA foreign_keys = OFF;"], true);
     await backup.close();
-    const log = fs.readFileSync(path.join(dir, "backup", fs.readdirSync(path.join(dir, "backup")).find((f) => f.startsWith("log-"))!));
+    const log = fs.readFileSync(path.join(dir, "backup", fs.readdirSync(path.join(dir, "backup")).find((f) => f.startsWith("log-") && f.endsWith(".tml"))!));
     const first = log.readUInt32LE(20) + RECORD_HEADER_SIZE + 4;
     expect(log[6]).toBe(0b10); // a transaction
     expect(log[first + 6]).toBe(FLAG_CONTINUATION | 0b10);

@@ -141,7 +141,7 @@ describe("backup core: compaction's switch", () => {
     }
     await applyChange(b, { version: 8, transaction: tx(8) });
     await b.close();
-    expect(fs.readdirSync(dir).filter((n) => n.startsWith("log-"))).toEqual(["log-0000000002.tml"]);
+    expect(fs.readdirSync(dir).filter((n) => n.startsWith("log-") && n.endsWith(".tml"))).toEqual(["log-0000000002.tml"]);
     const r = await openBackend(`held://${dir}`, { mode: "read" });
     const got = await collect(r, { from: 4 });
     expect(got.map((c) => c.version)).toEqual([4, 5, 6, 7, 8]);
