@@ -12,6 +12,8 @@ import Database from "better-sqlite3";
 
 /** Statements per SQLite transaction. */
 const BATCH_STATEMENTS = 20_000;
+/** The most of a database integrity_check reads through a memory map (SQLite caps it at its build's maximum). */
+const MMAP_BYTES = 2 ** 40;
 /** Prepared statements kept for parameterised SQL. */
 const STATEMENT_CACHE = 512;
 
@@ -89,6 +91,20 @@ function finish() {
   d.pragma("locking_mode = NORMAL");
 }
 
+/**
+ * `PRAGMA integrity_check`, reading the file through a memory map: the same check, without a
+ * pread system call per page (most of its cost on a big database). The map goes after it.
+ */
+function integrityCheck() {
+  const d = current();
+  d.pragma(`mmap_size = ${MMAP_BYTES}`);
+  try {
+    return d.pragma("integrity_check");
+  } finally {
+    d.pragma("mmap_size = 0");
+  }
+}
+
 function close() {
   cache.clear();
   db?.close();
@@ -108,7 +124,7 @@ async function handle(msg) {
     case "finish":
       return finish();
     case "integrity":
-      return current().pragma("integrity_check");
+      return integrityCheck();
     case "backup":
       await current().backup(/** @type {string} */ (msg.dest));
       return undefined;

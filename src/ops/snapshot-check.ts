@@ -15,6 +15,9 @@ const MAGIC = Buffer.from("SQLite format 3\0", "latin1");
 /** SQLite's database header: https://www.sqlite.org/fileformat.html#the_database_header */
 const HEADER_BYTES = 100;
 
+/** The most of a snapshot quick_check reads through a memory map (SQLite caps it at its build's maximum). */
+const MMAP_BYTES = 2 ** 40;
+
 /** Errors writing the spooled copy that are the local disk's, not the snapshot's. */
 const SPOOL_ERRNOS = new Set(["ENOSPC", "EDQUOT", "EIO", "EROFS"]);
 
@@ -102,6 +105,9 @@ export function checkSnapshotFile(file: string, version: number): void {
   try {
     const db = new Database(file, { fileMustExist: true });
     try {
+      // Read through a memory map: the same check without a pread system call per page, most
+      // of its cost on a big file.
+      db.pragma(`mmap_size = ${MMAP_BYTES}`);
       rows = (db.pragma("quick_check") as { quick_check: string }[]).map((r) => r.quick_check);
     } finally {
       db.close();
