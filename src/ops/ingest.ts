@@ -10,10 +10,10 @@ import type { CapturedPages, ChangeInput, StoredChange } from "../model/change.j
 import { statementSql } from "../model/change.js";
 import { sameStatements } from "../model/change-json.js";
 import { checkDeterministic } from "../model/determinism.js";
-import { InputError } from "../util/errors.js";
+import { InputError, TidemarkError } from "../util/errors.js";
 import { decide, type Action } from "../model/version-rules.js";
 import { Shadow, type ShadowOptions } from "./shadow.js";
-import { checkSnapshotFile, spoolSnapshot } from "./snapshot-check.js";
+import { checkSnapshotFile, openSpool } from "./snapshot-check.js";
 
 const shadows = new WeakMap<Backend, Shadow>();
 /** The shadow in use for each shadow file: a backup reopened in this process takes over its file. */
@@ -172,25 +172,52 @@ function result(version: number, action: Action, clamped: number | undefined): I
 }
 
 /**
- * A change carrying a snapshot: spooled to a private temp file, checked, its transaction applied
- * to a copy, stored from the file (replacing the last change in the same record for a redo),
- * and then the checked file becomes the shadow's state.
+ * A change carrying a snapshot, read once: each chunk goes to a private temp file (the spool)
+ * and on to the backend's blob. When the last chunk is in, the spool is checked and the
+ * transaction applied to a copy of it — still inside the snapshot's stream, so the blob is not
+ * finished (and no record points to it) unless both pass: a refused snapshot leaves nothing
+ * durable. Then the record is stored (replacing the last change in the same record for a
+ * redo), and the checked file becomes the shadow's state.
  */
 async function applySnapshot(backend: Backend, shadow: Shadow, toStore: ChangeToStore): Promise<void> {
-  const spooled = await spoolSnapshot(toStore.snapshot!, path.join(path.dirname(shadow.file), "tmp"));
-  let state = spooled;
-  try {
-    checkSnapshotFile(spooled, toStore.version);
-    if (toStore.transaction?.length) {
-      state = `${spooled}.state`;
-      await fs.promises.copyFile(spooled, state, fs.constants.COPYFILE_FICLONE);
-      shadow.applyToFile(state, toStore);
+  const spool = await openSpool(path.join(path.dirname(shadow.file), "tmp"));
+  let state = spool.file;
+  let checked = false;
+  /** What failed on this side of the stream (the sender, the spool, the check): thrown as it is, not as the backend's. */
+  let failed: { err: unknown } | undefined;
+  async function* spooledAndChecked(): AsyncGenerator<Uint8Array> {
+    try {
+      for await (const chunk of toStore.snapshot!) {
+        await spool.write(chunk);
+        yield chunk;
+      }
+      await spool.close();
+      checkSnapshotFile(spool.file, toStore.version);
+      if (toStore.transaction?.length) {
+        state = `${spool.file}.state`;
+        await fs.promises.copyFile(spool.file, state, fs.constants.COPYFILE_FICLONE);
+        shadow.applyToFile(state, toStore);
+      }
+    } catch (err) {
+      failed = { err };
+      throw err;
     }
-    await backend.addChange({ ...toStore, snapshot: fs.createReadStream(spooled, { highWaterMark: 1 << 20 }) });
+    checked = true;
+  }
+  try {
+    try {
+      await backend.addChange({ ...toStore, snapshot: spooledAndChecked() });
+    } catch (err) {
+      throw failed ? failed.err : err;
+    }
+    // A backend reads its snapshot to the end before it stores the record; if one did not, the
+    // file was not checked and nothing may stand on it.
+    if (!checked) throw new TidemarkError("E_INTERNAL", `the backend stored snapshot ${toStore.version} without reading it to its end`);
     shadow.replaceWith(backend, state, toStore);
   } finally {
-    fs.rmSync(spooled, { force: true });
-    if (state !== spooled) fs.rmSync(state, { force: true });
+    await spool.close().catch(() => {});
+    fs.rmSync(spool.file, { force: true });
+    if (state !== spool.file) fs.rmSync(state, { force: true });
   }
 }
 

@@ -15,6 +15,8 @@ import Database from "better-sqlite3";
 const BATCH_STATEMENTS = 20_000;
 /** Prepared statements kept for parameterised SQL. */
 const STATEMENT_CACHE = 512;
+/** The most of a database integrity_check reads through a memory map (SQLite caps it at its build's maximum). */
+const MMAP_BYTES = 2 ** 40;
 /** One replay's database connection. */
 export class ReplaySqlite {
   /** @type {import("better-sqlite3").Database | null} */
@@ -92,6 +94,20 @@ export class ReplaySqlite {
   }
 
   /** Closes the connection, if one is open; an open transaction is rolled back. */
+  /**
+   * `PRAGMA integrity_check`, reading the file through a memory map: the same check, without a
+   * pread system call per page (most of its cost on a big database). The map goes after it.
+   */
+  #integrityCheck() {
+    const d = this.#current();
+    d.pragma(`mmap_size = ${MMAP_BYTES}`);
+    try {
+      return d.pragma("integrity_check");
+    } finally {
+      d.pragma("mmap_size = 0");
+    }
+  }
+
   close() {
     this.#cache.clear();
     this.#db?.close();
@@ -112,7 +128,7 @@ export class ReplaySqlite {
       case "finish":
         return this.#finish();
       case "integrity":
-        return this.#current().pragma("integrity_check");
+        return this.#integrityCheck();
       case "backup":
         return this.#current()
           .backup(/** @type {string} */ (msg.dest))

@@ -14,6 +14,13 @@ describe("crc32", () => {
     }
   });
 
+  it("matches zlib over a snapshot frame's size, continuing from a seed (the native path's real use)", () => {
+    const buf = new Rng(13).bytes((1 << 20) + 777);
+    const head = crc32(buf, 0, 777);
+    expect(crc32(buf, 777, buf.length, head)).toBe(zlibCrc32(buf));
+    expect(crc32(buf, 5, buf.length - 3)).toBe(zlibCrc32(buf.subarray(5, buf.length - 3)));
+  });
+
   it("continues from a seed like zlib does", () => {
     const buf = new Rng(12).bytes(1000);
     const first = crc32(buf, 0, 300);

@@ -60,6 +60,40 @@ describe("a change is checked against the backup's state before it is stored", (
     expect(cut.code).toBe(1);
     expect(cut.stderr).toContain(`snapshot of version 5: header says ${size / 4096} pages of 4096 bytes = ${size}, file has ${size - 4096}`);
     expect(JSON.parse((await runCli(["status", backup, "--json"])).stdout)).toMatchObject({ version: 1, records: 1 });
+    // The snapshot streams into its blob as it is spooled: a refused one leaves no blob, not even a temp file.
+    expect(fs.readdirSync(backup).filter((n) => n.startsWith("snap-"))).toEqual([]);
+  });
+
+  it("a snapshot whose own transaction cannot apply is refused with E_REPLAY and leaves no blob; a sound one is stored once and restores row by row", async () => {
+    const dir = tmpDir();
+    const src = path.join(dir, "src.db");
+    const db = new Database(src);
+    db.exec("CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO t SELECT i FROM n");
+    db.close();
+    const location = path.join(dir, "backup");
+    const opts = { shadow: { dir: path.join(dir, "shadows") } };
+    const b = await openBackend(location, { mode: "create" });
+    try {
+      const bad = await applyChange(b, { version: 1, snapshot: fs.createReadStream(src), transaction: ["INSERT INTO nosuchtable VALUES (1)"] }, opts).catch((e: unknown) => e);
+      expect((bad as TidemarkError).code).toBe("E_REPLAY");
+      expect(b.head().version).toBe(0);
+      expect(fs.readdirSync(location).filter((n) => n.startsWith("snap-"))).toEqual([]);
+      expect(fs.readdirSync(path.join(dir, "shadows", "tmp"))).toEqual([]);
+      await applyChange(b, { version: 1, snapshot: fs.createReadStream(src), transaction: ["INSERT INTO t VALUES (3001)"] }, opts);
+      await applyChange(b, { version: 2, transaction: ["INSERT INTO t VALUES (3002)"] }, opts);
+      expect(fs.readdirSync(location).filter((n) => n.startsWith("snap-"))).toHaveLength(1);
+      expect(fs.readdirSync(path.join(dir, "shadows", "tmp"))).toEqual([]);
+    } finally {
+      closeShadow(b);
+      await b.close();
+    }
+    const r = await openBackend(location, { mode: "read" });
+    try {
+      await restore(r, path.join(dir, "out.db"));
+    } finally {
+      await r.close();
+    }
+    expect(rows(path.join(dir, "out.db"))).toEqual(Array.from({ length: 3002 }, (_, i) => i + 1));
   });
 
   it("the Journal throws E_REPLAY for a change the backup's state cannot take, rolls the host back, and carries on", async () => {
