@@ -11,7 +11,7 @@ import fsp from "node:fs/promises";
 import { Worker } from "node:worker_threads";
 import type { Backend } from "../backup/backup.js";
 import type { SyncChanges } from "../backup/change-stream.js";
-import type { Statement, StoredSnapshot } from "../model/change.js";
+import type { Statement, StoredChange, StoredSnapshot } from "../model/change.js";
 import { TidemarkError } from "../util/errors.js";
 import type { Rewriter } from "./rewrite.js";
 import { PageFile } from "./page-file.js";
@@ -94,11 +94,12 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
   let changes = 0;
   let statements = 0;
   let pages: PageFile | undefined;
-  const stream = backend.streamChanges({ to })[Symbol.asyncIterator]();
-  // The stored backends' stream hands over changes already read without a promise each.
-  const takeSync = "takeSync" in stream ? (stream as SyncChanges).takeSync.bind(stream) : undefined;
-  let streaming = true;
+  let stream: AsyncIterator<StoredChange> | undefined;
   try {
+    // Inside the try: a range the backup does not hold throws here, and the worker must go.
+    stream = backend.streamChanges({ to })[Symbol.asyncIterator]();
+    // The stored backends' stream hands over changes already read without a promise each.
+    const takeSync = "takeSync" in stream ? (stream as SyncChanges).takeSync.bind(stream) : undefined;
     for (;;) {
       let change = takeSync?.();
       if (change === undefined) {
@@ -144,7 +145,7 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
       }
       if (options.onProgress && (changes % YIELD_EVERY === 0 || version === to)) options.onProgress(version - first + 1, to - first + 1);
     }
-    streaming = false;
+    stream = undefined; // read to its end
     if (pages) {
       pages.close();
       pages = undefined;
@@ -162,7 +163,7 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
     return { db: worker, version, timestamp, changes, statements };
   } catch (err) {
     // As a for-await loop left early would: the stream lets its reader go.
-    if (streaming) await stream.return?.().catch(() => {});
+    await stream?.return?.().catch(() => {});
     pages?.close();
     await worker?.close();
     throw err;
@@ -214,16 +215,31 @@ interface SqliteClient extends ReplayedDb {
 
 const newBatch = (): Batch => ({ statements: [], versions: [], indexes: [] });
 
+/** The calls both ways of running SQLite answer alike, through their call(). */
+abstract class SqliteCalls {
+  abstract call(msg: Record<string, unknown>): Promise<unknown>;
+
+  async integrityCheck(): Promise<string[]> {
+    const rows = (await this.call({ op: "integrity" })) as { integrity_check: string }[];
+    return rows.map((r) => r.integrity_check);
+  }
+
+  async backup(dest: string): Promise<void> {
+    await this.call({ op: "backup", dest });
+  }
+}
+
 /**
  * SQLite on the calling thread (replay-sqlite.js run in process), for short replays: the same
  * statements in the same batches as the worker runs them, and the same errors.
  */
-class InlineSqlite implements SqliteClient {
+class InlineSqlite extends SqliteCalls implements SqliteClient {
   readonly #sqlite: ReplaySqlite;
   #batch: Batch = newBatch();
   #failure: Error | null = null;
 
   private constructor(sqlite: ReplaySqlite) {
+    super();
     this.#sqlite = sqlite;
   }
 
@@ -284,15 +300,6 @@ class InlineSqlite implements SqliteClient {
     await this.#runBatch();
   }
 
-  async integrityCheck(): Promise<string[]> {
-    const rows = (await this.call({ op: "integrity" })) as { integrity_check: string }[];
-    return rows.map((r) => r.integrity_check);
-  }
-
-  async backup(dest: string): Promise<void> {
-    await this.call({ op: "backup", dest });
-  }
-
   async close(): Promise<void> {
     this.#batch = newBatch();
     // As the worker's close: a failure to close must not hide the error that led here.
@@ -303,7 +310,7 @@ class InlineSqlite implements SqliteClient {
 }
 
 /** The client side of replay-worker.js. */
-class SqliteWorker implements SqliteClient {
+class SqliteWorker extends SqliteCalls implements SqliteClient {
   readonly #worker = new Worker(new URL("./replay-worker.js", import.meta.url));
   readonly #pending = new Map<number, Pending>();
   readonly #inFlight: Promise<unknown>[] = [];
@@ -313,6 +320,7 @@ class SqliteWorker implements SqliteClient {
   #closed = false;
 
   constructor() {
+    super();
     this.#worker.on("message", (msg: { id: number; ok: boolean; result?: unknown; error?: { message: string; at?: number } }) => {
       const p = this.#pending.get(msg.id);
       if (!p) return;
@@ -384,15 +392,6 @@ class SqliteWorker implements SqliteClient {
   /** Waits for every reply so far. */
   drain(): Promise<void> {
     return this.#waitBelow(0);
-  }
-
-  async integrityCheck(): Promise<string[]> {
-    const rows = (await this.call({ op: "integrity" })) as { integrity_check: string }[];
-    return rows.map((r) => r.integrity_check);
-  }
-
-  async backup(dest: string): Promise<void> {
-    await this.call({ op: "backup", dest });
   }
 
   async close(): Promise<void> {

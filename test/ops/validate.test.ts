@@ -15,6 +15,17 @@ import { tmpDir } from "../helpers/tmp.js";
 import { FakeLightningd } from "../fixtures/cln/fake-lightningd.js";
 
 
+/** Restores the backup at `location` into `out` and returns its rows. */
+async function restoredRows(location: string, out: string): Promise<unknown[]> {
+  const r = await openBackend(location, { mode: "read" });
+  try {
+    await restore(r, out);
+  } finally {
+    await r.close();
+  }
+  return rows(out);
+}
+
 const line = (version: number, ...sql: string[]) => `${JSON.stringify({ version, transaction: sql })}\n`;
 
 describe("a change is checked against the backup's state before it is stored", () => {
@@ -87,13 +98,7 @@ describe("a change is checked against the backup's state before it is stored", (
       closeShadow(b);
       await b.close();
     }
-    const r = await openBackend(location, { mode: "read" });
-    try {
-      await restore(r, path.join(dir, "out.db"));
-    } finally {
-      await r.close();
-    }
-    expect(rows(path.join(dir, "out.db"))).toEqual(Array.from({ length: 3002 }, (_, i) => i + 1));
+    expect(await restoredRows(location, path.join(dir, "out.db"))).toEqual(Array.from({ length: 3002 }, (_, i) => i + 1));
   });
 
   it("the Journal throws E_REPLAY for a change the backup's state cannot take, rolls the host back, and carries on", async () => {
@@ -244,12 +249,6 @@ describe("a change is checked against the backup's state before it is stored", (
       closeShadow(b);
       await b.close();
     }
-    const r = await openBackend(location, { mode: "read" });
-    try {
-      await restore(r, path.join(dir, "out.db"));
-    } finally {
-      await r.close();
-    }
-    expect(rows(path.join(dir, "out.db"))).toEqual([2]);
+    expect(await restoredRows(location, path.join(dir, "out.db"))).toEqual([2]);
   });
 });
