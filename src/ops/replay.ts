@@ -215,6 +215,14 @@ interface SqliteClient extends ReplayedDb {
 
 const newBatch = (): Batch => ({ statements: [], versions: [], indexes: [] });
 
+/** Adds a statement to `b`; true once the batch is full. */
+function queue(b: Batch, st: Statement, version: number, index: number): boolean {
+  b.statements.push(st);
+  b.versions.push(version);
+  b.indexes.push(index);
+  return b.statements.length >= BATCH_STATEMENTS;
+}
+
 /** The calls both ways of running SQLite answer alike, through their call(). */
 abstract class SqliteCalls {
   abstract call(msg: Record<string, unknown>): Promise<unknown>;
@@ -269,11 +277,7 @@ class InlineSqlite extends SqliteCalls implements SqliteClient {
   }
 
   statement(st: Statement, version: number, index: number): Promise<void> | undefined {
-    const b = this.#batch;
-    b.statements.push(st);
-    b.versions.push(version);
-    b.indexes.push(index);
-    if (b.statements.length < BATCH_STATEMENTS) return undefined;
+    if (!queue(this.#batch, st, version, index)) return undefined;
     return this.#runBatch();
   }
 
@@ -357,11 +361,7 @@ class SqliteWorker extends SqliteCalls implements SqliteClient {
    * caller must wait for the worker to catch up; most statements cost no promise at all.
    */
   statement(st: Statement, version: number, index: number): Promise<void> | undefined {
-    const b = this.#batch;
-    b.statements.push(st);
-    b.versions.push(version);
-    b.indexes.push(index);
-    if (b.statements.length < BATCH_STATEMENTS) return undefined;
+    if (!queue(this.#batch, st, version, index)) return undefined;
     this.#sendBatch();
     return this.#inFlight.length > MAX_IN_FLIGHT ? this.#waitBelow(MAX_IN_FLIGHT) : undefined;
   }
