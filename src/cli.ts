@@ -3,8 +3,9 @@
  * The `tidemark` command line. Exit codes: 0 success, 1 error, 2 usage error.
  *
  * Start-up loads only what the command line asks for: `tidemark --version` reads package.json
- * and nothing else; any other command line loads commander and the command modules (which load
- * what their actions run when they run; see src/commands/common.ts).
+ * and nothing else; a command line that names a command loads commander and that command's
+ * module; any other (--help, a typo) loads every command module. A command module loads what its
+ * action runs when it runs (see src/commands/common.ts).
  */
 import { readFileSync } from "node:fs";
 import type { Command, Help } from "commander";
@@ -20,35 +21,32 @@ function packageVersion(): string {
   return (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 }
 
-/** Builds the program with every command registered. */
-export async function buildProgram(): Promise<Command> {
-  const [
-    { Command, Help },
-    { registerInit },
-    { registerIngest },
-    { registerStatus },
-    { registerRestore },
-    { registerCompact },
-    { registerRewind },
-    { registerVerify },
-    { registerCopy },
-    { registerWatch },
-    { registerDaemon },
-    { registerCln },
-  ] = await Promise.all([
-    import("commander"),
-    import("./commands/init.js"),
-    import("./commands/ingest.js"),
-    import("./commands/status.js"),
-    import("./commands/restore.js"),
-    import("./commands/compact.js"),
-    import("./commands/rewind.js"),
-    import("./commands/verify.js"),
-    import("./commands/copy.js"),
-    import("./commands/watch.js"),
-    import("./commands/daemon.js"),
-    import("./commands/cln.js"),
-  ]);
+/** Each command's module and the function that registers it, by the command names it registers. */
+const COMMANDS: Record<string, () => Promise<(program: Command) => void>> = {
+  init: async () => (await import("./commands/init.js")).registerInit,
+  ingest: async () => (await import("./commands/ingest.js")).registerIngest,
+  status: async () => (await import("./commands/status.js")).registerStatus,
+  restore: async () => (await import("./commands/restore.js")).registerRestore,
+  compact: async () => (await import("./commands/compact.js")).registerCompact,
+  rewind: async () => (await import("./commands/rewind.js")).registerRewind,
+  verify: async () => (await import("./commands/verify.js")).registerVerify,
+  copy: async () => (await import("./commands/copy.js")).registerCopy,
+  watch: async () => (await import("./commands/watch.js")).registerWatch,
+  daemon: async () => (await import("./commands/daemon.js")).registerDaemon,
+  cln: async () => (await import("./commands/cln.js")).registerCln,
+};
+/** Command names registered by another command's module. */
+const REGISTERED_BY: Record<string, string> = { "cln-plugin": "cln" };
+
+/**
+ * Builds the program with every command registered, or with only the command `only` when the
+ * command line names one: its parsing, errors and --help are the same either way (the program's
+ * own options come before the command name), and the other command modules stay unloaded.
+ */
+export async function buildProgram(only?: string): Promise<Command> {
+  const name = only === undefined ? undefined : (REGISTERED_BY[only] ?? only);
+  const chosen = name !== undefined && Object.hasOwn(COMMANDS, name) ? [COMMANDS[name]!] : Object.values(COMMANDS);
+  const [{ Command, Help }, ...registers] = await Promise.all([import("commander"), ...chosen.map((load) => load())]);
   const program = new Command()
     .name("tidemark")
     .description("Write-ahead changelog backups for SQLite: every acknowledged transaction is durable before the host commits.")
@@ -57,17 +55,7 @@ export async function buildProgram(): Promise<Command> {
     .showHelpAfterError("(add --help for usage)")
     .exitOverride()
     .configureHelp({ boxWrap: reflowWith(Help) });
-  registerInit(program);
-  registerIngest(program);
-  registerStatus(program);
-  registerRestore(program);
-  registerCompact(program);
-  registerRewind(program);
-  registerVerify(program);
-  registerCopy(program);
-  registerWatch(program);
-  registerDaemon(program);
-  registerCln(program);
+  for (const register of registers) register(program);
   for (const cmd of program.commands) {
     cmd
       .exitOverride()
@@ -112,7 +100,7 @@ function reflowWith(HelpClass: typeof Help) {
 
 /** Runs the CLI with `argv` and returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
-  const program = await buildProgram();
+  const program = await buildProgram(argv[2]);
   const { CommanderError } = await import("commander");
   try {
     await program.parseAsync(argv);

@@ -88,5 +88,16 @@ describe("cli: a command loads only what it runs", () => {
     expect(i.stdout).toContain('"version":3');
     for (const pkg of HEAVY.filter((p) => p !== "better-sqlite3")) expect(i.packages, pkg).not.toContain(pkg);
     expect(i.own).not.toContain("backends/s3.js");
+    // The command line names its command: the other command modules stay unloaded.
+    const commands = [...i.own].filter((f) => f.startsWith(`src${path.sep}commands${path.sep}`) && !/(common|progress|interrupt)\.js$/.test(f));
+    expect(commands).toEqual([path.join("src", "commands", "ingest.js")]);
+  });
+
+  it("--help and a mistyped command still know every command", async () => {
+    const h = loadedBy(["--help"]);
+    for (const name of ["init", "ingest", "status", "restore", "compact", "rewind", "verify", "copy", "watch", "daemon", "cln"]) expect(h.stdout).toMatch(new RegExp(`^  ${name} `, "m"));
+    const typo = await runCli(["ingset"]);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toContain("(Did you mean ingest?)");
   });
 });
