@@ -4,7 +4,8 @@
  *
  *   ack over the socket   a change through the client's ingest channel, and as one HTTP POST,
  *                         vs applyChange in-process on the same kind of backend, same disk
- *                         (target: ≤ 0.15 ms extra at p50 through the channel)
+ *                         (target: ≤ 0.15 ms extra at p50 through the channel); beside it the
+ *                         floor: a bare child's append+fdatasync per frame vs the same in-process
  *   16 writers            changes/s of 16 clients on 16 databases through one daemon, vs 16
  *                         concurrent raw append+fdatasync loops of the same bytes (≥ 0.5)
  *   group commit          changes/s with 1, 4 and 16 databases written at once, with group
@@ -21,7 +22,6 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { openBackend } from "../src/backup/registry.js";
 import { connect, type DaemonClient } from "../src/host/client.js";
-import type { ChangeInput } from "../src/model/change.js";
 import { applyChange } from "../src/ops/ingest.js";
 import { encodeChangeRecord } from "../src/format/record-codec.js";
 import { PLAIN } from "../src/format/sealing.js";
@@ -93,35 +93,88 @@ const statement = (v: number) => [`INSERT INTO ledger VALUES (${v}, ${v % 97}, $
 const CREATE = ["CREATE TABLE ledger (id INTEGER PRIMARY KEY, account INTEGER, amount INTEGER, memo TEXT)"];
 
 /**
+ * The floor under an ack over the socket: a child process (bench/raw-writer.ts socket) that
+ * appends each frame's bytes and fdatasyncs before it answers, as the daemon does with a change,
+ * and nothing else. What it costs above the same append+fdatasync in-process is the two
+ * processes' wake-ups and the socket, which no daemon code can take away.
+ */
+async function rawSocketWriter(dir: string): Promise<{ send(bytes: Buffer): Promise<void>; stop(): void }> {
+  fs.mkdirSync(dir, { recursive: true });
+  const socketPath = path.join(dir, "raw.sock");
+  const child = spawn(process.execPath, [path.join(path.dirname(CLI), "../bench/raw-writer.js"), "socket", path.join(dir, "raw.log"), socketPath], { stdio: ["ignore", "pipe", "inherit"] });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.once("data", () => resolve());
+    child.once("exit", (code) => reject(new Error(`raw-writer socket exited with ${code}`)));
+  });
+  const socket = net.connect(socketPath);
+  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+  let answered: (() => void) | null = null;
+  let pending: Buffer = Buffer.alloc(0);
+  socket.on("data", (chunk: Buffer) => {
+    pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+    while (pending.length >= 4 && pending.length >= 4 + pending.readUInt32BE(0)) {
+      pending = pending.subarray(4 + pending.readUInt32BE(0));
+      answered?.();
+    }
+  });
+  return {
+    send: (bytes) =>
+      new Promise<void>((resolve) => {
+        answered = resolve;
+        const frame = Buffer.allocUnsafe(4 + bytes.length);
+        frame.writeUInt32BE(bytes.length, 0);
+        bytes.copy(frame, 4);
+        socket.write(frame);
+      }),
+    stop: () => {
+      socket.destroy();
+      child.kill();
+    },
+  };
+}
+
+/**
  * Ack latency over the socket — through the ingest channel (the client's default there) and
- * through one HTTP POST per change — vs in-process applyChange, the three taken in turn.
+ * through one HTTP POST per change — vs in-process applyChange, the three taken in turn; and
+ * the floor beside them: a child's bare append+fdatasync per frame vs the same in-process.
  */
 async function ackOverSocket(root: string, rows: Row[]): Promise<void> {
   const d = await startDaemon(path.join(root, "socket"), { databases: [{ name: "a", backend: "data/a" }, { name: "h", backend: "data/h" }], groupCommit: "off" });
   const channel = connect({ socket: d.socket, db: "a" });
   const http = connect({ socket: d.socket, db: "h", channel: false });
   const local = await openBackend(path.join(root, "socket-local"), { mode: "create" });
+  const raw = await rawSocketWriter(path.join(root, "socket-raw"));
+  const rawLocal = fs.openSync(path.join(root, "socket-raw", "local.log"), "a");
   await channel.addChange({ version: 1, transaction: CREATE });
   await http.addChange({ version: 1, transaction: CREATE });
   await applyChange(local, { version: 1, transaction: CREATE });
-  const series: [string, number[], (c: ChangeInput) => Promise<unknown>][] = [
+  /** A change as the loop makes it: a timestamp and a transaction, which a record encodes as is. */
+  type Timed = { readonly version: number; readonly timestamp: number; readonly transaction: string[] };
+  const series: [string, number[], (c: Timed) => Promise<unknown> | void][] = [
     ["channel", [], (c) => channel.addChange(c)],
     ["http", [], (c) => http.addChange(c)],
     ["local", [], (c) => applyChange(local, c)],
+    ["raw socket", [], (c) => raw.send(encodeChangeRecord(c, PLAIN))],
+    ["raw local", [], (c) => {
+      fs.writeSync(rawLocal, encodeChangeRecord(c, PLAIN));
+      fs.fdatasyncSync(rawLocal);
+    }],
   ];
   for (let v = 2; v <= 4001; v++) {
     const change = { version: v, timestamp: Date.now(), transaction: statement(v) };
     // Each goes first in turn, so that none always meets a warmer cache.
-    for (let k = 0; k < 3; k++) {
-      const [, times, send] = series[(v + k) % 3]!;
+    for (let k = 0; k < series.length; k++) {
+      const [, times, send] = series[(v + k) % series.length]!;
       times.push(await timed(() => send(change)));
     }
   }
   channel.close();
   http.close();
+  raw.stop();
+  fs.closeSync(rawLocal);
   await local.close();
   await d.stop();
-  const [viaChannel, viaHttp, inProcess] = series.map(([, times]) => times) as [number[], number[], number[]];
+  const [viaChannel, viaHttp, inProcess, rawRemote, rawInProcess] = series.map(([, times]) => times) as [number[], number[], number[], number[], number[]];
   for (const p of [50, 99]) {
     const b = percentile(inProcess, p);
     for (const [how, times] of [["ingest channel", viaChannel], ["HTTP POST", viaHttp]] as const) {
@@ -137,6 +190,15 @@ async function ackOverSocket(root: string, rows: Row[]): Promise<void> {
       });
     }
   }
+  const [a, b] = [percentile(rawRemote, 50), percentile(rawInProcess, 50)];
+  rows.push({
+    target: "ack over the socket, floor: a bare child's append+fdatasync, p50",
+    measured: ms(a),
+    limit: `${ms(b)} the same in-process`,
+    ratio: a / b,
+    goal: `extra ${ms(a - b)}`,
+    ok: true,
+  });
 }
 
 /** Changes/s with N databases written at once, with group commit on and off. */
