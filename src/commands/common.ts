@@ -1,10 +1,11 @@
 /**
  * Helpers shared by the CLI commands.
  *
- * Every command module is loaded to build the program for --help (a command line that names a command loads only its module), so a command
- * module imports at its top only commander, this file and small util/ modules; what its action
- * runs (the backup core, ops/, the daemon, better-sqlite3, undici, …) it loads with `import()`
- * when it runs. test/commands/cli-imports.test.ts checks which modules each command loads.
+ * Every command module is loaded to build the program for --help (a command line that names a
+ * command loads only that one), so a command module imports at its top only commander, this
+ * file and small util/ modules; what its action runs (the backup core, ops/, the daemon,
+ * better-sqlite3, undici, …) it loads with `import()` when it runs.
+ * test/commands/cli-imports.test.ts checks which modules each command loads.
  */
 import { InvalidArgumentError, Option, type Command } from "commander";
 import type { Backend, BackendOptions, OpenMode } from "../backup/backup.js";
