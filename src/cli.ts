@@ -44,7 +44,7 @@ const REGISTERED_BY: Record<string, string> = { "cln-plugin": "cln" };
  * own options come before the command name), and the other command modules stay unloaded.
  */
 export async function buildProgram(only?: string): Promise<Command> {
-  const name = only === undefined ? undefined : (REGISTERED_BY[only] ?? only);
+  const name = only !== undefined && Object.hasOwn(REGISTERED_BY, only) ? REGISTERED_BY[only] : only;
   const chosen = name !== undefined && Object.hasOwn(COMMANDS, name) ? [COMMANDS[name]!] : Object.values(COMMANDS);
   const [{ Command, Help }, ...registers] = await Promise.all([import("commander"), ...chosen.map((load) => load())]);
   const program = new Command()
