@@ -33,7 +33,8 @@ export function registerCompact(program: Command): void {
         const progress = createProgress("compact", "versions", opts.quiet || opts.json);
         progress.phase("replaying");
         const stats = await interruptible(backend.location, progress, (signal) =>
-          compact(backend, { rules, ...(opts.tmpDir && { tmpDir: opts.tmpDir }), onProgress: progress.update, signal }),
+          // A process of its own: a short replay needs no worker thread.
+          compact(backend, { rules, ...(opts.tmpDir && { tmpDir: opts.tmpDir }), inline: true, onProgress: progress.update, signal }),
         );
         if (opts.json) return printJson(stats);
         if (opts.quiet) return;
