@@ -4,7 +4,10 @@
  *   ack latency      tidemark applyChange on the file backend vs a raw append + fdatasync of
  *                    the same bytes, same process, same directory (p50 and p99)
  *   restore          restore() vs better-sqlite3 executing the same statements in one transaction
- *   compaction       compact() of 100k changes vs that replay plus a backup-API snapshot
+ *   compaction       compact() of 100k changes from the backup's warm shadow (as the daemon
+ *                    compacts) vs a backup-API copy of that same shadow file and its fsync; and compact()
+ *                    without a shadow (a replay, as `tidemark compact` runs it) vs that replay
+ *                    plus a backup-API snapshot
  *   restore RSS      peak RSS of a restore whose snapshot is 1 GiB (a child process)
  *
  *   daemon           see bench/daemon.ts: ack over the socket, group commit, compaction stall
@@ -37,8 +40,8 @@ import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { openBackend } from "../src/backup/registry.js";
 import { encodeChangeRecord } from "../src/format/record-codec.js";
-import { compact } from "../src/ops/compaction.js";
-import { applyChange } from "../src/ops/ingest.js";
+import { compact, type CompactionStats } from "../src/ops/compaction.js";
+import { applyChange, shadowOf } from "../src/ops/ingest.js";
 import { restore } from "../src/ops/restore.js";
 import { writeAll } from "../src/util/durable-fs.js";
 import { benchCli } from "./cli.js";
@@ -46,7 +49,7 @@ import { benchCln } from "./cln.js";
 import { benchDaemon } from "./daemon.js";
 import { benchOpen } from "./open.js";
 import { benchProtection } from "./protection.js";
-import { benchReadPath, bigDatabase, measured, replayLimit } from "./read-path.js";
+import { benchReadPath, bigDatabase, measured, replayLimit, type Times } from "./read-path.js";
 import { benchS3 } from "./s3.js";
 import { benchShadow } from "./shadow.js";
 import { benchWatch } from "./watch.js";
@@ -136,11 +139,11 @@ async function benchRestoreAndCompaction(): Promise<void> {
   // The limit: better-sqlite3 running the same statements in one transaction, into a new file,
   // with the replay worker's pragmas and one final fsync; then a backup-API snapshot of it.
   const baselineFile = path.join(dir, "baseline.db");
-  const replayMs = (await measured(() => replayLimit(baselineFile, statements))).wallMs;
+  const limitTimes = await measured(() => replayLimit(baselineFile, statements));
+  const replayMs = limitTimes.wallMs;
+  const replayCpu = limitTimes.cpuMs;
   const db = new Database(baselineFile);
-  const t1 = performance.now();
-  await db.backup(path.join(dir, "baseline-snapshot.db"));
-  const snapshotMs = performance.now() - t1;
+  const snapshot = await measured(() => db.backup(path.join(dir, "baseline-snapshot.db")));
   db.close();
 
   const out = path.join(dir, "restored.db");
@@ -157,22 +160,52 @@ async function benchRestoreAndCompaction(): Promise<void> {
     ok: replayMs / restoreMs >= 0.8,
   });
 
-  const t3 = performance.now();
-  const stats = await compact(backend);
-  const compactMs = performance.now() - t3;
-  const limit = replayMs + snapshotMs;
-  rows.push({
-    target: `compaction (${CHANGES.toLocaleString("en-US")} changes)`,
-    measured: ms(compactMs),
-    limit: `${ms(limit)} replay + snapshot`,
-    ratio: compactMs / limit,
-    goal: "≤ 1.3",
-    ok: compactMs / limit <= 1.3,
+  // Compaction by a replay (no shadow: as `tidemark compact` runs it, in the worker past 20,000
+  // changes), of a copy of the backup: the original's shadow compaction below leaves nothing for
+  // a second one to fold.
+  const copyLocation = path.join(dir, "backup-copy");
+  // (Not its LOCK, which names this process as the writer of the original.)
+  fs.cpSync(location, copyLocation, { recursive: true, filter: (src) => path.basename(src) !== "LOCK" });
+  const copy = await openBackend(copyLocation, { mode: "write" });
+  let replayStats: CompactionStats | undefined;
+  const replayed = await measured(async () => (replayStats = await compact(copy)));
+  await copy.close();
+  pushCompaction(`compaction by replay (${CHANGES.toLocaleString("en-US")} changes)`, replayed, { wallMs: replayMs + snapshot.wallMs, cpuMs: replayCpu + snapshot.cpuMs }, "replay + backup() snapshot", replayStats!);
+
+  // Compaction from the warm shadow that the applyChange calls kept (as the daemon compacts) vs
+  // a backup-API copy of that same file and one fsync of the copy (a base is durable before it
+  // is installed). The shadow is in WAL mode: a second connection reads what is committed.
+  const shadow = shadowOf(backend);
+  const shadowCopy = await measured(async () => {
+    const s = new Database(shadow.file, { readonly: true });
+    const copyFile = path.join(dir, "shadow-copy.db");
+    try {
+      await s.backup(copyFile);
+    } finally {
+      s.close();
+    }
+    const fd = fs.openSync(copyFile, "r+");
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
   });
-  process.stderr.write(
-    `compaction detail: replay ${ms(stats.replayMs)}, snapshot ${ms(stats.snapshotMs)}, install ${ms(stats.installMs)}\n`,
-  );
+  let shadowStats: CompactionStats | undefined;
+  const fromShadow = await measured(async () => (shadowStats = await compact(backend, { shadow })));
+  if (shadowStats!.replayMs > 0) throw new Error("bench: the compaction from the shadow replayed instead");
+  pushCompaction(`compaction from the shadow (${CHANGES.toLocaleString("en-US")} changes)`, fromShadow, shadowCopy, "backup() of the shadow file + fsync", shadowStats!);
   await backend.close();
+}
+
+function pushCompaction(target: string, ours: Times, limit: Times, what: string, stats: CompactionStats): void {
+  if (stats.skipped) throw new Error(`bench: ${target} was skipped: ${stats.skipped}`);
+  rows.push({
+    target,
+    measured: `${ms(ours.wallMs)}, CPU ${ms(ours.cpuMs)}`,
+    limit: `${ms(limit.wallMs)}, CPU ${ms(limit.cpuMs)} ${what}`,
+    ratio: ours.wallMs / limit.wallMs,
+    goal: "≤ 1.3",
+    ok: ours.wallMs / limit.wallMs <= 1.3,
+  });
+  process.stderr.write(`${target} detail: replay ${ms(stats.replayMs)}, snapshot ${ms(stats.snapshotMs)}, install ${ms(stats.installMs)}\n`);
 }
 
 // ------------------------------------------------------------ peak RSS

@@ -53,6 +53,8 @@ export class RecordReader {
   #segmentEnd = true;
   #eof = false;
   #offset: number;
+  /** The rest of a chunk whose first bytes ended a record that straddled two chunks. */
+  #rest: LogChunk | undefined;
 
   constructor(chunks: AsyncIterable<LogChunk>, start: number) {
     this.#it = chunks[Symbol.asyncIterator]();
@@ -125,7 +127,17 @@ export class RecordReader {
       if (keep.length > 0 && this.#segmentEnd) break;
       const chunk = await this.#pull();
       if (!chunk) break;
-      keep = keep.length === 0 ? chunk.bytes : Buffer.concat([keep, chunk.bytes]);
+      const want = needed - keep.length;
+      if (keep.length === 0) keep = chunk.bytes;
+      else if (chunk.bytes.length <= want) keep = Buffer.concat([keep, chunk.bytes]);
+      else {
+        // A record straddles two chunks: only its own bytes are copied, and the rest of the
+        // chunk is the next window (a copy of whole multi-MiB chunks cost a major GC or two
+        // per 100 MB read, through the external memory they allocate).
+        keep = Buffer.concat([keep, chunk.bytes.subarray(0, want)]);
+        this.#rest = { ...chunk, offset: chunk.offset + want, bytes: chunk.bytes.subarray(want) };
+        this.#segmentEnd = false;
+      }
     }
     this.#win = keep;
     this.#winStart = offset;
@@ -133,6 +145,13 @@ export class RecordReader {
   }
 
   async #pull(): Promise<LogChunk | undefined> {
+    const rest = this.#rest;
+    if (rest) {
+      // Of the segment already current.
+      this.#rest = undefined;
+      this.#segmentEnd = rest.segmentEnd;
+      return rest;
+    }
     for (;;) {
       const r = await this.#it.next();
       if (r.done) {

@@ -14,7 +14,9 @@ export function registerCompact(program: Command): void {
     .description(
       "Replay the backup up to the change before the head, snapshot it with SQLite's backup API, and\n" +
         "install it as the new base. The last change stays separate, so one rewind remains possible.\n" +
-        "A crash at any point leaves a backup that restores to the same head. Takes the writer lock.",
+        "A crash at any point leaves a backup that restores to the same head. Takes the writer lock.\n" +
+        "A daemon that serves the backup compacts it from its shadow instead (POST /v1/dbs/<db>/compact):\n" +
+        "a shadow left by a closed process holds the head, not the state before it that the base needs.",
     )
     .argument("<backend>", "the backup: a directory path, file:PATH, or a backend URL")
     .option("--rules <set|file>", 'rewrite rules for the replay: "core-lightning", "none", or a JSON file', "none")
@@ -31,7 +33,8 @@ export function registerCompact(program: Command): void {
         const progress = createProgress("compact", "versions", opts.quiet || opts.json);
         progress.phase("replaying");
         const stats = await interruptible(backend.location, progress, (signal) =>
-          compact(backend, { rules, ...(opts.tmpDir && { tmpDir: opts.tmpDir }), onProgress: progress.update, signal }),
+          // A process of its own: a short replay needs no worker thread.
+          compact(backend, { rules, ...(opts.tmpDir && { tmpDir: opts.tmpDir }), inline: true, onProgress: progress.update, signal }),
         );
         if (opts.json) return printJson(stats);
         if (opts.quiet) return;

@@ -29,6 +29,11 @@ export interface CompactOptions {
   readonly signal?: AbortSignal;
   /** The backup's shadow: its settled state is the new base when it is warm, instead of a replay. */
   readonly shadow?: Shadow;
+  /**
+   * Lets a short replay (up to 20,000 changes) run SQLite on this thread instead of starting a
+   * worker, as restore's `inline`: for a process of its own (the CLI), never for a daemon.
+   */
+  readonly inline?: boolean;
 }
 
 /** Record counts and bytes of a backup. */
@@ -116,6 +121,7 @@ export async function compact(backend: Backend, options: CompactOptions = {}): P
       rewriter,
       ...(options.onProgress && { onProgress: options.onProgress }),
       ...(options.signal && { signal: options.signal }),
+      ...(options.inline && { inline: true }),
     });
     const replayDone = performance.now();
     // A captured backup's new base is the rebuilt file itself, page for page (the backup API

@@ -7,7 +7,8 @@
  *
  * Plain JavaScript on purpose: worker threads load files as they are, and this one must run both
  * from dist/ and from the sources under test. Each message `{op, ...}` is answered by the
- * return value of {@link ReplaySqlite.handle}; a failing statement throws with `at`, its index.
+ * return value of {@link ReplaySqlite.handle}; a failing statement throws with `at`, its index,
+ * and `sql`, its text.
  */
 import Database from "better-sqlite3";
 
@@ -50,7 +51,8 @@ export class ReplaySqlite {
   }
 
   /**
-   * Runs statements in order; on failure, throws with the index of the failing one as `at`.
+   * Runs statements in order; on failure, throws with the index of the failing one as `at` and
+   * its SQL as `sql` (the sender keeps no copy of a batch it has sent).
    * @param {readonly (string | {sql: string, params?: unknown})[]} statements
    */
   run(statements) {
@@ -71,7 +73,7 @@ export class ReplaySqlite {
           prepared.run(/** @type {any} */ (st.params));
         }
       } catch (err) {
-        throw Object.assign(/** @type {Error} */ (err), { at: i });
+        throw Object.assign(/** @type {Error} */ (err), { at: i, sql: typeof st === "string" ? st : st.sql });
       }
       if (++this.#inBatch >= BATCH_STATEMENTS) this.#commit();
     }

@@ -15,7 +15,7 @@ const port = parentPort;
 if (!port) throw new Error("replay-worker.js runs as a worker thread");
 port.on("message", (/** @type {any} */ msg) => {
   const fail = (/** @type {any} */ err) =>
-    port.postMessage({ id: msg.id, ok: false, error: { message: String(err?.message ?? err), at: err?.at } });
+    port.postMessage({ id: msg.id, ok: false, error: { message: String(err?.message ?? err), at: err?.at, sql: err?.sql } });
   try {
     const result = sqlite.handle(msg);
     if (result instanceof Promise) result.then((r) => port.postMessage({ id: msg.id, ok: true, result: r }), fail);

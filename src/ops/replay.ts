@@ -187,18 +187,32 @@ async function writeSnapshot(snapshot: StoredSnapshot, dbPath: string): Promise<
   }
 }
 
-/** A batch of statements sent to the worker, with where each came from. */
-interface Batch {
-  readonly statements: Statement[];
+/** Where each statement of a batch came from: its version and its index in that change. */
+interface Origins {
   readonly versions: number[];
   readonly indexes: number[];
+}
+
+/** A batch of statements to send to the worker, with where each came from. */
+interface Batch extends Origins {
+  readonly statements: Statement[];
+}
+
+/**
+ * A failure the SQLite side reports: for a statement, its index in the batch (`at`) and its
+ * SQL, so that a batch sent is not kept (its strings would outlive young-generation GC).
+ */
+interface SqliteFailure {
+  readonly message: string;
+  readonly at?: number;
+  readonly sql?: string;
 }
 
 interface Pending {
   resolve(result: unknown): void;
   reject(err: Error): void;
-  /** For "run" messages: the batch, to name a failing statement. */
-  batch?: Batch;
+  /** For "run" messages: where the batch's statements came from, to name a failing one. */
+  origins?: Origins;
 }
 
 /** What the replay asks of the SQLite side, in a worker or on the calling thread. */
@@ -257,22 +271,22 @@ class InlineSqlite extends SqliteCalls implements SqliteClient {
     return new InlineSqlite(new ReplaySqlite());
   }
 
-  send(msg: Record<string, unknown>, batch?: Batch): Promise<unknown> {
+  send(msg: Record<string, unknown>): Promise<unknown> {
     if (this.#failure) return Promise.reject(this.#failure);
     try {
       const result = this.#sqlite.handle(msg as { op: string });
-      return result instanceof Promise ? result.catch((err: unknown) => Promise.reject(this.#fail(err, batch))) : Promise.resolve(result);
+      return result instanceof Promise ? result.catch((err: unknown) => Promise.reject(this.#fail(err, undefined))) : Promise.resolve(result);
     } catch (err) {
-      const failed = Promise.reject(this.#fail(err, batch));
+      const failed = Promise.reject(this.#fail(err, undefined));
       // As with the worker, the failure surfaces where the answer is awaited, or in the next call.
       failed.catch(() => {});
       return failed;
     }
   }
 
-  #fail(err: unknown, batch: Batch | undefined): Error {
-    const e = err as { message?: unknown; at?: number } | undefined;
-    this.#failure ??= errorOf({ message: String(e?.message ?? err), ...(e?.at !== undefined && { at: e.at }) }, batch);
+  #fail(err: unknown, origins: Origins | undefined): Error {
+    const e = err as { message?: unknown; at?: number; sql?: string } | undefined;
+    this.#failure ??= errorOf({ message: String(e?.message ?? err), ...(e?.at !== undefined && { at: e.at }), ...(e?.sql !== undefined && { sql: e.sql }) }, origins);
     return this.#failure;
   }
 
@@ -325,12 +339,12 @@ class SqliteWorker extends SqliteCalls implements SqliteClient {
 
   constructor() {
     super();
-    this.#worker.on("message", (msg: { id: number; ok: boolean; result?: unknown; error?: { message: string; at?: number } }) => {
+    this.#worker.on("message", (msg: { id: number; ok: boolean; result?: unknown; error?: SqliteFailure }) => {
       const p = this.#pending.get(msg.id);
       if (!p) return;
       this.#pending.delete(msg.id);
       if (msg.ok) p.resolve(msg.result);
-      else p.reject(errorOf(msg.error!, p.batch));
+      else p.reject(errorOf(msg.error!, p.origins));
     });
     this.#worker.on("error", (err) => this.#failAll(err));
     this.#worker.on("exit", (code) => {
@@ -345,10 +359,10 @@ class SqliteWorker extends SqliteCalls implements SqliteClient {
   }
 
   /** Sends a message and returns a promise for its reply. */
-  send(msg: Record<string, unknown>, batch?: Batch): Promise<unknown> {
+  send(msg: Record<string, unknown>, origins?: Origins): Promise<unknown> {
     if (this.#failure) return Promise.reject(this.#failure);
     const id = ++this.#nextId;
-    const reply = new Promise<unknown>((resolve, reject) => this.#pending.set(id, { resolve, reject, ...(batch && { batch }) }));
+    const reply = new Promise<unknown>((resolve, reject) => this.#pending.set(id, { resolve, reject, ...(origins && { origins }) }));
     this.#worker.postMessage({ ...msg, id });
     // A failure surfaces where the reply is awaited: in drain(), or in the next call.
     reply.catch(() => {});
@@ -374,7 +388,8 @@ class SqliteWorker extends SqliteCalls implements SqliteClient {
     const b = this.#batch;
     if (b.statements.length === 0) return;
     this.#batch = newBatch();
-    this.send({ op: "run", statements: b.statements }, b);
+    // Only the origins are kept until the answer: the statements are copied into the message.
+    this.send({ op: "run", statements: b.statements }, { versions: b.versions, indexes: b.indexes });
   }
 
   /** Flushes queued statements, waits for everything sent, then sends `msg` and waits for it. */
@@ -410,17 +425,19 @@ class SqliteWorker extends SqliteCalls implements SqliteClient {
 }
 
 /** Turns a worker's error into E_RESTORE, naming the version and statement when it was a batch. */
-function errorOf(error: { message: string; at?: number }, batch: Batch | undefined): TidemarkError {
-  const st = batch && error.at !== undefined ? batch.statements[error.at] : undefined;
-  if (!batch || st === undefined) return new TidemarkError("E_RESTORE", `replay failed: ${error.message}`);
+function errorOf(error: SqliteFailure, origins: Origins | undefined): TidemarkError {
+  const at = error.at;
+  if (!origins || at === undefined || error.sql === undefined || origins.versions[at] === undefined) {
+    return new TidemarkError("E_RESTORE", `replay failed: ${error.message}`);
+  }
   return new TidemarkError(
     "E_RESTORE",
-    `replaying version ${batch.versions[error.at!]}, statement ${batch.indexes[error.at!]} failed: ${error.message}: ${excerpt(st)}`,
+    `replaying version ${origins.versions[at]}, statement ${origins.indexes[at]} failed: ${error.message}: ${excerpt(error.sql)}`,
     { hint: "if this statement is known to be bad, rewrite it with --rules (see README, Statement rewriting)" },
   );
 }
 
-function excerpt(st: Statement): string {
-  const flat = (typeof st === "string" ? st : st.sql).replace(/\s+/g, " ").trim();
+function excerpt(sql: string): string {
+  const flat = sql.replace(/\s+/g, " ").trim();
   return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
 }

@@ -68,7 +68,8 @@ describe("replay on the calling thread and in the worker", () => {
       expect((err as TidemarkError).code).toBe("E_RESTORE");
       messages.push(err.message);
     }
-    expect(messages[0]).toContain("replaying version 2500, statement 1 failed: UNIQUE constraint failed: t.x");
+    // The failing statement's SQL comes back from the SQLite side (the sender keeps no copy).
+    expect(messages[0]).toContain("replaying version 2500, statement 1 failed: UNIQUE constraint failed: t.x: INSERT INTO t VALUES (7)");
     expect(messages[1]).toBe(messages[0]);
     // A reader still open would hold the backend's readers count up: close() then waits for none.
     await b.close();

@@ -235,7 +235,7 @@ describe("restore", () => {
 });
 
 describe("compaction", () => {
-  it("folds the log into a base, reports what it did, and restores the same database", async () => {
+  it.each([false, true])("folds the log into a base, reports what it did, and restores the same database (replay inline: %s)", async (inline) => {
     const dir = tmpDir();
     const work = new Workload(99);
     const host = new Database(path.join(dir, "host.db"));
@@ -246,7 +246,7 @@ describe("compaction", () => {
       applyStatements(host, st);
     }
     host.close();
-    const stats = await compact(b);
+    const stats = await compact(b, { inline });
     expect(stats.skipped).toBeUndefined();
     expect(stats.baseVersion).toBe(299);
     expect(stats.before.records).toBe(300);
