@@ -349,6 +349,47 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
       });
     });
 
+    it("rewinds and redos while a compaction runs keep the base's place: every live change follows it", async () => {
+      await withNew(async (b, location) => {
+        await seed(b, 20);
+        let release!: () => void;
+        const gate = new Promise<void>((r) => (release = r));
+        async function* slowSnapshot() {
+          yield Buffer.from("base-");
+          await gate;
+          yield Buffer.from("19");
+        }
+        // The base is the change before the head: where its record ends is taken at the start.
+        const compaction = b.compact({ version: 19, timestamp: 19, snapshot: () => slowSnapshot() });
+        await b.rewind();
+        await applyChange(b, { version: 20, transaction: tx(20, "after the rewind") });
+        await applyChange(b, { version: 21, transaction: tx(21) });
+        await applyChange(b, { version: 21, transaction: tx(21, "redo") });
+        await applyChange(b, { version: 22, transaction: tx(22) });
+        await b.rewind();
+        release();
+        await compaction;
+        expect(b.head()).toEqual({ version: 21, prevVersion: null });
+        const want = [
+          [19, undefined],
+          [20, tx(20, "after the rewind")],
+          [21, tx(21, "redo")],
+        ];
+        const got = await collect(b, { from: 19 });
+        expect(got.map((c) => [c.version, c.transaction])).toEqual(want);
+        expect(got[0]!.snapshot!.toString()).toBe("base-19");
+        await b.close();
+        const r = await open(location, "read");
+        try {
+          expect(r.head()).toEqual({ version: 21, prevVersion: null });
+          expect((await r.status()).baseVersion).toBe(19);
+          expect((await collect(r, { from: 19 })).map((c) => [c.version, c.transaction])).toEqual(want);
+        } finally {
+          await r.close();
+        }
+      });
+    });
+
     it("a reader sees a consistent view while the writer continues", async () => {
       await withNew(async (b, location) => {
         await seed(b, 10);
