@@ -81,6 +81,18 @@ function snapshotOf(bytes: Buffer): SnapshotSource {
   return Readable.from(chunks);
 }
 
+/** A snapshot source that lets appends happen while the compaction uploads it: `rest` waits for `release`. */
+function gatedSnapshot(first: string, rest: string): { snapshot: () => SnapshotSource; release: () => void } {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  async function* parts() {
+    yield Buffer.from(first);
+    await gate;
+    yield Buffer.from(rest);
+  }
+  return { snapshot: () => parts(), release: () => release() };
+}
+
 async function expectCode(p: Promise<unknown>, code: string): Promise<TidemarkError> {
   const err = await p.then(
     () => {
@@ -329,15 +341,8 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
     it("changes made while a compaction runs are kept", async () => {
       await withNew(async (b) => {
         await seed(b, 20);
-        // A snapshot source that lets appends happen while the compaction uploads it.
-        let release!: () => void;
-        const gate = new Promise<void>((r) => (release = r));
-        async function* slowSnapshot() {
-          yield Buffer.from("base-");
-          await gate;
-          yield Buffer.from("19");
-        }
-        const compaction = b.compact({ version: 19, timestamp: 19, snapshot: () => slowSnapshot() });
+        const { snapshot, release } = gatedSnapshot("base-", "19");
+        const compaction = b.compact({ version: 19, timestamp: 19, snapshot });
         for (let v = 21; v <= 25; v++) await applyChange(b, { version: v, transaction: tx(v) });
         await applyChange(b, { version: 25, transaction: tx(25, "redo") });
         release();
@@ -352,15 +357,9 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
     it("rewinds and redos while a compaction runs keep the base's place: every live change follows it", async () => {
       await withNew(async (b, location) => {
         await seed(b, 20);
-        let release!: () => void;
-        const gate = new Promise<void>((r) => (release = r));
-        async function* slowSnapshot() {
-          yield Buffer.from("base-");
-          await gate;
-          yield Buffer.from("19");
-        }
+        const { snapshot, release } = gatedSnapshot("base-", "19");
         // The base is the change before the head: where its record ends is taken at the start.
-        const compaction = b.compact({ version: 19, timestamp: 19, snapshot: () => slowSnapshot() });
+        const compaction = b.compact({ version: 19, timestamp: 19, snapshot });
         await b.rewind();
         await applyChange(b, { version: 20, transaction: tx(20, "after the rewind") });
         await applyChange(b, { version: 21, transaction: tx(21) });
