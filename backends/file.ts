@@ -50,6 +50,8 @@ const LOCK_FILE = "LOCK";
 const LOG_RE = /^log-(\d{10})\.tml$/;
 const SNAP_RE = /^snap-\d{20}-[0-9a-f]{8}\.tms$/;
 const READ_CHUNK = 4 << 20;
+/** Bytes of a snapshot blob written between two fdatasyncs of it. */
+const BLOB_SYNC_EVERY = 1 << 20;
 
 /** Opens the file backend at a `file:` URL. */
 export const createStorage: StorageFactory = async (url, options) => {
@@ -348,9 +350,17 @@ export class FileStorage implements Storage {
     try {
       const fh = await fsp.open(tmp, "wx", PRIVATE_FILE_MODE);
       try {
+        let unsynced = 0;
         for await (const chunk of source) {
           await fh.write(chunk);
           size += chunk.length;
+          unsynced += chunk.length;
+          // One MiB of dirty data at a time: an append's fdatasync meanwhile waits for that
+          // at most, not for the whole blob queued at the disk by one final fsync.
+          if (unsynced >= BLOB_SYNC_EVERY) {
+            await fh.datasync();
+            unsynced = 0;
+          }
         }
         await fh.sync();
       } finally {

@@ -311,7 +311,8 @@ async function compactionStall(root: string, rows: Row[], changes: number): Prom
     measured: ms(worst),
     limit: `${ms(p50)} p50 ack before it`,
     ratio: worst / p50,
-    goal: `≤ 5 (${during.length} acks, p50 ${ms(percentile(during, 50))}, in ${ms(compactMs)}; daemon CPU ${ms(cpuMs)})`,
+    // The longest ack before it too: what the machine itself does to an ack, compaction or not.
+    goal: `≤ 5 (${during.length} acks, p50 ${ms(percentile(during, 50))}, in ${ms(compactMs)}; before: ${before.length} acks, p99 ${ms(percentile(before, 99))}, longest ${ms(Math.max(...before))}; daemon CPU ${ms(cpuMs)})`,
     ok: worst / p50 <= 5,
   });
 }

@@ -157,9 +157,16 @@ export async function timestampOf(storage: Storage, id: number, e: LogEntry, key
   }
 }
 
+/** Where the live record of `version` ends in `g`'s log, when it is the head or the change before it (known without a read). */
+export function knownEndOfRecord(g: Generation, version: number): number | undefined {
+  for (const e of [g.state.headEntry, g.state.prevEntry]) if (e?.version === version) return e.position + e.length;
+  return undefined;
+}
+
 /** Where the live record of `version` ends in generation `g`'s log. */
 export async function endOfLiveRecord(storage: Storage, g: Generation, version: number): Promise<number> {
-  for (const e of [g.state.headEntry, g.state.prevEntry]) if (e?.version === version) return e.position + e.length;
+  const known = knownEndOfRecord(g, version);
+  if (known !== undefined) return known;
   // Not the head or the change before it: walk the log's records.
   const reader = new RecordReader(storage.readLog(g.id, 0, g.end), 0);
   let found = -1;
@@ -226,10 +233,13 @@ export interface NextGeneration {
   readonly staged?: StagedGeneration;
 }
 
-/** Copies what `old` holds after `baseVersion` into a new generation, staged where the storage can. */
-export async function stageNextGeneration(storage: Storage, old: Generation, baseVersion: number, baseRecord: Buffer, id: number): Promise<NextGeneration> {
+/**
+ * Copies what `old` holds after `baseVersion` into a new generation, staged where the storage
+ * can. `tailStart`, where the base's record ends, when the caller knows it (else the log is walked).
+ */
+export async function stageNextGeneration(storage: Storage, old: Generation, baseVersion: number, baseRecord: Buffer, id: number, tailStart?: number): Promise<NextGeneration> {
   const copiedTo = old.end;
-  const tailStart = await endOfLiveRecord(storage, old, baseVersion);
+  tailStart ??= await endOfLiveRecord(storage, old, baseVersion);
   const tail = (await readLogBytes(storage, old.id, tailStart, copiedTo - tailStart)).bytes;
   const head = Buffer.concat([baseRecord, tail]);
   const state = stateOf(head, whereNext(storage, id));

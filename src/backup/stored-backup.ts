@@ -17,7 +17,7 @@ import { Mutex } from "../util/mutex.js";
 import type { Backend, BackendHead, BackendOptions, BackendStatus, ChangeRange, ChangeToStore, CompactionBase, Damage } from "./backup.js";
 import { ChangeStream, generationFor } from "./change-stream.js";
 import { readIdentity, readManifest, writeIdentity, writeManifest, type Identity } from "./documents.js";
-import { checkBase, commitNextGeneration, damageOf, readRecord, stageNextGeneration, stateOf, timestampOf, type Generation, type NextGeneration } from "./generation.js";
+import { checkBase, commitNextGeneration, damageOf, knownEndOfRecord, readRecord, stageNextGeneration, stateOf, timestampOf, type Generation, type NextGeneration } from "./generation.js";
 import { openGeneration, saveIndex } from "./log-index.js";
 import type { LogEntry, LogState } from "./log-state.js";
 import { RecordReader } from "./log-reader.js";
@@ -410,9 +410,13 @@ export class StoredBackup implements Backend {
       if (base.version > s.head || (base.version === s.head && s.prevVersion !== null) || base.version < s.firstVersion) {
         throw new Error(`compaction base ${base.version} is not a settled version of ${s.firstVersion}..${s.head}`);
       }
+      // Where the base's record ends, while it is still the head or the change before it (a
+      // shadow compaction's base is): it stays there, since only the last change can be
+      // rewound and the base is not it. Found later, it would take a walk of the whole log.
+      const tail = { from: this.#live, start: knownEndOfRecord(this.#live, base.version) };
       // The snapshot is opened only now that the backup takes it.
       ref = await this.#blobs.put(base.version, base.snapshot(), this.#codec);
-      await this.#install(base, ref);
+      await this.#install(base, ref, tail);
       this.#blobs.settled(ref.ref);
       await this.#collectGarbage();
     } catch (err) {
@@ -432,7 +436,7 @@ export class StoredBackup implements Backend {
    * it. Writers wait only for the switch: the tail settled so far is copied (and staged, where
    * the storage can) while they go on; under the mutex only the records appended since are.
    */
-  async #install(base: CompactionBase, ref: SnapshotRef): Promise<void> {
+  async #install(base: CompactionBase, ref: SnapshotRef, tail: { from: Generation; start: number | undefined }): Promise<void> {
     const old = this.#live;
     const id = this.#nextId;
     // The generation about to be superseded is listed as retained first, so that a crash right
@@ -442,7 +446,7 @@ export class StoredBackup implements Backend {
       await writeManifest(this.#storage, [...this.#retained.map((g) => g.id), old.id]);
     });
     const baseRecord = encodeChangeRecord({ version: base.version, timestamp: base.timestamp, snapshot: ref }, this.#codec);
-    const next = await stageNextGeneration(this.#storage, old, base.version, baseRecord, id);
+    const next = await stageNextGeneration(this.#storage, old, base.version, baseRecord, id, tail.from === old ? tail.start : undefined);
     try {
       await this.#mutex.run(async () => {
         this.#checkLive(old);
@@ -456,11 +460,20 @@ export class StoredBackup implements Backend {
     } finally {
       if (this.#live === old) await next.staged?.discard().catch(() => {});
     }
+    // Both logs are summarised while they are fresh, so that the next open reads no record twice.
     await this.#mutex.run(async () => {
       await this.#prune();
-      // Both logs are summarised while they are fresh, so that the next open reads no record twice.
-      for (const g of [this.#live, old]) if (!this.#garbage.has(g.id)) await saveIndex(this.#storage, g, this.#log);
+      if (!this.#garbage.has(this.#live.id)) await saveIndex(this.#storage, this.#live, this.#log);
     });
+    // The superseded log no longer changes: its CRC (the bytes appended since it was opened) is
+    // read and its index written without holding writers back, counted as a reader so that no
+    // collection deletes it meanwhile.
+    const reading = this.#readers.enter();
+    try {
+      if (!this.#garbage.has(old.id)) await saveIndex(this.#storage, old, this.#log);
+    } finally {
+      reading();
+    }
   }
 
   /** Throws unless `g` is still the live generation (a reset replaces it). */

@@ -81,6 +81,18 @@ function snapshotOf(bytes: Buffer): SnapshotSource {
   return Readable.from(chunks);
 }
 
+/** A snapshot source that lets appends happen while the compaction uploads it: `rest` waits for `release`. */
+function gatedSnapshot(first: string, rest: string): { snapshot: () => SnapshotSource; release: () => void } {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  async function* parts() {
+    yield Buffer.from(first);
+    await gate;
+    yield Buffer.from(rest);
+  }
+  return { snapshot: () => parts(), release: () => release() };
+}
+
 async function expectCode(p: Promise<unknown>, code: string): Promise<TidemarkError> {
   const err = await p.then(
     () => {
@@ -329,15 +341,8 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
     it("changes made while a compaction runs are kept", async () => {
       await withNew(async (b) => {
         await seed(b, 20);
-        // A snapshot source that lets appends happen while the compaction uploads it.
-        let release!: () => void;
-        const gate = new Promise<void>((r) => (release = r));
-        async function* slowSnapshot() {
-          yield Buffer.from("base-");
-          await gate;
-          yield Buffer.from("19");
-        }
-        const compaction = b.compact({ version: 19, timestamp: 19, snapshot: () => slowSnapshot() });
+        const { snapshot, release } = gatedSnapshot("base-", "19");
+        const compaction = b.compact({ version: 19, timestamp: 19, snapshot });
         for (let v = 21; v <= 25; v++) await applyChange(b, { version: v, transaction: tx(v) });
         await applyChange(b, { version: 25, transaction: tx(25, "redo") });
         release();
@@ -346,6 +351,41 @@ export function backendConformance(name: string, harness: ConformanceHarness): v
         const got = await collect(b, { from: 19 });
         expect(got.map((c) => c.version)).toEqual([19, 20, 21, 22, 23, 24, 25]);
         expect(got.at(-1)!.transaction).toEqual(tx(25, "redo"));
+      });
+    });
+
+    it("rewinds and redos while a compaction runs keep the base's place: every live change follows it", async () => {
+      await withNew(async (b, location) => {
+        await seed(b, 20);
+        const { snapshot, release } = gatedSnapshot("base-", "19");
+        // The base is the change before the head: where its record ends is taken at the start.
+        const compaction = b.compact({ version: 19, timestamp: 19, snapshot });
+        await b.rewind();
+        await applyChange(b, { version: 20, transaction: tx(20, "after the rewind") });
+        await applyChange(b, { version: 21, transaction: tx(21) });
+        await applyChange(b, { version: 21, transaction: tx(21, "redo") });
+        await applyChange(b, { version: 22, transaction: tx(22) });
+        await b.rewind();
+        release();
+        await compaction;
+        expect(b.head()).toEqual({ version: 21, prevVersion: null });
+        const want = [
+          [19, undefined],
+          [20, tx(20, "after the rewind")],
+          [21, tx(21, "redo")],
+        ];
+        const got = await collect(b, { from: 19 });
+        expect(got.map((c) => [c.version, c.transaction])).toEqual(want);
+        expect(got[0]!.snapshot!.toString()).toBe("base-19");
+        await b.close();
+        const r = await open(location, "read");
+        try {
+          expect(r.head()).toEqual({ version: 21, prevVersion: null });
+          expect((await r.status()).baseVersion).toBe(19);
+          expect((await collect(r, { from: 19 })).map((c) => [c.version, c.transaction])).toEqual(want);
+        } finally {
+          await r.close();
+        }
       });
     });
 
