@@ -108,6 +108,9 @@ async function benchRestoreChanges(dir: string, rows: Row[], changes: number): P
   }
 
   const limit = await measured(() => replayLimit(path.join(dir, "limit.db"), statements));
+  // The limit's input is not the restore's: a real restore process holds no million strings for
+  // each major GC to mark.
+  statements.length = 0;
   let openMs = 0;
   const ours = await measured(async () => {
     const t0 = performance.now();
