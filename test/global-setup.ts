@@ -19,5 +19,7 @@ export default function setup(): () => void {
   });
   // As npm run build does: the two executables must be executable.
   for (const bin of ["dist/src/cli.js", "dist/src/cln-plugin-bin.js"]) fs.chmodSync(path.join(root, bin), 0o755);
-  return () => fs.rmSync(shadows, { recursive: true, force: true });
+  // A child process still exiting may add a file while the directory is removed (ENOTEMPTY):
+  // rmSync retries those.
+  return () => fs.rmSync(shadows, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
 }
