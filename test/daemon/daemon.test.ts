@@ -358,6 +358,9 @@ describe("daemon configuration reload", () => {
       d.child.kill("SIGHUP");
       await waitFor(async () => (await request(d.socket, "GET", "/v1/dbs/one")).status === 404, 10_000, d.logs);
       expect((await request(d.socket, "GET", "/v1/dbs/two")).status).toBe(200);
+      // A removed database answers 404 at once and closes after its drain; the reload logs
+      // "configuration reloaded" once every removed database is closed.
+      await waitFor(() => d.logs().split('"msg":"configuration reloaded"').length - 1 >= 2, 10_000, d.logs);
       // The removed database's backup was closed cleanly: its lock is gone.
       expect(fs.existsSync(path.join(dir, "data/one/LOCK"))).toBe(false);
     } finally {
