@@ -173,21 +173,33 @@ export class FileStorage implements Storage {
     } catch (err) {
       throw vanished(DRIVER_NAME, "open", file, err);
     }
+    const readChunk = async (offset: number): Promise<LogChunk> => {
+      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, to - offset));
+      let got = 0;
+      while (got < buf.length) {
+        const { bytesRead } = await fh.read(buf, got, buf.length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return { segment: file, offset, segmentStart: 0, bytes: buf.subarray(0, got), segmentEnd: got < buf.length || offset + got >= to };
+    };
+    // One chunk is read ahead while the caller works through the one before it. Its failure
+    // is raised where it is awaited (a caller that stops early never sees it).
+    const readAhead = (offset: number): Promise<LogChunk> => {
+      const read = readChunk(offset);
+      read.catch(() => {});
+      return read;
+    };
+    let ahead = from < to ? readAhead(from) : undefined;
     try {
-      for (let offset = from; offset < to; ) {
-        const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, to - offset));
-        let got = 0;
-        while (got < buf.length) {
-          const { bytesRead } = await fh.read(buf, got, buf.length - got, offset + got);
-          if (bytesRead === 0) break;
-          got += bytesRead;
-        }
-        const end = got < buf.length || offset + got >= to;
-        yield { segment: file, offset, segmentStart: 0, bytes: buf.subarray(0, got), segmentEnd: end };
-        if (end) return;
-        offset += got;
+      while (ahead) {
+        const chunk = await ahead;
+        ahead = chunk.segmentEnd ? undefined : readAhead(chunk.offset + chunk.bytes.length);
+        yield chunk;
       }
     } finally {
+      // A caller that stops early leaves a read in flight: it ends before the file closes.
+      await ahead?.catch(() => {});
       await fh.close();
     }
   }

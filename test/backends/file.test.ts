@@ -382,6 +382,29 @@ describe("file backend: lock and layout", () => {
     await b.close();
   });
 
+  it("a log of several read chunks streams whole, and a reader that stops early leaves no file open", async () => {
+    const dir = path.join(tmpDir(), "backup");
+    const b = await openBackend(dir, { mode: "create" });
+    // 11 MiB of log: three 4 MiB reads, each started while the one before it is decoded.
+    const big = (v: number) => `SELECT '${String(v).repeat(4).padEnd(256 * 1024, "x")}'`;
+    await b.addChanges(Array.from({ length: 44 }, (_, i) => ({ version: i + 1, timestamp: i, transaction: [big(i + 1)] })));
+    await b.close();
+    const openFds = () => fs.readdirSync("/proc/self/fd").length;
+    const r = await openBackend(dir, { mode: "read" });
+    try {
+      const all = await collect(r);
+      expect(all.map((c) => c.transaction![0])).toEqual(Array.from({ length: 44 }, (_, i) => big(i + 1)));
+      const before = openFds();
+      for await (const c of r.streamChanges({})) {
+        expect(c.version).toBe(1);
+        break;
+      }
+      expect(openFds()).toBe(before);
+    } finally {
+      await r.close();
+    }
+  });
+
   it("after a compaction, the superseded log and snapshots are gone", async () => {
     const { dir } = await newBackup(6);
     const b = await openBackend(dir, { mode: "write" });
