@@ -8,7 +8,9 @@
  *                   bytes of the record tidemark writes for it (bench/raw-writer.ts once)
  *   ingest, long    BENCH_INGEST_CHANGES changes as JSON lines through one `tidemark ingest`
  *   running         vs a node process reading the same lines with readline and appending and
- *                   fdatasyncing each one (bench/raw-writer.ts lines), per change
+ *                   fdatasyncing each one (bench/raw-writer.ts lines), per change. Enough
+ *                   changes (20,000) that each process's start is a few per cent of its time:
+ *                   the row above measures the start, this one the cost of a change
  *
  * Every command runs as its own process under bash's `time` (TIMEFORMAT %R %U %S): wall time,
  * and the child's CPU time (user + system, from the kernel's rusage of the child), which Node

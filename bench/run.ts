@@ -27,7 +27,7 @@
  * BENCH_SNAPSHOT_MB (default 1024; 0 skips the RSS run), BENCH_S3_CHANGES (default 10000),
  * BENCH_PROTECTION_CHANGES (default 50000), BENCH_CLN_WRITES (default 2000),
  * BENCH_WATCH_TX (default 5000), BENCH_WATCH_MB (default 32),
- * BENCH_CLI_RUNS (default 20), BENCH_INGEST_CHANGES (default 2000), BENCH_SHADOW_ROUNDS (default 4000),
+ * BENCH_CLI_RUNS (default 20), BENCH_INGEST_CHANGES (default 20000), BENCH_SHADOW_ROUNDS (default 4000),
  * BENCH_OPEN_CHANGES (default BENCH_CHANGES), BENCH_OPEN_ROUNDS (default 5),
  * BENCH_ONLY (core,daemon,s3,protection,cln,watch,read,cli,shadow,open; default all); read: see bench/read-path.ts, cli: bench/cli.ts,
  * open: bench/open.ts (opening a backup with and without its log index).
@@ -260,7 +260,7 @@ try {
   if (only.has("cln")) await benchCln(path.join(ROOT, "cln"), rows, Number(process.env.BENCH_CLN_WRITES ?? 2000));
   if (only.has("read")) await benchReadPath(path.join(ROOT, "read"), rows);
   if (only.has("watch")) await benchWatch(path.join(ROOT, "watch"), rows, Number(process.env.BENCH_WATCH_TX ?? 5000), Number(process.env.BENCH_WATCH_MB ?? 32));
-  if (only.has("cli")) await benchCli(path.join(ROOT, "cli"), rows, Number(process.env.BENCH_CLI_RUNS ?? 20), Number(process.env.BENCH_INGEST_CHANGES ?? 2000));
+  if (only.has("cli")) await benchCli(path.join(ROOT, "cli"), rows, Number(process.env.BENCH_CLI_RUNS ?? 20), Number(process.env.BENCH_INGEST_CHANGES ?? 20_000));
   if (only.has("shadow")) await benchShadow(path.join(ROOT, "shadow"), rows, Number(process.env.BENCH_SHADOW_ROUNDS ?? 4000));
   if (only.has("open")) await benchOpen(path.join(ROOT, "open"), rows, Number(process.env.BENCH_OPEN_CHANGES ?? CHANGES));
   printTable(rows);
