@@ -124,7 +124,8 @@ export async function benchWatch(dir: string, rows: Row[], count: number, mb: nu
 
   const dest = path.join(dir, "restored.db");
   const c0 = process.cpuUsage();
-  await restore(backend, dest);
+  // As `tidemark restore` runs it.
+  await restore(backend, dest, { inline: true });
   const c1 = process.cpuUsage(c0);
   await backend.close();
   const restoreCpu = (c1.user + c1.system) / 1000;

@@ -30,8 +30,9 @@ export interface CompactOptions {
   /** The backup's shadow: its settled state is the new base when it is warm, instead of a replay. */
   readonly shadow?: Shadow;
   /**
-   * Lets a short replay (up to 20,000 changes) run SQLite on this thread instead of starting a
-   * worker, as restore's `inline`: for a process of its own (the CLI), never for a daemon.
+   * Lets a short replay (up to 20,000 changes, or a captured backup) run SQLite on this thread
+   * instead of starting a worker, as restore's `inline`: for a process of its own (the CLI),
+   * never for a daemon.
    */
   readonly inline?: boolean;
 }

@@ -41,9 +41,9 @@ export interface ReplayOptions {
   /** Stops the replay early; it then rejects with the signal's reason. */
   readonly signal?: AbortSignal;
   /**
-   * Whether a short replay (up to {@link INLINE_CHANGES} changes) may run SQLite on the calling
-   * thread, which it then blocks for a batch of statements at a time. Off by default: a daemon
-   * must keep acknowledging changes.
+   * Whether a short replay (up to {@link INLINE_CHANGES} changes, or a captured backup's) may
+   * run SQLite on the calling thread, which it then blocks for a batch of statements at a time.
+   * Off by default: a daemon must keep acknowledging changes.
    */
   readonly inline?: boolean;
 }
@@ -108,8 +108,10 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
         change = r.value;
       }
       if (first === 0) first = change.version;
-      // Chosen at the first change (the base), which says how many are to come.
-      const sqlite = (worker ??= to - first < INLINE_CHANGES ? await InlineSqlite.create() : new SqliteWorker());
+      // Chosen at the first change (the base), which says how many are to come. A captured
+      // backup's pages are written here whatever their number: SQLite only opens and checks the
+      // file at the end, which a worker would not take off this thread.
+      const sqlite = (worker ??= change.captured || to - first < INLINE_CHANGES ? await InlineSqlite.create() : new SqliteWorker());
       if (change.snapshot) {
         if (opened) await sqlite.call({ op: "close" });
         opened = false;

@@ -32,9 +32,10 @@ export interface RestoreOptions {
   /** Stops the restore: nothing appears at `dest`, the temp files go, and it rejects with the reason. */
   readonly signal?: AbortSignal;
   /**
-   * Lets a short restore (up to 20,000 changes) run SQLite on this thread instead of starting a
-   * worker, which costs more than such a restore. It then blocks this thread for a batch of
-   * statements at a time: the CLI allows it, a daemon (which must keep acknowledging) does not.
+   * Lets a short restore (up to 20,000 changes, or a captured backup) run SQLite on this thread
+   * instead of starting a worker, which costs more than such a restore. It then blocks this
+   * thread for a batch of statements at a time: the CLI allows it, a daemon (which must keep
+   * acknowledging) does not.
    */
   readonly inline?: boolean;
 }
