@@ -140,6 +140,8 @@ async function benchRestoreAndCompaction(): Promise<void> {
   // with the replay worker's pragmas and one final fsync; then a backup-API snapshot of it.
   const baselineFile = path.join(dir, "baseline.db");
   const limitTimes = await measured(() => replayLimit(baselineFile, statements));
+  // As in bench/read-path.ts: a restore process holds no copy of the statements.
+  statements.length = 0;
   const replayMs = limitTimes.wallMs;
   const replayCpu = limitTimes.cpuMs;
   const db = new Database(baselineFile);
@@ -148,7 +150,7 @@ async function benchRestoreAndCompaction(): Promise<void> {
 
   const out = path.join(dir, "restored.db");
   const t2 = performance.now();
-  await restore(backend, out);
+  await restore(backend, out, { inline: true });
   const restoreMs = performance.now() - t2;
   const rate = (n: number, t: number) => `${Math.round(n / (t / 1000)).toLocaleString("en-US")} stmt/s`;
   rows.push({
