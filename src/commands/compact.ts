@@ -33,7 +33,7 @@ export function registerCompact(program: Command): void {
         const progress = createProgress("compact", "versions", opts.quiet || opts.json);
         progress.phase("replaying");
         const stats = await interruptible(backend.location, progress, (signal) =>
-          // A process of its own: a short replay needs no worker thread.
+          // A process of its own: a short replay, or a captured backup's, needs no worker thread.
           compact(backend, { rules, ...(opts.tmpDir && { tmpDir: opts.tmpDir }), inline: true, onProgress: progress.update, signal }),
         );
         if (opts.json) return printJson(stats);

@@ -67,7 +67,7 @@ export function registerRestore(program: Command): void {
             ...(opts.time !== undefined && { time: opts.time }),
             rules,
             force: opts.force ?? false,
-            // A process of its own: a short restore needs no worker thread.
+            // A process of its own: a short restore, or a captured backup's, needs no worker thread.
             inline: true,
             onProgress: progress.update,
             onPhase: progress.phase,
