@@ -109,8 +109,8 @@ export async function replayInto(backend: Backend, dbPath: string, options: Repl
       }
       if (first === 0) first = change.version;
       // Chosen at the first change (the base), which says how many are to come. A captured
-      // backup's pages are written here whatever their number: SQLite only opens and checks the
-      // file at the end, which a worker would not take off this thread.
+      // backup's pages are written on this thread however many there are, and SQLite only opens
+      // and checks the file at the end: a worker's start would cost more than it saves.
       const sqlite = (worker ??= change.captured || to - first < INLINE_CHANGES ? await InlineSqlite.create() : new SqliteWorker());
       if (change.snapshot) {
         if (opened) await sqlite.call({ op: "close" });
