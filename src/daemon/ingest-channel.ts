@@ -23,6 +23,15 @@ export const INGEST_PROTOCOL = "tidemark-ingest/1";
 /** What the channel's failures are logged as. */
 const WHERE = "ingest channel";
 
+/**
+ * Changes received and not yet answered, at most, and their bytes: past either, the channel
+ * stops reading until answers catch up. It also stops while the host does not read its answers.
+ * Either way the socket's buffers fill and the host's writes wait: what a channel holds stays
+ * bounded whatever a host sends.
+ */
+const MAX_IN_FLIGHT = 256;
+const MAX_IN_FLIGHT_BYTES = 8 << 20;
+
 /** An answer: the HTTP status and JSON body the POST would give. */
 interface Reply {
   readonly status: number;
@@ -92,12 +101,18 @@ class Channel {
   #closed = false;
   /** A frame was refused as too large: nothing more is read. */
   #ending = false;
+  /** Changes received and not answered yet, and their bytes (MAX_IN_FLIGHT). */
+  #inFlight = 0;
+  #inFlightBytes = 0;
+  /** Reading stopped until answers catch up. */
+  #held = false;
 
   constructor(ctx: ApiContext, db: string, socket: Duplex, gone: () => void) {
     this.#ctx = ctx;
     this.#db = db;
     this.#socket = socket;
     socket.on("data", (chunk: Buffer) => this.receive(chunk));
+    socket.on("drain", () => this.#flow());
     // A host that goes away mid-frame: what it sent whole is still stored and answered into the void.
     socket.on("error", (err: NodeJS.ErrnoException) => ctx.log.debug({ db, code: err.code }, "ingest channel closed by the host"));
     socket.once("close", () => {
@@ -118,7 +133,7 @@ class Channel {
         const err = new TidemarkError("E_TOO_LARGE", `a change of ${length} bytes exceeds the ${limit}-byte limit`, {
           hint: "split the transaction, send the data as a snapshot, or raise maxChangeBytes in the config",
         });
-        this.#enqueue(() => Promise.resolve(failureReply(this.#ctx, this.#ctx.database(this.#db), err, WHERE)));
+        this.#enqueue(() => Promise.resolve(failureReply(this.#ctx, this.#ctx.database(this.#db), err, WHERE)), 0);
         this.#queue = this.#queue.then(() => void this.#socket.end());
         this.#ending = true;
         this.#socket.pause();
@@ -127,11 +142,22 @@ class Channel {
       }
       if (buf.length < 4 + length) break;
       const body = buf.subarray(4, 4 + length);
-      this.#enqueue(() => this.#ingest(body));
+      this.#enqueue(() => this.#ingest(body), length);
       buf = buf.subarray(4 + length);
     }
     // What is kept is copied, so that the chunk it came from can go.
     this.#pending = buf.length === 0 ? Buffer.alloc(0) : Buffer.from(buf);
+    this.#flow();
+  }
+
+  /** Stops reading while too much is unanswered or the host reads no answers; reads again once neither holds. */
+  #flow(): void {
+    if (this.#ending || this.#closed) return;
+    const hold = this.#inFlight >= MAX_IN_FLIGHT || this.#inFlightBytes >= MAX_IN_FLIGHT_BYTES || this.#socket.writableNeedDrain;
+    if (hold === this.#held) return;
+    this.#held = hold;
+    if (hold) this.#socket.pause();
+    else this.#socket.resume();
   }
 
   #ingest(body: Buffer): Promise<Reply> {
@@ -145,9 +171,18 @@ class Channel {
   }
 
   /** Starts `work` now (the database's own queue keeps the changes in order) and answers it after those before it. */
-  #enqueue(work: () => Promise<Reply>): void {
+  #enqueue(work: () => Promise<Reply>, bytes: number): void {
+    this.#inFlight++;
+    this.#inFlightBytes += bytes;
     const reply = work();
-    this.#queue = this.#queue.then(() => reply).then((r) => this.#answer(r.status, r.body));
+    this.#queue = this.#queue
+      .then(() => reply)
+      .then((r) => {
+        this.#answer(r.status, r.body);
+        this.#inFlight--;
+        this.#inFlightBytes -= bytes;
+        this.#flow();
+      });
   }
 
   #answer(status: number, body: unknown): void {

@@ -61,7 +61,7 @@ describe("daemon: the socket's ingest channel", () => {
   let dir: string;
   const config = {
     maxChangeBytes: 4096,
-    databases: ["a", "raw", "kill"].map((name) => ({ name, backend: `tidemark-data/${name}` })),
+    databases: ["a", "raw", "flow", "kill"].map((name) => ({ name, backend: `tidemark-data/${name}` })),
   };
   beforeAll(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), "tidemark-channel-"));
@@ -138,6 +138,57 @@ describe("daemon: the socket's ingest channel", () => {
     const status = (await request(d.socket, "GET", "/v1/dbs/a")).json();
     expect(status.version).toBe(51);
   });
+
+  it("a host that sends without reading its answers is held back; once it reads, every change is answered in order and restores", async () => {
+    const n = 20_000;
+    const c = net.connect(d.socket);
+    await new Promise<void>((r) => c.once("connect", () => r()));
+    let buf = Buffer.alloc(0);
+    let wake: (() => void) | null = null;
+    c.on("data", (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      wake?.();
+    });
+    const more = () => new Promise<void>((r) => (wake = r));
+    c.write("GET /v1/dbs/flow/ingest HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: tidemark-ingest/1\r\n\r\n");
+    while (buf.indexOf("\r\n\r\n") < 0) await more();
+    expect(buf.toString("latin1")).toMatch(/^HTTP\/1\.1 101 /);
+    buf = buf.subarray(buf.indexOf("\r\n\r\n") + 4);
+    // The host stops reading, and sends all its changes: far more answers than the sockets' buffers hold.
+    c.pause();
+    const frame = (v: number) => {
+      const body = Buffer.from(JSON.stringify({ version: v, transaction: v === 1 ? CREATE : insert(v) }));
+      const len = Buffer.alloc(4);
+      len.writeUInt32BE(body.length);
+      return Buffer.concat([len, body]);
+    };
+    c.write(Buffer.concat(Array.from({ length: n }, (_, i) => frame(i + 1))));
+    // The daemon stores what it read, then stops: the head settles well short of n.
+    const headNow = async () => ((await request(d.socket, "GET", "/v1/dbs/flow")).json() as { version: number }).version;
+    let head = -1;
+    for (let last = -2; head !== last && head !== n; ) {
+      last = head;
+      await new Promise((r) => setTimeout(r, 500));
+      head = await headNow();
+    }
+    expect(head).toBeGreaterThan(0);
+    expect(head).toBeLessThan(n);
+    // The host reads again: every change comes through, answered in the order sent.
+    c.resume();
+    for (let v = 1; v <= n; v++) {
+      while (buf.length < 4 || buf.length < 4 + buf.readUInt32BE(0)) await more();
+      const length = buf.readUInt32BE(0);
+      const answer = { status: buf.readUInt16BE(4), json: JSON.parse(buf.toString("utf8", 6, 4 + length)) };
+      buf = buf.subarray(4 + length);
+      expect(answer).toEqual({ status: 200, json: { version: v, action: "append" } });
+    }
+    c.end();
+    expect(await headNow()).toBe(n);
+    const out = path.join(dir, "flow.db");
+    const r = await runCli(["restore", path.join(dir, "tidemark-data/flow"), out]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(rows(out, "SELECT id || ' ' || x FROM t ORDER BY id")).toEqual(Array.from({ length: n - 1 }, (_, i) => `${i + 2} row ${i + 2}`));
+  }, 60_000);
 
   it("every change acknowledged over the channel is restored after a SIGKILL", async () => {
     const client = connect({ socket: d.socket, db: "kill", attempts: 1 });
