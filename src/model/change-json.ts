@@ -5,9 +5,20 @@
  * A parameter is a JSON number, string or null, `{"$blob": "<base64>"}` or `{"$bigint": "<decimal>"}`.
  * Named parameters are a JSON object instead of an array.
  */
+import { createRequire } from "node:module";
 import type { ChangeInput, Param, SnapshotSource, Statement } from "./change.js";
-import { parse as parseKeepingNumbers } from "lossless-json";
 import { InputError } from "../util/errors.js";
+
+type LosslessParse = typeof import("lossless-json").parse;
+let losslessParse: LosslessParse | undefined;
+/**
+ * lossless-json's parse, loaded the first time a change needs it (its single-file CommonJS build):
+ * most changes hold only plain numbers, and its ES modules cost every process ~5 ms to load.
+ */
+function parseKeepingNumbers(...args: Parameters<LosslessParse>): ReturnType<LosslessParse> {
+  losslessParse ??= (createRequire(import.meta.url)("lossless-json") as typeof import("lossless-json")).parse;
+  return losslessParse(...args);
+}
 
 /** A change parsed from JSON; the snapshot, if any, is a path the caller opens. */
 export interface WireChange {
