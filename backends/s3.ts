@@ -64,6 +64,8 @@ const UPLOAD_QUEUE = 2;
 /** Log objects fetched ahead while reading, and the most bytes they may hold (memory). */
 const PREFETCH = 16;
 const PREFETCH_BYTES = 32 << 20;
+/** The most bytes of log objects a reader keeps from its open for the stream after it. */
+const LOG_CACHE_BYTES = 32 << 20;
 /** DeleteObjects takes at most this many keys. */
 const DELETE_BATCH = 1000;
 /** Request retries: from 100 ms, doubling to 5 s, full jitter. */
@@ -103,6 +105,14 @@ export class S3Storage implements Storage {
   #conditions: Conditions | null = null;
   /** The documents' ETags as last read or written (null: absent), for conditional replaces. */
   readonly #docEtags = new Map<DocumentName, string | null>();
+  /**
+   * A reader's log objects, kept from the open's scan for the reads that follow (the status's
+   * first and last records, the stream), so that a restore GETs each object once; up to
+   * LOG_CACHE_BYTES in all, until the storage closes. A log object never changes once written;
+   * a writer keeps none (a failed compaction's keys are written again by the next one).
+   */
+  readonly #logCache = new Map<string, Buffer>();
+  #logCacheBytes = 0;
 
   constructor(loc: S3Location, options: StorageOptions) {
     this.#loc = loc;
@@ -386,7 +396,7 @@ export class S3Storage implements Storage {
     for (const s of wanted) {
       while (next < wanted.length && (inFlight.length === 0 || (inFlight.length < PREFETCH && ahead + wanted[next]!.size <= PREFETCH_BYTES))) {
         ahead += wanted[next]!.size;
-        const p = this.#get(wanted[next++]!.key, true);
+        const p = this.#logObject(wanted[next++]!.key);
         p.catch(() => {}); // awaited in turn below
         inFlight.push(p);
       }
@@ -397,6 +407,18 @@ export class S3Storage implements Storage {
       const hi = Math.min(to, s.start + bytes.length) - s.start;
       yield { segment: `${this.location}/${s.key}`, offset: s.start + lo, segmentStart: s.start, bytes: bytes.subarray(lo, Math.max(lo, hi)), segmentEnd: true };
     }
+  }
+
+  /** A log object's bytes: from the reader's cache, else a GET (kept in the cache while there is room). */
+  async #logObject(rel: string): Promise<Buffer | undefined> {
+    const cached = this.#logCache.get(rel);
+    if (cached) return cached;
+    const bytes = await this.#get(rel, true);
+    if (bytes && !this.#writable && this.#logCacheBytes + bytes.length <= LOG_CACHE_BYTES) {
+      this.#logCache.set(rel, bytes);
+      this.#logCacheBytes += bytes.length;
+    }
+    return bytes;
   }
 
   async append(id: number, bytes: Buffer): Promise<void> {
@@ -494,6 +516,8 @@ export class S3Storage implements Storage {
   }
 
   async close(): Promise<void> {
+    this.#logCache.clear();
+    this.#logCacheBytes = 0;
     this.#client?.destroy();
     this.#client = null;
   }
