@@ -414,7 +414,8 @@ export class S3Storage implements Storage {
     const cached = this.#logCache.get(rel);
     if (cached) return cached;
     const bytes = await this.#get(rel, true);
-    if (bytes && !this.#writable && this.#logCacheBytes + bytes.length <= LOG_CACHE_BYTES) {
+    // Two reads of one object at once (a status beside a stream) keep it once.
+    if (bytes && !this.#writable && !this.#logCache.has(rel) && this.#logCacheBytes + bytes.length <= LOG_CACHE_BYTES) {
       this.#logCache.set(rel, bytes);
       this.#logCacheBytes += bytes.length;
     }

@@ -1,4 +1,5 @@
 import http from "node:http";
+import https from "node:https";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openBackend } from "../../src/backup/registry.js";
@@ -33,14 +34,18 @@ describe("S3 backend: a restore's requests", () => {
     // One object per append.
     for (let v = 2; v <= 40; v++) await writer.addChanges([{ version: v, timestamp: v, transaction: [`INSERT INTO t VALUES (${v})`] }]);
     await writer.close();
-    // The requests the SDK sends to the server, counted where they leave this process.
+    // The requests the SDK sends to the server, counted where they leave this process (http or
+    // https, whichever the endpoint is).
     const logGets: string[] = [];
-    const request = http.request;
-    (http as { request: unknown }).request = function (this: unknown, ...args: Parameters<typeof http.request>) {
-      const o = args[0] as http.RequestOptions;
-      if ((o.method ?? "GET") === "GET" && /\/log\/\d+\/\d+\.tml/.test(o.path ?? "")) logGets.push(o.path!);
-      return (request as (...a: unknown[]) => http.ClientRequest).apply(this, args);
-    };
+    const originals = [http, https].map((mod) => {
+      const request = mod.request;
+      (mod as { request: unknown }).request = function (this: unknown, ...args: Parameters<typeof http.request>) {
+        const o = args[0] as http.RequestOptions;
+        if ((o.method ?? "GET") === "GET" && /\/log\/\d+\/\d+\.tml/.test(o.path ?? "")) logGets.push(o.path!);
+        return (request as (...a: unknown[]) => http.ClientRequest).apply(this, args);
+      };
+      return () => ((mod as { request: unknown }).request = request);
+    });
     try {
       const reader = await openBackend(location, { mode: "read" });
       try {
@@ -51,7 +56,7 @@ describe("S3 backend: a restore's requests", () => {
         await reader.close();
       }
     } finally {
-      http.request = request;
+      for (const restoreRequest of originals) restoreRequest();
     }
     expect(logGets).toHaveLength(40);
     expect(new Set(logGets).size).toBe(40);
